@@ -1,0 +1,36 @@
+"""ModelKernels: fast kernels next to their pure-Python references, picked by a dispatcher.
+
+``kernels.<op>(...)`` runs the best backend for the device the inputs live on;
+``kernels.explain(op, *args)`` says why; ``python -m kernels info`` lists what runs here.
+"""
+
+from kernels.registry import (
+    Backend,
+    Op,
+    backends_for,
+    call,
+    explain,
+    get_op,
+    is_kernel,
+    list_kernels,
+    register_kernel,
+    use_backend,
+)
+from kernels.sort import insertion_sort
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend",
+    "Op",
+    "__version__",
+    "backends_for",
+    "call",
+    "explain",
+    "get_op",
+    "insertion_sort",
+    "is_kernel",
+    "list_kernels",
+    "register_kernel",
+    "use_backend",
+]

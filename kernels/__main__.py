@@ -1,0 +1,156 @@
+"""``python -m kernels {info, parity, bench}``.
+
+info    ops x backends x whether each can run here (and why not)
+parity  every registered backend against its reference; a table; exit 1 on any failure
+bench   the benchmark suites (pytest-benchmark) and the report: table, JSON, PNG
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from kernels import parity, registry
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A plain-text table with a header row and aligned columns."""
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()
+    return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+def _environment() -> str:
+    import numpy
+    import torch
+
+    parts = [f"python {platform.python_version()}", f"numpy {numpy.__version__}", f"torch {torch.__version__}"]
+    try:
+        import triton
+
+        parts.append(f"triton {triton.__version__}")
+    except ImportError:
+        parts.append("triton: not installed")
+    try:
+        import numba
+
+        parts.append(f"numba {numba.__version__}")
+    except ImportError:
+        parts.append("numba: not installed")
+    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
+    parts.append(dev)
+    if registry.triton_interpret():
+        parts.append("TRITON_INTERPRET=1")
+    return ", ".join(parts)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    rows = []
+    for name in registry.list_kernels(args.op):
+        for be in registry.backends_for(name):
+            why = be.unavailable()
+            devices = ", ".join(be.devices + tuple(f"{d}*" for d in be.interpret_devices))
+            usable = [d for d in be.devices if parity.device_available(d) is None]
+            rows.append(dict(op=name, backend=be.name, priority=be.priority, devices=devices,
+                             dtypes=", ".join(be.dtypes),
+                             here="no: " + why if why else ("yes (" + ", ".join(usable) + ")" if usable
+                                                            else "no: " + "; ".join(
+                                                                str(parity.device_available(d)) for d in be.devices))))
+    print(_environment())
+    print(format_table(rows, ["op", "backend", "priority", "devices", "dtypes", "here"]))
+    print("* forced only, under TRITON_INTERPRET=1 (Triton's interpreter on CPU tensors)")
+    return 0
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    ops = registry.list_kernels(args.op)
+    devices = [args.device] if args.device else None
+    backends = [args.backend] if args.backend else None
+    results = []
+    cases = parity.parity_cases(ops, backends, devices)
+    for i, case in enumerate(cases):
+        results.append(parity.run_case(case))
+        if args.verbose:
+            r = results[-1]
+            print(f"[{i + 1}/{len(cases)}] {case.id}: {r.status} {r.detail}", flush=True)
+    rows = parity.summarize(results)
+    for row in rows:
+        row["max_error"] = f"{row['max_error']:.3g}"
+        row["tolerance"] = f"atol={row['atol']:g} rtol={row['rtol']:g}"
+        row["samples"] = f"{row['samples']}" + (f" (+{row['skipped']} skipped)" if row["skipped"] else "")
+    print(_environment())
+    print(format_table(rows, ["op", "backend", "device", "dtype", "samples", "max_error", "tolerance", "status"]))
+    failed = [row for row in rows if row["status"] == "FAIL"]
+    for row in rows:
+        if row["status"] != "ok" and row["detail"]:
+            print(f"{row['status']}: {row['op']}/{row['backend']}/{row['device']}/{row['dtype']}: {row['detail']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    ran = sum(1 for r in results if r.status != "skip")
+    print(f"{ran} cases run, {sum(r.status == 'FAIL' for r in results)} failed, "
+          f"{sum(r.status == 'skip' for r in results)} skipped")
+    return 1 if failed else 0
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    root = _repo_root()
+    bench_dir = root / "benchmarks"
+    if not bench_dir.is_dir():
+        print(f"benchmarks/ not found next to {root / 'kernels'}: run from a source checkout", file=sys.stderr)
+        return 2
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    raw = out / "pytest-benchmark.json"
+    cmd = [sys.executable, "-m", "pytest", str(bench_dir), "-q", "-p", "no:cacheprovider",
+           f"--benchmark-json={raw}", "--benchmark-columns=median,iqr,rounds", "--benchmark-sort=name"]
+    if args.suite:
+        cmd += ["-k", args.suite]
+    if args.quick:
+        cmd += ["--quick"]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    print("running:", " ".join(cmd), flush=True)
+    rc = subprocess.call(cmd, cwd=root, env=env)
+    if not raw.exists():
+        print("no benchmark results were written", file=sys.stderr)
+        return rc or 1
+    sys.path.insert(0, str(root))
+    from benchmarks.report import write_report
+
+    print(write_report(raw, out))
+    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m kernels", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    pi = sub.add_parser("info", help="ops x backends x available here")
+    pi.add_argument("--op", default="*", help="wildcard over op names (default: all)")
+    pp = sub.add_parser("parity", help="check every backend against its reference")
+    pp.add_argument("--op", default="*", help="wildcard over op names (default: all)")
+    pp.add_argument("--backend", help="only this backend")
+    pp.add_argument("--device", choices=["cpu", "cuda"], help="only this device")
+    pp.add_argument("--json", help="also write the table as JSON to this path")
+    pp.add_argument("-v", "--verbose", action="store_true", help="print every case as it runs")
+    pb = sub.add_parser("bench", help="run the benchmark suites and write the report")
+    pb.add_argument("--out", default="benchmarks/report", help="report folder (default: benchmarks/report)")
+    pb.add_argument("--suite", help="pytest -k expression selecting suites, e.g. 'sort'")
+    pb.add_argument("--quick", action="store_true", help="smaller sizes and fewer rounds")
+    args = p.parse_args(argv)
+    return {"info": cmd_info, "parity": cmd_parity, "bench": cmd_bench}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

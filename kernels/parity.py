@@ -1,0 +1,270 @@
+"""Parity harness: every registered (op, backend, device, dtype, sample) against the reference.
+
+The same cases feed the test suite (``tests/test_parity.py``) and ``python -m kernels parity``,
+so a new backend is checked by registering it. The reference runs on inputs converted to
+``op.reference_dtype(dtype)`` (float64 where low precision needs it), outputs are compared in
+float64: ``|out - ref| <= atol + rtol * |ref|`` elementwise, NaN where the reference has NaN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from kernels import registry
+from kernels.registry import Backend, ErrorSample, Op, Sample, Tolerance
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    op: Op
+    backend: Backend
+    device: str
+    dtype: str
+    sample: Sample
+
+    @property
+    def id(self) -> str:
+        return f"{self.op.name}-{self.backend.name}-{self.device}-{self.dtype}-{self.sample.name}"
+
+
+@dataclasses.dataclass
+class Result:
+    case: Case
+    status: str  # "ok", "FAIL", "skip"
+    max_error: float = 0.0  # max over elements of |out - ref| - (atol + rtol |ref|) + atol: 0 = exact
+    detail: str = ""
+
+    @property
+    def tolerance(self) -> Tolerance:
+        return self.case.backend.tolerance(self.case.dtype)
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def device_available(device: str) -> str | None:
+    """Why ``device`` cannot be used here, or None."""
+    if device == "cpu":
+        return None
+    if device == "cuda":
+        return None if cuda_available() else "no CUDA device"
+    return f"unknown device {device!r}"
+
+
+def parity_cases(ops: Iterable[str] | None = None, backends: Iterable[str] | None = None,
+                 devices: Iterable[str] | None = None) -> list[Case]:
+    """All cases the registry declares, reference backends excluded (they are the yardstick)."""
+    wanted_ops = list(ops) if ops is not None else registry.list_kernels()
+    wanted_backends = set(backends) if backends is not None else None
+    wanted_devices = set(devices) if devices is not None else None
+    out: list[Case] = []
+    for name in wanted_ops:
+        op = registry.get_op(name)
+        for be in registry.backends_for(name):
+            if be.name == "reference" or (wanted_backends is not None and be.name not in wanted_backends):
+                continue
+            for device in be.devices + be.interpret_devices:
+                if wanted_devices is not None and device not in wanted_devices:
+                    continue
+                for dtype in be.dtypes:
+                    if dtype not in op.dtypes:
+                        continue
+                    for sample in op.samples:
+                        if sample.dtypes is None or dtype in sample.dtypes:
+                            out.append(Case(op, be, device, dtype, sample))
+    return out
+
+
+def case_skip_reason(case: Case) -> str | None:
+    """Why a case cannot run on this machine before its inputs are built, or None."""
+    why = case.backend.unavailable() or device_available(case.device)
+    if why:
+        return why
+    if case.device not in case.backend.devices and not registry.triton_interpret():
+        return f"{case.backend.name} runs on {case.device} only under TRITON_INTERPRET=1"
+    return None
+
+
+def _is_float(x: Any) -> bool:
+    if isinstance(x, np.ndarray):
+        return bool(np.issubdtype(x.dtype, np.floating))
+    return bool(getattr(x, "is_floating_point", lambda: False)())
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "detach")
+
+
+def _convert(x: Any, dtype: str) -> Any:
+    """Floating arrays in a nested structure converted to ``dtype``."""
+    if isinstance(x, (tuple, list)):
+        return type(x)(_convert(v, dtype) for v in x)
+    if isinstance(x, dict):
+        return {k: _convert(v, dtype) for k, v in x.items()}
+    if _is_float(x):
+        if _is_torch(x):
+            import torch
+
+            return x.detach().to(getattr(torch, dtype))
+        return x.astype(dtype)
+    return x
+
+
+def _leaves(x: Any) -> list[Any]:
+    if isinstance(x, (tuple, list)):
+        return [leaf for v in x for leaf in _leaves(v)]
+    if isinstance(x, dict):
+        return [leaf for k in sorted(x) for leaf in _leaves(x[k])]
+    return [x]
+
+
+def _numpy(x: Any) -> Any:
+    if _is_torch(x):
+        x = x.detach().cpu()
+        if x.dtype.is_floating_point:
+            x = x.double()
+        return x.numpy()
+    return x
+
+
+def compare(out: Any, ref: Any, tol: Tolerance) -> tuple[bool, float, str]:
+    """Compare nested outputs leaf by leaf. Returns (ok, worst excess error, message)."""
+    outs, refs = _leaves(out), _leaves(ref)
+    if len(outs) != len(refs):
+        return False, float("inf"), f"{len(outs)} outputs, reference has {len(refs)}"
+    worst = 0.0
+    for i, (o, r) in enumerate(zip(outs, refs)):
+        o, r = _numpy(o), _numpy(r)
+        if not isinstance(r, np.ndarray):
+            if o != r and not (isinstance(r, float) and isinstance(o, float) and np.isnan(r) and np.isnan(o)):
+                return False, float("inf"), f"output {i}: {o!r} != reference {r!r}"
+            continue
+        if not isinstance(o, np.ndarray) or o.shape != r.shape:
+            return False, float("inf"), f"output {i}: shape {getattr(o, 'shape', None)} != reference {r.shape}"
+        if o.size == 0:
+            continue
+        if not np.issubdtype(r.dtype, np.floating):
+            bad = np.flatnonzero(o.reshape(-1) != r.reshape(-1))
+            if bad.size:
+                return False, float("inf"), f"output {i}: {bad.size} elements differ, first at {bad[:5].tolist()}"
+            continue
+        of, rf = o.astype(np.float64).reshape(-1), r.astype(np.float64).reshape(-1)
+        nan_o, nan_r = np.isnan(of), np.isnan(rf)
+        if (nan_o != nan_r).any():
+            idx = np.flatnonzero(nan_o != nan_r)
+            return False, float("inf"), f"output {i}: NaN differs from reference at {idx[:5].tolist()}"
+        inf_r = np.isinf(rf)
+        if (of[inf_r] != rf[inf_r]).any():
+            return False, float("inf"), f"output {i}: Inf differs from reference"
+        fin = ~(nan_r | inf_r)
+        err = np.abs(of[fin] - rf[fin])
+        allowed = tol.atol + tol.rtol * np.abs(rf[fin])
+        if err.size:
+            worst = max(worst, float(err.max()))
+            over = np.flatnonzero(err > allowed)
+            if over.size:
+                j = over[0]
+                return False, worst, (f"output {i}: {over.size}/{err.size} elements out of tolerance "
+                                      f"(atol={tol.atol}, rtol={tol.rtol}); worst |diff|={err.max():.3g}, "
+                                      f"first at flat index {np.flatnonzero(fin)[j]}: {of[fin][j]!r} vs {rf[fin][j]!r}")
+    return True, worst, ""
+
+
+def _grad_inputs(args: Any, kwargs: dict[str, Any]) -> list[Any]:
+    leaves = [x for x in _leaves(list(args)) + _leaves(kwargs) if _is_torch(x) and _is_float(x)]
+    for x in leaves:
+        x.requires_grad_(True)
+    return leaves
+
+
+def _backward(out: Any, inputs: list[Any], seed: int) -> list[Any]:
+    import torch
+
+    outs = [o for o in _leaves(out) if _is_torch(o) and o.requires_grad]
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    cots = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device, o.dtype) for o in outs]
+    grads = torch.autograd.grad(outs, inputs, cots, allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+
+
+def run_case(case: Case) -> Result:
+    """Build the sample, run the backend (forced) and the reference, compare (and gradients)."""
+    why = case_skip_reason(case)
+    if why:
+        return Result(case, "skip", detail=why)
+    op, be = case.op, case.backend
+    args, kwargs = case.sample.make(case.device, case.dtype)
+    why_list = be.reasons(args, kwargs, forced=True)
+    if why_list:
+        return Result(case, "skip", detail="; ".join(why_list))
+    ref_dtype = op.reference_dtype(case.dtype) if op.reference_dtype else case.dtype
+    rargs, rkwargs = case.sample.make(case.device, case.dtype)
+    rargs, rkwargs = _convert(rargs, ref_dtype), _convert(rkwargs, ref_dtype)
+    grad = case.sample.grad and case.dtype in ("float16", "bfloat16", "float32", "float64")
+    if grad:
+        inputs, rinputs = _grad_inputs(args, kwargs), _grad_inputs(rargs, rkwargs)
+    try:
+        out = op.output(args, kwargs, be.fn(*args, **kwargs))
+    except Exception as e:  # a crash is a failure of the case, reported with its type
+        return Result(case, "FAIL", float("inf"), f"backend raised {type(e).__name__}: {str(e)[:300]}")
+    ref = op.output(rargs, rkwargs, op.reference(*rargs, **rkwargs))
+    tol = be.tolerance(case.dtype)
+    ok, err, msg = compare(out, ref, tol)
+    if ok and grad:
+        g = _backward(out, inputs, seed=1234)
+        rg = _backward(ref, rinputs, seed=1234)
+        ok, gerr, msg = compare(g, rg, be.tolerance(f"grad:{case.dtype}") if f"grad:{case.dtype}" in be.tolerances
+                                else tol)
+        err = max(err, gerr)
+        msg = f"gradient: {msg}" if msg else ""
+    return Result(case, "ok" if ok else "FAIL", err, msg)
+
+
+def error_cases(ops: Iterable[str] | None = None) -> list[tuple[Op, Backend, ErrorSample]]:
+    """(op, backend, error sample) for every backend usable on the CPU here."""
+    out = []
+    for name in ops if ops is not None else registry.list_kernels():
+        op = registry.get_op(name)
+        for be in registry.backends_for(name):
+            for es in op.error_samples:
+                out.append((op, be, es))
+    return out
+
+
+def run_parity(ops: Iterable[str] | None = None, backends: Iterable[str] | None = None,
+               devices: Iterable[str] | None = None) -> list[Result]:
+    return [run_case(c) for c in parity_cases(ops, backends, devices)]
+
+
+def summarize(results: list[Result]) -> list[dict[str, Any]]:
+    """One row per (op, backend, device, dtype): samples run, worst error, tolerance, status."""
+    rows: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    for r in results:
+        c = r.case
+        key = (c.op.name, c.backend.name, c.device, c.dtype)
+        tol = r.tolerance
+        row = rows.setdefault(key, dict(op=key[0], backend=key[1], device=key[2], dtype=key[3], samples=0,
+                                        skipped=0, max_error=0.0, atol=tol.atol, rtol=tol.rtol, status="ok",
+                                        detail=""))
+        if r.status == "skip":
+            row["skipped"] += 1
+            row["detail"] = row["detail"] or r.detail
+            continue
+        row["samples"] += 1
+        row["max_error"] = max(row["max_error"], r.max_error)
+        if r.status == "FAIL":
+            row["status"] = "FAIL"
+            row["detail"] = f"{c.sample.name}: {r.detail}"
+    for row in rows.values():
+        if row["samples"] == 0:
+            row["status"] = "skip"
+    return list(rows.values())

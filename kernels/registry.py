@@ -1,0 +1,398 @@
+"""Op and backend records, registration, and dispatch.
+
+An *op* is a named function with one reference implementation in ``pyimpl`` plus the sample
+inputs, error inputs and tolerances that tests and benchmarks draw from (PyTorch's OpInfo).
+A *backend* is one implementation of an op for some devices and dtypes; ``reasons(*args, **kw)``
+returns why it cannot run those inputs (empty: it can), as xformers' ``not_supported_reasons``.
+
+Dispatch (``call``): the device of the array arguments picks the candidates, ordered by priority;
+the first with no reasons runs. A backend forced by argument, ``use_backend`` or the environment
+(``KERNELS_BACKEND``, ``KERNELS_BACKEND_<OP>``) must run or raise ``ValueError`` with its reasons.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import difflib
+import fnmatch
+import os
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Backend",
+    "ErrorSample",
+    "Op",
+    "Sample",
+    "Tolerance",
+    "array_device",
+    "array_dtype",
+    "backends_for",
+    "call",
+    "define_op",
+    "explain",
+    "get_op",
+    "is_kernel",
+    "list_kernels",
+    "register_kernel",
+    "select",
+    "triton_interpret",
+    "use_backend",
+]
+
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Absolute and relative tolerance: ``|out - ref| <= atol + rtol * |ref|``."""
+
+    atol: float = 0.0
+    rtol: float = 0.0
+
+
+EXACT = Tolerance(0.0, 0.0)
+
+
+@dataclass
+class Sample:
+    """One set of inputs for an op. ``make(device, dtype)`` builds fresh arrays each call, so
+    in-place ops can run twice (backend and reference) from identical inputs."""
+
+    name: str
+    make: Callable[[str, str], tuple[tuple[Any, ...], dict[str, Any]]]
+    dtypes: tuple[str, ...] | None = None  # None: every dtype the op declares
+    grad: bool = False  # also compare gradients of the floating inputs
+
+
+@dataclass
+class ErrorSample:
+    """Inputs that must raise ``error`` with ``match`` in the message, on every backend."""
+
+    name: str
+    make: Callable[[], tuple[tuple[Any, ...], dict[str, Any]]]
+    error: type[BaseException]
+    match: str
+
+
+@dataclass
+class Op:
+    """A named function: its reference, samples, error samples and how to compare outputs.
+
+    ``result(args, kwargs, returned)`` picks what is compared (for in-place ops, the mutated
+    argument); the default compares the returned value.
+    """
+
+    name: str
+    reference: Callable[..., Any]
+    dtypes: tuple[str, ...]
+    samples: list[Sample]
+    error_samples: list[ErrorSample] = field(default_factory=list)
+    result: Callable[[tuple[Any, ...], dict[str, Any], Any], Any] | None = None
+    reference_dtype: Callable[[str], str] | None = None  # run the reference in this dtype
+    doc: str = ""
+    backends: dict[str, Backend] = field(default_factory=dict)
+
+    def output(self, args: tuple[Any, ...], kwargs: dict[str, Any], returned: Any) -> Any:
+        return returned if self.result is None else self.result(args, kwargs, returned)
+
+
+@dataclass
+class Backend:
+    """One implementation of an op.
+
+    ``devices``: where automatic dispatch may pick it. ``interpret_devices``: extra devices it
+    runs on only when forced (Triton on CPU tensors under ``TRITON_INTERPRET=1``).
+    ``available()`` returns why the backend cannot run at all here (None: it can), e.g. a
+    missing compiled extension; ``reasons`` rejects particular inputs.
+    """
+
+    op: str
+    name: str
+    fn: Callable[..., Any]
+    devices: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    priority: int = 0
+    reasons_fn: Callable[..., list[str]] | None = None
+    available: Callable[[], str | None] | None = None
+    tolerances: dict[str, Tolerance] = field(default_factory=dict)
+    interpret_devices: tuple[str, ...] = ()
+    deterministic: bool = True
+    doc: str = ""
+
+    def unavailable(self) -> str | None:
+        return None if self.available is None else self.available()
+
+    def tolerance(self, dtype: str) -> Tolerance:
+        return self.tolerances.get(dtype, self.tolerances.get("*", EXACT))
+
+    def runs_on(self, device: str, forced: bool) -> bool:
+        if device in self.devices:
+            return True
+        return forced and device in self.interpret_devices and triton_interpret()
+
+    def reasons(self, args: Sequence[Any], kwargs: dict[str, Any], forced: bool = False) -> list[str]:
+        """Why this backend cannot run these inputs; empty when it can."""
+        why = self.unavailable()
+        if why is not None:
+            return [why]
+        out: list[str] = []
+        device = array_device(args, kwargs)
+        if device is not None and not self.runs_on(device, forced):
+            allowed = list(self.devices)
+            if self.interpret_devices:
+                allowed += [f"{d} (forced, TRITON_INTERPRET=1)" for d in self.interpret_devices]
+            out.append(f"device={device}: supported {', '.join(allowed)}")
+        dtype = array_dtype(args, kwargs)
+        if dtype is not None and dtype not in self.dtypes:
+            out.append(f"dtype={dtype}: supported {', '.join(self.dtypes)}")
+        if not out and self.reasons_fn is not None:
+            out.extend(self.reasons_fn(*args, **kwargs))
+        return out
+
+
+_OPS: dict[str, Op] = {}
+_FORCED: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("kernels_forced", default=None)
+
+
+def triton_interpret() -> bool:
+    """True when Triton kernels run on CPU tensors through Triton's interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def define_op(
+    name: str,
+    *,
+    reference: Callable[..., Any],
+    dtypes: Iterable[str],
+    samples: Iterable[Sample],
+    error_samples: Iterable[ErrorSample] = (),
+    result: Callable[[tuple[Any, ...], dict[str, Any], Any], Any] | None = None,
+    reference_dtype: Callable[[str], str] | None = None,
+    doc: str = "",
+) -> Op:
+    """Declare an op with its reference. The reference also becomes the ``reference`` backend."""
+    if name in _OPS:
+        warnings.warn(f"op {name!r} is defined again; the new definition replaces it", stacklevel=2)
+    op = Op(
+        name=name,
+        reference=reference,
+        dtypes=tuple(dtypes),
+        samples=list(samples),
+        error_samples=list(error_samples),
+        result=result,
+        reference_dtype=reference_dtype,
+        doc=doc or (reference.__doc__ or "").strip().split("\n")[0],
+    )
+    _OPS[name] = op
+    op.backends["reference"] = Backend(
+        op=name,
+        name="reference",
+        fn=reference,
+        devices=DEVICES,
+        dtypes=op.dtypes,
+        priority=-1000,
+        doc="pure Python / NumPy / PyTorch reference (pyimpl)",
+    )
+    return op
+
+
+def register_kernel(
+    op: str,
+    backend: str,
+    *,
+    devices: Iterable[str],
+    dtypes: Iterable[str],
+    priority: int = 0,
+    reasons: Callable[..., list[str]] | None = None,
+    available: Callable[[], str | None] | None = None,
+    tolerances: dict[str, Tolerance] | None = None,
+    interpret_devices: Iterable[str] = (),
+    deterministic: bool = True,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: register ``fn`` as backend ``backend`` of ``op`` (timm's ``register_model``)."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        record = get_op(op)
+        if backend in record.backends:
+            warnings.warn(f"backend {backend!r} of op {op!r} is registered again; the new one replaces it",
+                          stacklevel=2)
+        record.backends[backend] = Backend(
+            op=op,
+            name=backend,
+            fn=fn,
+            devices=tuple(devices),
+            dtypes=tuple(dtypes),
+            priority=priority,
+            reasons_fn=reasons,
+            available=available,
+            tolerances=dict(tolerances or {}),
+            interpret_devices=tuple(interpret_devices),
+            deterministic=deterministic,
+            doc=(fn.__doc__ or "").strip().split("\n")[0],
+        )
+        return fn
+
+    return deco
+
+
+def _unknown(kind: str, name: str, known: Iterable[str]) -> str:
+    known = sorted(known)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return f"unknown {kind} {name!r}{hint} (known: {', '.join(known) or 'none'})"
+
+
+def get_op(name: str) -> Op:
+    """The op record; unknown names raise ``KeyError`` naming the closest known ops."""
+    try:
+        return _OPS[name]
+    except KeyError:
+        raise KeyError(_unknown("kernel", name, _OPS)) from None
+
+
+def list_kernels(pattern: str = "*") -> list[str]:
+    """Names of registered ops matching a shell-style wildcard, sorted."""
+    return sorted(n for n in _OPS if fnmatch.fnmatchcase(n, pattern))
+
+
+def is_kernel(name: str) -> bool:
+    return name in _OPS
+
+
+def backends_for(op: str) -> list[Backend]:
+    """The op's backends, highest priority first."""
+    return sorted(get_op(op).backends.values(), key=lambda b: -b.priority)
+
+
+def _arrays(args: Sequence[Any], kwargs: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    for i, a in enumerate(args):
+        yield f"argument {i}", a
+    yield from kwargs.items()
+
+
+def _device_of(x: Any) -> str | None:
+    dev = getattr(x, "device", None)
+    if dev is not None and hasattr(dev, "type"):  # torch.Tensor
+        return str(dev.type)
+    if type(x).__module__ == "numpy" and hasattr(x, "dtype") and hasattr(x, "shape"):
+        return "cpu"
+    return None
+
+
+def array_device(args: Sequence[Any], kwargs: dict[str, Any]) -> str | None:
+    """The device all array arguments live on ('cpu' for NumPy); None without arrays.
+
+    Arrays on different devices raise ``ValueError`` naming them.
+    """
+    seen: dict[str, str] = {}
+    for where, a in _arrays(args, kwargs):
+        d = _device_of(a)
+        if d is not None:
+            seen.setdefault(d, where)
+    if len(seen) > 1:
+        parts = ", ".join(f"{w} on {d}" for d, w in seen.items())
+        raise ValueError(f"inputs are on different devices ({parts}); move them to one device")
+    return next(iter(seen), None)
+
+
+def array_dtype(args: Sequence[Any], kwargs: dict[str, Any]) -> str | None:
+    """The dtype name ('float32', 'bfloat16', ...) of the first array argument."""
+    for _, a in _arrays(args, kwargs):
+        if _device_of(a) is not None:
+            return str(a.dtype).removeprefix("torch.")
+    return None
+
+
+def _env_forced(op: str) -> str | None:
+    return os.environ.get(f"KERNELS_BACKEND_{op.upper()}") or os.environ.get("KERNELS_BACKEND") or None
+
+
+def forced_backend(op: str, backend: str | None = None) -> tuple[str | None, str]:
+    """The backend forced for ``op`` and by what: argument, use_backend, or environment.
+
+    A global choice (``use_backend("x")`` or ``KERNELS_BACKEND=x``) applies to the ops that
+    have a backend named ``x``; the others dispatch automatically. A per-op choice must exist.
+    """
+    if backend is not None:
+        return backend, "argument backend="
+    forced = _FORCED.get() or {}
+    if op in forced:
+        return forced[op], f"use_backend({op}=...)"
+    per_op = os.environ.get(f"KERNELS_BACKEND_{op.upper()}")
+    if per_op:
+        return per_op, f"environment KERNELS_BACKEND_{op.upper()}"
+    global_choices = ((forced.get("*"), "use_backend(...)"),
+                      (os.environ.get("KERNELS_BACKEND"), "environment KERNELS_BACKEND"))
+    for name, source in global_choices:
+        if name and name in get_op(op).backends:
+            return name, source
+    return None, ""
+
+
+@contextlib.contextmanager
+def use_backend(name: str | None = None, **per_op: str) -> Iterator[None]:
+    """Force a backend inside a ``with`` block: ``use_backend("reference")`` for every op that
+    has it, ``use_backend(insertion_sort="native")`` for one op. Nested blocks override."""
+    for op, be in per_op.items():
+        record = get_op(op)
+        if be not in record.backends:
+            raise ValueError(_unknown(f"backend of op {op!r}:", be, record.backends))
+    current = dict(_FORCED.get() or {})
+    if name is not None:
+        current["*"] = name
+    current.update(per_op)
+    token = _FORCED.set(current)
+    try:
+        yield
+    finally:
+        _FORCED.reset(token)
+
+
+def select(op: str, args: Sequence[Any], kwargs: dict[str, Any], backend: str | None = None) -> Backend:
+    """The backend that ``call`` would run for these inputs."""
+    record = get_op(op)
+    name, source = forced_backend(op, backend)
+    if name is not None:
+        if name not in record.backends:
+            raise ValueError(f"{source}: " + _unknown(f"backend of op {op!r}:", name, record.backends))
+        chosen = record.backends[name]
+        why = chosen.reasons(args, kwargs, forced=True)
+        if why:
+            raise ValueError(f"{op}: backend {name!r} (forced by {source}) cannot run these inputs: " + "; ".join(why))
+        return chosen
+    rejected: list[str] = []
+    for b in backends_for(op):
+        why = b.reasons(args, kwargs)
+        if not why:
+            return b
+        rejected.append(f"  {b.name}: " + "; ".join(why))
+    raise NotImplementedError(f"no backend of {op} can run these inputs:\n" + "\n".join(rejected))
+
+
+def call(op: str, *args: Any, backend: str | None = None, **kwargs: Any) -> Any:
+    """Run ``op`` on the backend dispatch selects (or the one forced)."""
+    return select(op, args, kwargs, backend).fn(*args, **kwargs)
+
+
+def explain(op: str, *args: Any, backend: str | None = None, **kwargs: Any) -> str:
+    """A readable account of the dispatch decision for these inputs, one line per backend."""
+    get_op(op)
+    device = array_device(args, kwargs)
+    dtype = array_dtype(args, kwargs)
+    lines = [f"{op}: inputs on {device or 'no device'}, dtype {dtype or 'n/a'}"]
+    name, source = forced_backend(op, backend)
+    if name is not None:
+        lines.append(f"forced: {name!r} by {source}")
+    for b in backends_for(op):
+        why = b.reasons(args, kwargs, forced=(b.name == name))
+        lines.append(f"  [{b.priority:>5}] {b.name:<10} " + ("can run" if not why else "no: " + "; ".join(why)))
+    try:
+        chosen = select(op, args, kwargs, backend).name
+        lines.append(f"-> runs {chosen!r}")
+    except (ValueError, NotImplementedError) as e:
+        lines.append(f"-> raises {type(e).__name__}: {str(e).splitlines()[0]}")
+    return "\n".join(lines)

@@ -1,0 +1,161 @@
+"""The ``insertion_sort`` op: reference, samples, error inputs, and the C++ backend.
+
+Sorts ``values[first:last]`` in place (stable, NaN last), optionally carrying an index array.
+Reference: ``pyimpl.sort.insertion_sort``. C++: ``csrc/sort.hpp``, GIL released.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from kernels.native import native, native_unavailable
+from kernels.registry import ErrorSample, Sample, call, define_op, register_kernel
+from pyimpl import sort as ref
+
+DTYPES = ref.SORT_DTYPES
+
+
+def _values(n: int, dtype: str, kind: str, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        v = rng.standard_normal(n) * 1000
+    elif kind == "sorted":
+        v = np.sort(rng.standard_normal(n) * 1000)
+    elif kind == "reversed":
+        v = np.sort(rng.standard_normal(n) * 1000)[::-1]
+    elif kind == "few":
+        v = rng.integers(0, 5, n).astype(np.float64)
+    elif kind == "equal":
+        v = np.full(n, 7.0)
+    else:
+        raise ValueError(f"kind={kind!r}: expected random, sorted, reversed, few or equal")
+    return np.ascontiguousarray(v).astype(dtype)
+
+
+def _sample(n: int, kind: str, first: int = 0, last: int | None = None, *, nan: bool = False,
+            strided: bool = False, indices: str | None = None, seed: int = 0) -> Sample:
+    def make(device: str, dtype: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        del device
+        v = _values(2 * n if strided else n, dtype, kind, seed)
+        if strided:
+            v = v[::2]
+        if nan:
+            v[np.random.default_rng(seed + 1).integers(0, n, max(1, n // 7))] = np.nan
+        kw: dict[str, Any] = {}
+        if indices == "int32":
+            kw["indices"] = np.arange(n, dtype=np.int32)[::-1].copy()
+        elif indices == "return":
+            kw["return_indices"] = True
+        return (v, first, last), kw
+
+    parts = [f"n={n}", kind, f"[{first}:{last}]"]
+    parts += [p for p, on in (("nan", nan), ("strided", strided)) if on]
+    if indices:
+        parts.append(f"indices={indices}")
+    return Sample(" ".join(parts), make, dtypes=("float32", "float64") if nan else None)
+
+
+SAMPLES = [
+    _sample(0, "random"),
+    _sample(1, "random"),
+    _sample(2, "reversed"),
+    _sample(37, "random", seed=1),
+    _sample(101, "sorted"),
+    _sample(101, "reversed"),
+    _sample(129, "few", seed=2),
+    _sample(33, "equal"),
+    _sample(77, "random", 5, 61, seed=3),
+    _sample(77, "random", 40, 40, seed=4),
+    _sample(63, "random", nan=True, seed=5),
+    _sample(45, "random", 3, 40, strided=True, seed=6),
+    _sample(53, "few", indices="int32", seed=7),
+    _sample(47, "random", 2, 45, indices="return", seed=8),
+]
+
+
+MakeArgs = Callable[[], tuple[tuple[Any, ...], dict[str, Any]]]
+
+
+def _bad(args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> MakeArgs:
+    return lambda: (args, kwargs or {})
+
+
+def _f64(n: int) -> np.ndarray:
+    return np.arange(n, dtype=np.float64)[::-1].copy()
+
+
+def _readonly() -> np.ndarray:
+    a = _f64(5)
+    a.flags.writeable = False
+    return a
+
+
+ERROR_SAMPLES = [
+    ErrorSample("first past the end", _bad((_f64(5), 6, None)), IndexError, "first=6"),
+    ErrorSample("negative last", _bad((_f64(5), 0, -1)), IndexError, "last=-1"),
+    ErrorSample("first > 2**31", _bad((_f64(5), 2**31 + 3, None)), IndexError, "first=2147483651"),
+    ErrorSample("reversed range", _bad((_f64(5), 4, 2)), ValueError, "reversed"),
+    ErrorSample("2-D values", _bad((np.zeros((2, 3)), 0, None)), ValueError, "1-D"),
+    ErrorSample("float16 values", _bad((np.zeros(4, np.float16), 0, None)), TypeError, "float16"),
+    ErrorSample("list values", _bad(([3, 1, 2], 0, None)), TypeError, "numpy.ndarray"),
+    ErrorSample("read-only values", lambda: ((_readonly(), 0, None), {}), ValueError, "read-only"),
+    ErrorSample("float first", _bad((_f64(5), 1.0, None)), TypeError, "first must be an integer"),
+    ErrorSample("indices length", _bad((_f64(5), 0, None), {"indices": np.arange(4)}), ValueError, "length 5"),
+    ErrorSample("float indices", _bad((_f64(5), 0, None), {"indices": np.zeros(5)}), TypeError, "indices.dtype"),
+]
+
+
+OP = define_op(
+    "insertion_sort",
+    reference=ref.insertion_sort,
+    dtypes=DTYPES,
+    samples=SAMPLES,
+    error_samples=ERROR_SAMPLES,
+    doc="sort values[first:last] in place (stable, NaN last), optionally carrying indices",
+)
+
+
+@register_kernel(
+    "insertion_sort",
+    "native",
+    devices=("cpu",),
+    dtypes=DTYPES,
+    priority=10,
+    available=native_unavailable,
+)
+def insertion_sort_native(
+    values: np.ndarray,
+    first: int = 0,
+    last: int | None = None,
+    *,
+    indices: np.ndarray | None = None,
+    return_indices: bool = False,
+) -> Any:
+    """C++ insertion sort (csrc/sort.hpp): in place, any stride, GIL released."""
+    lo, hi = ref.check_sort_args(values, first, last, indices)
+    if indices is None and return_indices:
+        indices = np.arange(values.shape[0], dtype=np.int64)
+    native().insertion_sort(values, lo, hi, indices)
+    return values if indices is None else (values, indices)
+
+
+def insertion_sort(
+    values: np.ndarray,
+    first: int = 0,
+    last: int | None = None,
+    *,
+    indices: np.ndarray | None = None,
+    return_indices: bool = False,
+    backend: str | None = None,
+) -> Any:
+    """Sort ``values[first:last]`` in place by insertion sort; only that range changes.
+
+    values: 1-D NumPy array of float32, float64, int32 or int64 (any stride, writeable).
+    indices: optional int32/int64 array of the same length, permuted alongside; or
+    ``return_indices=True`` to carry ``arange(len(values))``. Order: ascending, stable, NaN last.
+    Returns ``values``, or ``(values, indices)``. ``backend``: 'native' or 'reference'.
+    """
+    return call("insertion_sort", values, first, last, indices=indices, return_indices=return_indices, backend=backend)

@@ -1,0 +1,173 @@
+"""The registry and dispatcher contract: registration, lookup, reasons, fallback, forcing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import kernels
+from kernels import registry
+from kernels.registry import Sample
+
+
+@pytest.fixture
+def toy():
+    """A throwaway op 'toy_scale' with a reference and two backends; removed afterwards."""
+    def ref(x, factor=2.0):
+        return x * factor
+
+    registry.define_op("toy_scale", reference=ref, dtypes=("float32", "float64"),
+                       samples=[Sample("n=3", lambda d, t: ((torch.ones(3, dtype=getattr(torch, t), device=d),), {}))])
+
+    @registry.register_kernel("toy_scale", "fast", devices=("cpu",), dtypes=("float32",), priority=5,
+                              reasons=lambda x, factor=2.0: [] if factor > 0 else [f"factor={factor}: supported > 0"])
+    def fast(x, factor=2.0):
+        return x * factor + 0  # same result, different path
+
+    @registry.register_kernel("toy_scale", "missing", devices=("cpu",), dtypes=("float32",), priority=9,
+                              available=lambda: "toy extension not built")
+    def missing(x, factor=2.0):
+        raise AssertionError("an unavailable backend must never run")
+
+    yield registry.get_op("toy_scale")
+    del registry._OPS["toy_scale"]
+
+
+def test_list_and_is_kernel(toy) -> None:
+    assert "toy_scale" in kernels.list_kernels()
+    assert kernels.list_kernels("toy_*") == ["toy_scale"]
+    assert kernels.list_kernels("nothing*") == []
+    assert kernels.is_kernel("toy_scale") and not kernels.is_kernel("toy_scal")
+
+
+def test_unknown_name_suggests_closest(toy) -> None:
+    with pytest.raises(KeyError, match="did you mean 'toy_scale'"):
+        kernels.get_op("toy_scal")
+    with pytest.raises(KeyError, match="insertion_sort"):
+        kernels.get_op("insertion_srt")
+
+
+def test_registration_warns_on_overwrite(toy) -> None:
+    with pytest.warns(UserWarning, match="registered again"):
+        registry.register_kernel("toy_scale", "fast", devices=("cpu",), dtypes=("float32",))(lambda x: x)
+
+
+def test_register_on_unknown_op_raises() -> None:
+    with pytest.raises(KeyError, match="unknown kernel"):
+        registry.register_kernel("no_such_op", "x", devices=("cpu",), dtypes=("float32",))(lambda x: x)
+
+
+def test_dispatch_picks_highest_priority_that_can_run(toy) -> None:
+    x = torch.ones(4)
+    assert registry.select("toy_scale", (x,), {}).name == "fast"  # 'missing' has higher priority, unavailable
+    assert registry.select("toy_scale", (x.double(),), {}).name == "reference"  # dtype not supported by fast
+    assert registry.select("toy_scale", (x,), {"factor": -1.0}).name == "reference"  # reasons reject
+    assert torch.equal(registry.call("toy_scale", x, factor=3.0), x * 3)
+
+
+def test_forced_backend_fails_loudly_with_reasons(toy) -> None:
+    x = torch.ones(4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"'fast' \(forced by argument backend=\).*dtype=float64: supported float32"):
+        registry.call("toy_scale", x, backend="fast")
+    with pytest.raises(ValueError, match="toy extension not built"):
+        registry.call("toy_scale", torch.ones(2), backend="missing")
+    with pytest.raises(ValueError, match="did you mean 'fast'"):
+        registry.call("toy_scale", x, backend="fats")
+
+
+def test_use_backend_context_and_nesting(toy) -> None:
+    x = torch.ones(2)
+    with kernels.use_backend(toy_scale="reference"):
+        assert registry.select("toy_scale", (x,), {}).name == "reference"
+        with kernels.use_backend(toy_scale="fast"):
+            assert registry.select("toy_scale", (x,), {}).name == "fast"
+        assert registry.select("toy_scale", (x,), {}).name == "reference"
+    assert registry.select("toy_scale", (x,), {}).name == "fast"
+    with kernels.use_backend("reference"):  # global: every op with such a backend
+        assert registry.select("toy_scale", (x,), {}).name == "reference"
+        assert registry.select("insertion_sort", (np.zeros(3),), {}).name == "reference"
+    with pytest.raises(ValueError, match="unknown backend"):
+        with kernels.use_backend(toy_scale="nope"):
+            pass
+
+
+def test_environment_override(toy, monkeypatch) -> None:
+    x = torch.ones(2)
+    monkeypatch.setenv("KERNELS_BACKEND", "reference")
+    assert registry.select("toy_scale", (x,), {}).name == "reference"
+    monkeypatch.setenv("KERNELS_BACKEND_TOY_SCALE", "fast")  # per op beats global
+    assert registry.select("toy_scale", (x,), {}).name == "fast"
+    monkeypatch.setenv("KERNELS_BACKEND_TOY_SCALE", "fast")
+    with pytest.raises(ValueError, match="environment KERNELS_BACKEND_TOY_SCALE"):
+        registry.select("toy_scale", (x.double(),), {})
+    monkeypatch.setenv("KERNELS_BACKEND", "triton")  # a global name the op lacks: automatic dispatch
+    monkeypatch.delenv("KERNELS_BACKEND_TOY_SCALE")
+    assert registry.select("toy_scale", (x,), {}).name == "fast"
+
+
+def test_argument_beats_context_beats_environment(toy, monkeypatch) -> None:
+    x = torch.ones(2)
+    monkeypatch.setenv("KERNELS_BACKEND_TOY_SCALE", "reference")
+    with kernels.use_backend(toy_scale="fast"):
+        assert registry.select("toy_scale", (x,), {}).name == "fast"
+        assert registry.select("toy_scale", (x,), {}, backend="reference").name == "reference"
+
+
+def test_nothing_fits_lists_every_backend(toy) -> None:
+    x = torch.ones(2, dtype=torch.float16)
+    with pytest.raises(NotImplementedError) as e:
+        registry.call("toy_scale", x)
+    msg = str(e.value)
+    assert "fast: dtype=float16" in msg and "missing: toy extension not built" in msg
+    assert "reference: dtype=float16" in msg
+
+
+def test_mixed_devices_rejected() -> None:
+    with pytest.raises(ValueError, match="different devices"):
+        registry.array_device((np.zeros(2), torch.zeros(2, device="meta")), {})
+
+
+def test_explain_names_the_choice(toy) -> None:
+    text = kernels.explain("toy_scale", torch.ones(2, dtype=torch.float64))
+    assert "fast" in text and "dtype=float64: supported float32" in text
+    assert "-> runs 'reference'" in text
+    text = kernels.explain("toy_scale", torch.ones(2), backend="missing")
+    assert "forced: 'missing'" in text and "-> raises ValueError" in text
+
+
+def test_triton_style_interpret_device_only_when_forced(toy, monkeypatch) -> None:
+    registry.register_kernel("toy_scale", "gpu_only", devices=("cuda",), dtypes=("float32",), priority=50,
+                             interpret_devices=("cpu",))(lambda x, factor=2.0: x * factor)
+    x = torch.ones(2)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert registry.select("toy_scale", (x,), {}).name == "fast"  # never picked automatically on CPU
+    assert registry.select("toy_scale", (x,), {}, backend="gpu_only").name == "gpu_only"
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        registry.select("toy_scale", (x,), {}, backend="gpu_only")
+
+
+def test_parity_harness_catches_a_wrong_backend(toy) -> None:
+    from kernels import parity
+
+    registry.register_kernel("toy_scale", "wrong", devices=("cpu",), dtypes=("float32",))(
+        lambda x, factor=2.0: x * factor + 1e-3)
+    results = parity.run_parity(["toy_scale"], backends=["wrong"], devices=["cpu"])
+    assert [r.status for r in results] == ["FAIL"]
+    assert "out of tolerance" in results[0].detail
+    ok = parity.run_parity(["toy_scale"], backends=["fast"], devices=["cpu"])
+    assert [r.status for r in ok] == ["ok"]
+
+
+def test_compare_handles_nan_inf_and_shapes() -> None:
+    from kernels.parity import compare
+    from kernels.registry import Tolerance
+
+    tol = Tolerance(1e-6, 0)
+    a = np.array([1.0, np.nan, np.inf])
+    assert compare(a, a.copy(), tol)[0]
+    assert not compare(np.array([1.0, 0.0, np.inf]), a, tol)[0]
+    assert not compare(np.array([1.0, np.nan, -np.inf]), a, tol)[0]
+    assert not compare(np.zeros(2), np.zeros(3), tol)[0]
+    assert compare(np.zeros((0, 3)), np.zeros((0, 3)), tol)[0]

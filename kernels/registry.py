@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 __all__ = [
     "Backend",
     "ErrorSample",
@@ -95,6 +97,15 @@ class Op:
     reference_dtype: Callable[[str], str] | None = None  # run the reference in this dtype
     doc: str = ""
     backends: dict[str, Backend] = field(default_factory=dict)
+    ordered: list[Backend] = field(default_factory=list)  # backends, highest priority first
+    env_key: str = ""  # KERNELS_BACKEND_<NAME>
+
+    def __post_init__(self) -> None:
+        self.env_key = f"KERNELS_BACKEND_{self.name.upper()}"
+
+    def add_backend(self, backend: Backend) -> None:
+        self.backends[backend.name] = backend
+        self.ordered = sorted(self.backends.values(), key=lambda b: -b.priority)
 
     def output(self, args: tuple[Any, ...], kwargs: dict[str, Any], returned: Any) -> Any:
         return returned if self.result is None else self.result(args, kwargs, returned)
@@ -140,13 +151,12 @@ class Backend:
         if why is not None:
             return [why]
         out: list[str] = []
-        device = array_device(args, kwargs)
+        device, dtype = inspect_arrays(args, kwargs)
         if device is not None and not self.runs_on(device, forced):
             allowed = list(self.devices)
             if self.interpret_devices:
                 allowed += [f"{d} (forced, TRITON_INTERPRET=1)" for d in self.interpret_devices]
             out.append(f"device={device}: supported {', '.join(allowed)}")
-        dtype = array_dtype(args, kwargs)
         if dtype is not None and dtype not in self.dtypes:
             out.append(f"dtype={dtype}: supported {', '.join(self.dtypes)}")
         if not out and self.reasons_fn is not None:
@@ -188,7 +198,7 @@ def define_op(
         doc=doc or (reference.__doc__ or "").strip().split("\n")[0],
     )
     _OPS[name] = op
-    op.backends["reference"] = Backend(
+    op.add_backend(Backend(
         op=name,
         name="reference",
         fn=reference,
@@ -196,7 +206,7 @@ def define_op(
         dtypes=op.dtypes,
         priority=-1000,
         doc="pure Python / NumPy / PyTorch reference (pyimpl)",
-    )
+    ))
     return op
 
 
@@ -220,7 +230,7 @@ def register_kernel(
         if backend in record.backends:
             warnings.warn(f"backend {backend!r} of op {op!r} is registered again; the new one replaces it",
                           stacklevel=2)
-        record.backends[backend] = Backend(
+        record.add_backend(Backend(
             op=op,
             name=backend,
             fn=fn,
@@ -233,7 +243,7 @@ def register_kernel(
             interpret_devices=tuple(interpret_devices),
             deterministic=deterministic,
             doc=(fn.__doc__ or "").strip().split("\n")[0],
-        )
+        ))
         return fn
 
     return deco
@@ -265,7 +275,7 @@ def is_kernel(name: str) -> bool:
 
 def backends_for(op: str) -> list[Backend]:
     """The op's backends, highest priority first."""
-    return sorted(get_op(op).backends.values(), key=lambda b: -b.priority)
+    return list(get_op(op).ordered)
 
 
 def _arrays(args: Sequence[Any], kwargs: dict[str, Any]) -> Iterator[tuple[str, Any]]:
@@ -274,41 +284,59 @@ def _arrays(args: Sequence[Any], kwargs: dict[str, Any]) -> Iterator[tuple[str, 
     yield from kwargs.items()
 
 
-def _device_of(x: Any) -> str | None:
-    dev = getattr(x, "device", None)
-    if dev is not None and hasattr(dev, "type"):  # torch.Tensor
-        return str(dev.type)
-    if type(x).__module__ == "numpy" and hasattr(x, "dtype") and hasattr(x, "shape"):
-        return "cpu"
-    return None
+_ARRAY_KIND: dict[type, str | None] = {}  # type -> "numpy" | "torch" | None (not an array)
+_DTYPE_NAME: dict[Any, str] = {}
+
+
+def _array_kind(x: Any) -> str | None:
+    t = type(x)
+    kind = _ARRAY_KIND.get(t, "?")
+    if kind == "?":
+        if isinstance(x, np.ndarray):
+            kind = "numpy"
+        elif hasattr(x, "device") and hasattr(x.device, "type") and hasattr(x, "dtype"):
+            kind = "torch"
+        else:
+            kind = None
+        _ARRAY_KIND[t] = kind
+    return kind
+
+
+def _dtype_name(dtype: Any) -> str:
+    name = _DTYPE_NAME.get(dtype)
+    if name is None:
+        name = _DTYPE_NAME[dtype] = str(dtype).removeprefix("torch.")
+    return name
+
+
+def inspect_arrays(args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(device, dtype) of the array arguments: the device all of them live on ('cpu' for NumPy)
+    and the dtype name of the first one; None without arrays. Arrays on different devices raise
+    ``ValueError`` naming them."""
+    device = dtype = where = None
+    for i, a in enumerate(args) if not kwargs else _arrays(args, kwargs):
+        kind = _array_kind(a)
+        if kind is None:
+            continue
+        d = "cpu" if kind == "numpy" else a.device.type
+        if device is None:
+            device, dtype, where = d, _dtype_name(a.dtype), i
+        elif d != device:
+            first = f"argument {where}" if isinstance(where, int) else where
+            here = f"argument {i}" if isinstance(i, int) else i
+            raise ValueError(f"inputs are on different devices ({first} on {device}, {here} on {d}); "
+                             "move them to one device")
+    return device, dtype
 
 
 def array_device(args: Sequence[Any], kwargs: dict[str, Any]) -> str | None:
-    """The device all array arguments live on ('cpu' for NumPy); None without arrays.
-
-    Arrays on different devices raise ``ValueError`` naming them.
-    """
-    seen: dict[str, str] = {}
-    for where, a in _arrays(args, kwargs):
-        d = _device_of(a)
-        if d is not None:
-            seen.setdefault(d, where)
-    if len(seen) > 1:
-        parts = ", ".join(f"{w} on {d}" for d, w in seen.items())
-        raise ValueError(f"inputs are on different devices ({parts}); move them to one device")
-    return next(iter(seen), None)
+    """The device all array arguments live on ('cpu' for NumPy); None without arrays."""
+    return inspect_arrays(args, kwargs)[0]
 
 
 def array_dtype(args: Sequence[Any], kwargs: dict[str, Any]) -> str | None:
     """The dtype name ('float32', 'bfloat16', ...) of the first array argument."""
-    for _, a in _arrays(args, kwargs):
-        if _device_of(a) is not None:
-            return str(a.dtype).removeprefix("torch.")
-    return None
-
-
-def _env_forced(op: str) -> str | None:
-    return os.environ.get(f"KERNELS_BACKEND_{op.upper()}") or os.environ.get("KERNELS_BACKEND") or None
+    return inspect_arrays(args, kwargs)[1]
 
 
 def forced_backend(op: str, backend: str | None = None) -> tuple[str | None, str]:
@@ -322,13 +350,14 @@ def forced_backend(op: str, backend: str | None = None) -> tuple[str | None, str
     forced = _FORCED.get() or {}
     if op in forced:
         return forced[op], f"use_backend({op}=...)"
-    per_op = os.environ.get(f"KERNELS_BACKEND_{op.upper()}")
+    record = get_op(op)
+    per_op = os.environ.get(record.env_key)
     if per_op:
-        return per_op, f"environment KERNELS_BACKEND_{op.upper()}"
+        return per_op, f"environment {record.env_key}"
     global_choices = ((forced.get("*"), "use_backend(...)"),
                       (os.environ.get("KERNELS_BACKEND"), "environment KERNELS_BACKEND"))
     for name, source in global_choices:
-        if name and name in get_op(op).backends:
+        if name and name in record.backends:
             return name, source
     return None, ""
 
@@ -365,7 +394,7 @@ def select(op: str, args: Sequence[Any], kwargs: dict[str, Any], backend: str | 
             raise ValueError(f"{op}: backend {name!r} (forced by {source}) cannot run these inputs: " + "; ".join(why))
         return chosen
     rejected: list[str] = []
-    for b in backends_for(op):
+    for b in record.ordered:
         why = b.reasons(args, kwargs)
         if not why:
             return b
@@ -381,8 +410,7 @@ def call(op: str, *args: Any, backend: str | None = None, **kwargs: Any) -> Any:
 def explain(op: str, *args: Any, backend: str | None = None, **kwargs: Any) -> str:
     """A readable account of the dispatch decision for these inputs, one line per backend."""
     get_op(op)
-    device = array_device(args, kwargs)
-    dtype = array_dtype(args, kwargs)
+    device, dtype = inspect_arrays(args, kwargs)
     lines = [f"{op}: inputs on {device or 'no device'}, dtype {dtype or 'n/a'}"]
     name, source = forced_backend(op, backend)
     if name is not None:

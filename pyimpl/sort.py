@@ -18,6 +18,8 @@ import numpy as np
 
 SORT_DTYPES = ("float32", "float64", "int32", "int64")
 INDEX_DTYPES = ("int32", "int64")
+_SORT_NP = frozenset(np.dtype(d) for d in SORT_DTYPES)
+_INDEX_NP = frozenset(np.dtype(d) for d in INDEX_DTYPES)
 
 
 def check_sort_args(values: Any, first: Any, last: Any, indices: Any) -> tuple[int, int]:
@@ -31,7 +33,7 @@ def check_sort_args(values: Any, first: Any, last: Any, indices: Any) -> tuple[i
         raise TypeError(f"values must be a numpy.ndarray, got {type(values).__name__}")
     if values.ndim != 1:
         raise ValueError(f"values must be 1-D, got shape {values.shape}")
-    if values.dtype.name not in SORT_DTYPES:
+    if values.dtype not in _SORT_NP:
         raise TypeError(f"values.dtype={values.dtype.name}: supported {', '.join(SORT_DTYPES)}")
     if not values.flags.writeable:
         raise ValueError("values is read-only: the sort works in place; pass values.copy()")
@@ -52,7 +54,7 @@ def check_sort_args(values: Any, first: Any, last: Any, indices: Any) -> tuple[i
             raise TypeError(f"indices must be a numpy.ndarray, got {type(indices).__name__}")
         if indices.ndim != 1 or indices.shape[0] != n:
             raise ValueError(f"indices must be 1-D of length {n} like values, got shape {indices.shape}")
-        if indices.dtype.name not in INDEX_DTYPES:
+        if indices.dtype not in _INDEX_NP:
             raise TypeError(f"indices.dtype={indices.dtype.name}: supported {', '.join(INDEX_DTYPES)}")
         if not indices.flags.writeable:
             raise ValueError("indices is read-only: it is permuted in place; pass indices.copy()")

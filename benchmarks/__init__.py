@@ -1,0 +1,1 @@
+"""Benchmark suites (pytest-benchmark), the GPU timing helper and the report."""

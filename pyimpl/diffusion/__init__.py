@@ -1,0 +1,37 @@
+"""DDPM / DDIM references: schedules, forward noising, the seed's and diffusers' reverse steps,
+classifier-free guidance, and the Philox noise the kernels draw. The seed's UNet is ``pyimpl.unet``."""
+
+from pyimpl.diffusion.philox import NOISE_BLOCK, NOISE_QUARTER, noise_counters, philox_normal
+from pyimpl.diffusion.schedule import BETA_SCHEDULES, Schedule, make_betas, make_schedule, sample_timesteps
+from pyimpl.diffusion.steps import (
+    PREDICTION_TYPES,
+    VARIANCE_TYPES,
+    check_step_args,
+    ddim_step,
+    ddpm_seed_step,
+    ddpm_step,
+    guided,
+    q_sample,
+    threshold_scale,
+)
+
+__all__ = [
+    "BETA_SCHEDULES",
+    "NOISE_BLOCK",
+    "NOISE_QUARTER",
+    "PREDICTION_TYPES",
+    "VARIANCE_TYPES",
+    "Schedule",
+    "check_step_args",
+    "ddim_step",
+    "ddpm_seed_step",
+    "ddpm_step",
+    "guided",
+    "make_betas",
+    "make_schedule",
+    "noise_counters",
+    "philox_normal",
+    "q_sample",
+    "sample_timesteps",
+    "threshold_scale",
+]

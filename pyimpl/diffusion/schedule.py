@@ -1,0 +1,117 @@
+"""Noise schedules: beta_t for t = 0 .. T-1, alpha_t = 1 - beta_t, alpha_hat_t = prod_{s<=t} alpha_s.
+
+Formulas as diffusers' DDPMScheduler builds them (``beta_schedule``):
+- ``linear``: linspace(beta_start, beta_end, T), the seed's schedule (1e-4 .. 0.02, T = 1000);
+- ``scaled_linear``: linspace(sqrt(beta_start), sqrt(beta_end), T) ** 2 (latent diffusion);
+- ``squaredcos_cap_v2``: beta_i = min(1 - abar((i+1)/T) / abar(i/T), 0.999) with
+  abar(s) = cos((s + 0.008) / 1.008 * pi / 2) ** 2 (Nichol & Dhariwal 2021, "improved DDPM");
+- ``sigmoid``: sigmoid(linspace(-6, 6, T)) * (beta_end - beta_start) + beta_start (GeoDiff);
+- or given betas (``trained_betas``).
+The schedule is kept in float32 (diffusers' choice) or float64, never float16: in float16
+alpha_hat near t = 0 rounds to 1 and 1 - alpha_hat to 0, a division by zero in every step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["BETA_SCHEDULES", "Schedule", "make_betas", "make_schedule", "sample_timesteps"]
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
+SCHEDULE_DTYPES = (torch.float32, torch.float64)
+
+
+def make_betas(
+    num_train_timesteps: int = 1000,
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    beta_schedule: str = "linear",
+    trained_betas: Sequence[float] | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """beta_t (float32, length T) for the named schedule, or the given ``trained_betas``."""
+    if trained_betas is not None:
+        betas = torch.as_tensor(trained_betas, dtype=torch.float32).flatten().cpu()
+        if betas.numel() == 0:
+            raise ValueError("trained_betas is empty: give at least one beta")
+        if not bool(((betas > 0) & (betas < 1)).all()):
+            raise ValueError("trained_betas: every beta must lie in (0, 1)")
+        return betas
+    if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int) or num_train_timesteps < 1:
+        raise ValueError(f"num_train_timesteps={num_train_timesteps!r}: must be a positive integer")
+    n = num_train_timesteps
+    if beta_schedule == "linear":
+        return torch.linspace(beta_start, beta_end, n, dtype=torch.float32)
+    if beta_schedule == "scaled_linear":
+        return torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=torch.float32) ** 2
+    if beta_schedule == "squaredcos_cap_v2":
+        def abar(s: float) -> float:
+            return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        return torch.tensor([min(1 - abar((i + 1) / n) / abar(i / n), 0.999) for i in range(n)], dtype=torch.float32)
+    if beta_schedule == "sigmoid":
+        return torch.sigmoid(torch.linspace(-6, 6, n)) * (beta_end - beta_start) + beta_start
+    raise ValueError(f"beta_schedule={beta_schedule!r}: supported {', '.join(BETA_SCHEDULES)} (or trained_betas)")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """betas, alphas = 1 - betas and alphas_cumprod (alpha_hat), one dtype (float32/float64) and device."""
+
+    betas: torch.Tensor
+    alphas: torch.Tensor
+    alphas_cumprod: torch.Tensor
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.betas.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.betas.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.betas.dtype
+
+    @staticmethod
+    def from_betas(betas: torch.Tensor, dtype: torch.dtype = torch.float32,
+                   device: str | torch.device | None = None) -> Schedule:
+        """alpha and alpha_hat from betas, computed in float32 as the seed and diffusers do, then cast."""
+        if dtype not in SCHEDULE_DTYPES:
+            raise ValueError(f"dtype={dtype}: schedules are kept in float32 or float64 (float16 rounds "
+                             "alpha_hat near t=0 to 1, dividing by zero)")
+        betas32 = betas.to(torch.float32)
+        alphas = 1.0 - betas32
+        alphas_cumprod = torch.cumprod(alphas, dim=0)
+        return Schedule(*(v.to(dtype=dtype, device=device) for v in (betas32, alphas, alphas_cumprod)))
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Schedule:
+        if dtype is not None and dtype not in SCHEDULE_DTYPES:
+            raise ValueError(f"dtype={dtype}: schedules are kept in float32 or float64 (float16 rounds "
+                             "alpha_hat near t=0 to 1, dividing by zero)")
+        return Schedule(*(v.to(device=device, dtype=dtype) for v in (self.betas, self.alphas, self.alphas_cumprod)))
+
+
+def make_schedule(
+    num_train_timesteps: int = 1000,
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    beta_schedule: str = "linear",
+    trained_betas: Sequence[float] | torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+) -> Schedule:
+    """The schedule; the defaults are the seed's (linear, 1e-4 .. 0.02, T = 1000)."""
+    betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
+    return Schedule.from_betas(betas, dtype=dtype, device=device)
+
+
+def sample_timesteps(n: int, num_train_timesteps: int = 1000, generator: torch.Generator | None = None,
+                     device: str | torch.device | None = None) -> torch.Tensor:
+    """The seed's training timesteps: uniform integers in [1, T)."""
+    dev = generator.device if generator is not None else device
+    return torch.randint(1, num_train_timesteps, (n,), generator=generator, device=dev).to(device)

@@ -16,6 +16,7 @@ from kernels.registry import (
     register_kernel,
     use_backend,
 )
+from kernels.attention import attention
 from kernels.sort import insertion_sort
 
 __version__ = "0.1.0"
@@ -24,6 +25,7 @@ __all__ = [
     "Backend",
     "Op",
     "__version__",
+    "attention",
     "backends_for",
     "call",
     "explain",

@@ -1,0 +1,186 @@
+"""Host side of the Triton flash attention: block-size table, launchers, autograd Function.
+
+The kernels live in ``flash_triton.py``. Inputs are (B, H, N, D) *views* with any strides (a
+(B, N, H, D) tensor is passed as ``x.transpose(1, 2)``); nothing is copied. float32 inputs use
+TF32 tensor-core dots (Triton's default): 10-bit mantissa products with fp32 accumulation,
+relative error near 3e-4 per score; see docs/attention.md for the tolerances this gives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import triton
+
+from kernels.attention import flash_triton as kt
+from kernels.registry import triton_interpret
+
+HEAD_DIMS = (16, 32, 64, 128)
+LOG2E = 1.4426950408889634
+FP32_PRECISION = "tf32"
+
+
+@dataclass(frozen=True)
+class FlashConfig:
+    """Tile shape and launch shape of one kernel: BLOCK_M query rows x BLOCK_N keys."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+_INTERPRET = FlashConfig(16, 16, 1, 1)  # small tiles: the interpreter runs every block on the CPU
+
+
+def forward_config(head_dim: int, n_q: int, n_k: int) -> FlashConfig:
+    """Forward tiles for Hopper, from the sweep in benchmarks/gpu_attention.py (docs/notes/attention-gpu.md)."""
+    if triton_interpret():
+        return _INTERPRET
+    if n_q <= 64:
+        return FlashConfig(64, 64, 4, 2)
+    if head_dim == 128:
+        return FlashConfig(128, 64, 8, 3)
+    return FlashConfig(128, 64, 4, 3)
+
+
+def backward_config(head_dim: int, n_q: int, n_k: int) -> FlashConfig:
+    """Backward tiles (dK/dV pass and dQ pass) for Hopper."""
+    if triton_interpret():
+        return _INTERPRET
+    if head_dim == 128:
+        return FlashConfig(64, 64, 8, 2)
+    return FlashConfig(64, 64, 4, 2)
+
+
+def interpreter_index_fix() -> None:
+    """Let Triton's interpreter take run-time loop bounds under NumPy >= 2.4.
+
+    The interpreter (Triton 3.6) holds kernel scalars as 1-element arrays and converts a
+    ``range`` bound with ``int(array)``, which NumPy 2.4 refuses for arrays of one dimension.
+    This wraps its tensor patching so ``__index__`` reads the single element instead. Idempotent;
+    affects interpreted kernels only.
+    """
+    from triton.runtime import interpreter
+
+    if getattr(interpreter, "_modelkernels_index_fix", False):
+        return
+    patch_tensor = interpreter._patch_lang_tensor
+
+    def patched(tensor: Any, scope: Any) -> None:
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    interpreter._patch_lang_tensor = patched
+    interpreter._modelkernels_index_fix = True
+
+
+def _strides(x: torch.Tensor) -> tuple[int, ...]:
+    return tuple(x.stride())
+
+
+def _mask_args(key_padding_mask: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    if key_padding_mask is None:
+        return like, 0, 0
+    m = key_padding_mask.view(torch.uint8)
+    return m, m.stride(0), m.stride(1)
+
+
+def _precision(x: torch.Tensor) -> str:
+    return FP32_PRECISION if x.dtype == torch.float32 else "ieee"
+
+
+def flash_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None,
+                  causal: bool, scale: float, out_bnhd: bool, config: FlashConfig | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """O (q's dtype; stored (B, N, H, D) when ``out_bnhd``, returned as a (B, H, N, D) view) and the
+    base-2 row log-sum-exp (B, H, Nq) fp32 that the backward pass needs."""
+    b, h, n_q, d = q.shape
+    n_k = k.shape[2]
+    cfg = config or forward_config(d, n_q, n_k)
+    if triton_interpret():
+        interpreter_index_fix()
+    if out_bnhd:
+        o = torch.empty((b, n_q, h, d), device=q.device, dtype=q.dtype).transpose(1, 2)
+    else:
+        o = torch.empty((b, h, n_q, d), device=q.device, dtype=q.dtype)
+    lse = torch.empty((b, h, n_q), device=q.device, dtype=torch.float32)
+    kpm, smb, smn = _mask_args(key_padding_mask, q)
+    grid = (triton.cdiv(n_q, cfg.block_m), b * h)
+    kt.attention_fwd_kernel[grid](
+        q, k, v, o, lse, kpm, *_strides(q), *_strides(k), *_strides(v), *_strides(o), smb, smn,
+        h, n_q, n_k, scale * LOG2E,
+        HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, CAUSAL=causal, HAS_MASK=key_padding_mask is not None,
+        PRECISION=_precision(q), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return o, lse
+
+
+def flash_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+                   lse: torch.Tensor, key_padding_mask: torch.Tensor | None, causal: bool, scale: float,
+                   deterministic: bool, config: FlashConfig | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dq, dk, dv. ``deterministic``: dQ in its own pass (fixed order) instead of fp32 atomics."""
+    b, h, n_q, d = q.shape
+    n_k = k.shape[2]
+    cfg = config or backward_config(d, n_q, n_k)
+    if triton_interpret():
+        interpreter_index_fix()
+    delta = torch.empty((b, h, n_q), device=q.device, dtype=torch.float32)
+    rows = _INTERPRET.block_m if triton_interpret() else 64
+    kt.attention_bwd_delta_kernel[(triton.cdiv(n_q, rows), b * h)](
+        o, do, delta, *_strides(o), *_strides(do), h, n_q, HEAD_DIM=d, BLOCK_M=rows,
+    )
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    kpm, smb, smn = _mask_args(key_padding_mask, q)
+    has_mask = key_padding_mask is not None
+    dq32 = q if deterministic else torch.zeros((b, h, n_q, d), device=q.device, dtype=torch.float32)
+    kt.attention_bwd_dkdv_kernel[(triton.cdiv(n_k, cfg.block_n), b * h)](
+        q, k, v, do, dk, dv, dq32, lse, delta, kpm,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv), smb, smn,
+        h, n_q, n_k, scale * LOG2E, scale,
+        HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, CAUSAL=causal, HAS_MASK=has_mask,
+        EVEN_N=n_k % cfg.block_n == 0, ATOMIC_DQ=not deterministic, PRECISION=_precision(q),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    if not deterministic:
+        return dq32.to(q.dtype), dk, dv
+    dq = torch.empty_like(q)
+    kt.attention_bwd_dq_kernel[(triton.cdiv(n_q, cfg.block_m), b * h)](
+        q, k, v, do, dq, lse, delta, kpm,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq), smb, smn,
+        h, n_q, n_k, scale * LOG2E, scale,
+        HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, CAUSAL=causal, HAS_MASK=has_mask,
+        EVEN_N=n_k % cfg.block_n == 0, PRECISION=_precision(q),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return dq, dk, dv
+
+
+class FlashAttention(torch.autograd.Function):
+    """softmax(q kᵀ · scale) v with the Triton kernels forward and backward (O(N) memory)."""
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None,
+                causal: bool, scale: float, deterministic: bool, out_bnhd: bool) -> torch.Tensor:
+        o, lse = flash_forward(q, k, v, key_padding_mask, causal, scale, out_bnhd)
+        ctx.save_for_backward(q, k, v, o, lse, key_padding_mask)
+        ctx.causal, ctx.scale, ctx.deterministic = causal, scale, deterministic
+        return o
+
+    @staticmethod
+    def backward(ctx: Any, do: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        q, k, v, o, lse, key_padding_mask = ctx.saved_tensors
+        dq, dk, dv = flash_backward(do, q, k, v, o, lse, key_padding_mask, ctx.causal, ctx.scale, ctx.deterministic)
+        return dq, dk, dv, None, None, None, None, None
+
+
+def max_offset(x: torch.Tensor) -> int:
+    """Largest element offset inside one (batch, head) slice of a (B, H, N, D) view."""
+    return sum((s - 1) * abs(st) for s, st in zip(x.shape[2:], x.stride()[2:]) if s > 0)
+
+
+OFFSET_LIMIT = 2**31 - 1  # the kernels index inside one (batch, head) slice with int32

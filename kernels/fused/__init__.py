@@ -1,0 +1,9 @@
+"""Fused norm / activation / upsample kernels for the seed's DDPM UNet, and its drop-in modules.
+
+Ops (``kernels.fused.ops``): ``group_norm_act``, ``tokens_layer_norm``, ``add_layer_norm``,
+``upsample_concat``; references in ``pyimpl.fused``; Triton backends in ``*_triton.py``.
+"""
+
+from kernels.fused.ops import add_layer_norm, group_norm_act, tokens_layer_norm, upsample_concat
+
+__all__ = ["add_layer_norm", "group_norm_act", "tokens_layer_norm", "upsample_concat"]

@@ -1,0 +1,381 @@
+"""The fused norm / activation / upsample ops: references (``pyimpl.fused``), samples, error
+inputs, and their Triton backends (CUDA; CPU tensors under ``TRITON_INTERPRET=1`` when forced).
+
+Ops: ``group_norm_act``, ``tokens_layer_norm``, ``add_layer_norm``, ``upsample_concat``. Every
+sample with ``grad=True`` also checks the backward of the Triton backend against the reference's
+autograd (in float64).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from kernels.fused.availability import triton_unavailable
+from kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
+from pyimpl import fused as ref
+
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+TRITON_DTYPES = ("float16", "bfloat16", "float32")
+MAX_LAYER_NORM_CHANNELS = 8192  # one token's channels are held in registers
+Make = Callable[[str, str], tuple[tuple[Any, ...], dict[str, Any]]]
+
+# forward: one rounding of the output (bf16: 2^-8 relative) after fp32 arithmetic. Gradients: the
+# backend's cotangent is rounded to the input dtype, the reference's is not, and the weight/bias
+# gradients sum many such products.
+TOLERANCES = {
+    "float32": Tolerance(2e-5, 2e-5),
+    "float16": Tolerance(4e-3, 4e-3),
+    "bfloat16": Tolerance(3e-2, 3e-2),
+    "grad:float32": Tolerance(1e-4, 1e-4),
+    "grad:float16": Tolerance(3e-2, 3e-2),
+    "grad:bfloat16": Tolerance(2e-1, 6e-2),
+}
+
+
+def _f64(dtype: str) -> str:
+    del dtype
+    return "float64"
+
+
+def _randn(shape: tuple[int, ...], seed: int, device: str, dtype: str, scale: float = 1.0,
+           offset: float = 0.0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.randn(shape, generator=gen, dtype=torch.float64) * scale + offset
+    return t.to(device=device, dtype=getattr(torch, dtype))
+
+
+# ------------------------------------------------------------------------------ group_norm_act
+
+
+def _gn_sample(name: str, shape: tuple[int, ...], groups: int, *, affine: bool = True, residual: bool = False,
+               emb: bool = False, activation: str = "gelu", layout: str = "contiguous", nan: bool = False,
+               offset: float = 0.0, grad: bool = True, seed: int = 0,
+               dtypes: tuple[str, ...] | None = None) -> Sample:
+    def make(device: str, dtype: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        n, c = shape[0], shape[1]
+        if layout == "strided":  # every other column of a wider tensor
+            x = _randn((*shape[:-1], 2 * shape[-1]), seed, device, dtype, offset=offset)[..., ::2]
+        else:
+            x = _randn(shape, seed, device, dtype, offset=offset)
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        if nan:
+            x[0, 0, 0, 1] = float("nan")
+        kw: dict[str, Any] = {"activation": activation}
+        if residual:
+            r = _randn(shape, seed + 1, device, dtype)
+            kw["residual"] = r.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else r
+        if emb:
+            kw["emb"] = _randn((n, c), seed + 2, device, dtype)
+        w = _randn((c,), seed + 3, device, dtype, 0.5, 1.0) if affine else None
+        b = _randn((c,), seed + 4, device, dtype, 0.5) if affine else None
+        return (x, groups, w, b, 1e-5), kw
+
+    return Sample(name, make, dtypes=dtypes, grad=grad)
+
+
+GN_SAMPLES = [
+    _gn_sample("GroupNorm(1,C)+GELU (2,6,5,7)", (2, 6, 5, 7), 1),
+    _gn_sample("GroupNorm(3)+residual+GELU (3,6,4,5)", (3, 6, 4, 5), 3, residual=True, seed=1),
+    _gn_sample("GroupNorm(1,C)+emb (2,5,3,9)", (2, 5, 3, 9), 1, emb=True, activation="none", seed=2),
+    _gn_sample("GroupNorm(2)+residual+GELU+emb (2,4,3,3)", (2, 4, 3, 3), 2, residual=True, emb=True, seed=3),
+    _gn_sample("channels-last GroupNorm(1,C)+residual+GELU (2,8,5,3)", (2, 8, 5, 3), 1, residual=True,
+               layout="channels_last", seed=4),
+    _gn_sample("channels-last GroupNorm(2) (2,4,3,5)", (2, 4, 3, 5), 2, layout="channels_last", seed=5),
+    _gn_sample("strided GroupNorm(2) (2,4,5,6)", (2, 4, 5, 6), 2, seed=6, layout="strided"),
+    _gn_sample("no affine, 3-D (2,4,37)", (2, 4, 37), 4, affine=False, seed=7),
+    _gn_sample("chunked rows (2,3,33,31)", (2, 3, 33, 31), 1, residual=True, seed=8),
+    _gn_sample("mean 300 (2,3,11,13)", (2, 3, 11, 13), 1, offset=300.0, seed=9, dtypes=("float32", "float64")),
+    _gn_sample("NaN in group 0 (2,4,3,3)", (2, 4, 3, 3), 2, nan=True, grad=False, seed=10),
+    _gn_sample("empty batch (0,4,3,3)", (0, 4, 3, 3), 2, residual=True, emb=True, seed=11),
+]
+
+
+def _gn_bad(**kw: Any) -> Callable[[], tuple[tuple[Any, ...], dict[str, Any]]]:
+    def make() -> tuple[tuple[Any, ...], dict[str, Any]]:
+        args: dict[str, Any] = dict(x=torch.randn(2, 6, 3, 3), num_groups=1, weight=None, bias=None, eps=1e-5)
+        args.update({k: v for k, v in kw.items() if k in args})
+        extra = {k: v for k, v in kw.items() if k not in args}
+        return (args["x"], args["num_groups"], args["weight"], args["bias"], args["eps"]), extra
+
+    return make
+
+
+GN_ERRORS = [
+    ErrorSample("groups do not divide C", _gn_bad(num_groups=4), ValueError, "num_groups=4"),
+    ErrorSample("zero groups", _gn_bad(num_groups=0), ValueError, "num_groups=0"),
+    ErrorSample("integer x", _gn_bad(x=torch.zeros(2, 6, 3, 3, dtype=torch.int32)), TypeError, "x.dtype"),
+    ErrorSample("1-D x", _gn_bad(x=torch.zeros(6)), ValueError, "x.shape=(6,)"),
+    ErrorSample("weight length", _gn_bad(weight=torch.ones(5)), ValueError, "weight.shape=(5,)"),
+    ErrorSample("emb shape", _gn_bad(emb=torch.ones(2, 5)), ValueError, "emb.shape=(2, 5)"),
+    ErrorSample("residual shape", _gn_bad(residual=torch.ones(2, 6, 3, 4)), ValueError, "residual.shape"),
+    ErrorSample("activation", _gn_bad(activation="relu"), ValueError, "activation='relu'"),
+    ErrorSample("negative eps", _gn_bad(eps=-1.0), ValueError, "eps=-1.0"),
+]
+
+define_op(
+    "group_norm_act",
+    reference=ref.group_norm_act,
+    dtypes=DTYPES,
+    samples=GN_SAMPLES,
+    error_samples=GN_ERRORS,
+    reference_dtype=_f64,
+    doc="GroupNorm fused with GELU, the residual add and the time-embedding add (the seed's DoubleConv)",
+)
+
+
+def _gn_reasons(x: Any, num_groups: Any, *args: Any, **kwargs: Any) -> list[str]:
+    if isinstance(x, torch.Tensor) and isinstance(num_groups, int) and num_groups > 0 and x.dim() >= 2:
+        length = x[:1].numel() // num_groups
+        if length >= 2**31:
+            return [f"group size C/G*H*W={length}: supported < 2**31"]
+    return []
+
+
+@register_kernel("group_norm_act", "triton", devices=("cuda",), interpret_devices=("cpu",), dtypes=TRITON_DTYPES,
+                 priority=10, reasons=_gn_reasons, available=triton_unavailable, tolerances=TOLERANCES)
+def group_norm_act_triton(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
+                          bias: torch.Tensor | None = None, eps: float = 1e-5, *,
+                          residual: torch.Tensor | None = None, emb: torch.Tensor | None = None,
+                          activation: str = "none") -> torch.Tensor:
+    """Triton: chunked fp32 statistics over the GPU, one fused normalize/GELU/residual/emb pass."""
+    from kernels.fused import group_norm_triton
+
+    return group_norm_triton.group_norm_act(x, num_groups, weight, bias, eps, residual=residual, emb=emb,
+                                            activation=activation)
+
+
+def group_norm_act(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
+                   bias: torch.Tensor | None = None, eps: float = 1e-5, *, residual: torch.Tensor | None = None,
+                   emb: torch.Tensor | None = None, activation: str = "none",
+                   backend: str | None = None) -> torch.Tensor:
+    """``act(GroupNorm(num_groups)(x) * weight + bias + residual) + emb[:, :, None, None]``.
+
+    x: (N, C, *spatial) float16/bfloat16/float32(/float64: reference); weight, bias: (C,) or None;
+    residual: x's shape; emb: (N, C); activation: 'gelu' (exact) or 'none'. Output in x's dtype and
+    layout. ``backend``: 'triton' or 'reference'.
+    """
+    out: torch.Tensor = call("group_norm_act", x, num_groups, weight, bias, eps, residual=residual, emb=emb,
+                             activation=activation, backend=backend)
+    return out
+
+
+# --------------------------------------------------------------------------- tokens_layer_norm
+
+
+def _tln_sample(name: str, shape: tuple[int, int, int, int], *, affine: bool = True, layout: str = "contiguous",
+                nan: bool = False, grad: bool = True, seed: int = 20) -> Sample:
+    def make(device: str, dtype: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        c = shape[1]
+        if layout == "strided":
+            x = _randn((shape[0], 2 * c, *shape[2:]), seed, device, dtype)[:, ::2]
+        else:
+            x = _randn(shape, seed, device, dtype)
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        if nan:
+            x[0, 1, 0, 0] = float("nan")
+        w = _randn((c,), seed + 1, device, dtype, 0.5, 1.0) if affine else None
+        b = _randn((c,), seed + 2, device, dtype, 0.5) if affine else None
+        return (x, w, b, 1e-5), {}
+
+    return Sample(name, make, grad=grad)
+
+
+TLN_SAMPLES = [
+    _tln_sample("(2,6,3,5)", (2, 6, 3, 5)),
+    _tln_sample("odd channels (3,7,4,3)", (3, 7, 4, 3), seed=21),
+    _tln_sample("channels-last (2,8,5,3)", (2, 8, 5, 3), layout="channels_last", seed=22),
+    _tln_sample("strided channels (2,4,3,3)", (2, 4, 3, 3), layout="strided", seed=23),
+    _tln_sample("no affine (1,5,2,9)", (1, 5, 2, 9), affine=False, seed=24),
+    _tln_sample("one channel (2,1,3,3)", (2, 1, 3, 3), seed=25),
+    _tln_sample("NaN token (2,4,3,3)", (2, 4, 3, 3), nan=True, grad=False, seed=26),
+    _tln_sample("empty batch (0,4,3,3)", (0, 4, 3, 3), seed=27),
+]
+
+TLN_ERRORS = [
+    ErrorSample("3-D x", lambda: ((torch.zeros(2, 4, 9),), {}), ValueError, "x.shape=(2, 4, 9)"),
+    ErrorSample("weight length", lambda: ((torch.zeros(2, 4, 3, 3), torch.ones(3)), {}), ValueError,
+                "weight.shape=(3,)"),
+    ErrorSample("integer x", lambda: ((torch.zeros(2, 4, 3, 3, dtype=torch.int64),), {}), TypeError, "x.dtype"),
+]
+
+define_op(
+    "tokens_layer_norm",
+    reference=ref.tokens_layer_norm,
+    dtypes=DTYPES,
+    samples=TLN_SAMPLES,
+    error_samples=TLN_ERRORS,
+    reference_dtype=_f64,
+    doc="image (B,C,H,W) to tokens (B,HW,C) and their LayerNorm over C, in one pass (the seed's SelfAttention)",
+)
+
+
+def _channels_reason(c: int) -> list[str]:
+    return [f"C={c}: supported up to {MAX_LAYER_NORM_CHANNELS}"] if c > MAX_LAYER_NORM_CHANNELS else []
+
+
+def _tln_reasons(x: Any, *args: Any, **kwargs: Any) -> list[str]:
+    return _channels_reason(x.shape[1]) if isinstance(x, torch.Tensor) and x.dim() == 4 else []
+
+
+@register_kernel("tokens_layer_norm", "triton", devices=("cuda",), interpret_devices=("cpu",),
+                 dtypes=TRITON_DTYPES, priority=10, reasons=_tln_reasons, available=triton_unavailable,
+                 tolerances=TOLERANCES)
+def tokens_layer_norm_triton(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                             eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton: the transposed tile read once through the image's strides, tokens and LayerNorm written."""
+    from kernels.fused import layer_norm_triton
+
+    return layer_norm_triton.tokens_layer_norm(x, weight, bias, eps)
+
+
+def tokens_layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                      eps: float = 1e-5, *, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(tokens, LayerNorm(C)(tokens))``, ``tokens = x.reshape(B, C, H*W).swapaxes(1, 2)`` (contiguous).
+
+    x: (B, C, H, W); weight, bias: (C,) or None. ``backend``: 'triton' or 'reference'.
+    """
+    out: tuple[torch.Tensor, torch.Tensor] = call("tokens_layer_norm", x, weight, bias, eps, backend=backend)
+    return out
+
+
+# ------------------------------------------------------------------------------ add_layer_norm
+
+
+def _aln_sample(name: str, shape: tuple[int, ...], *, affine: bool = True, transposed_residual: bool = False,
+                grad: bool = True, seed: int = 40) -> Sample:
+    def make(device: str, dtype: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        c = shape[-1]
+        x = _randn(shape, seed, device, dtype)
+        if transposed_residual:  # the seed's residual: a transposed view of the image
+            r = _randn((shape[0], c, shape[1]), seed + 1, device, dtype).transpose(1, 2)
+        else:
+            r = _randn(shape, seed + 1, device, dtype)
+        w = _randn((c,), seed + 2, device, dtype, 0.5, 1.0) if affine else None
+        b = _randn((c,), seed + 3, device, dtype, 0.5) if affine else None
+        return (x, r, w, b, 1e-5), {}
+
+    return Sample(name, make, grad=grad)
+
+
+ALN_SAMPLES = [
+    _aln_sample("(2,15,6)", (2, 15, 6)),
+    _aln_sample("transposed residual (2,9,5)", (2, 9, 5), transposed_residual=True, seed=41),
+    _aln_sample("2-D (7,12)", (7, 12), seed=42),
+    _aln_sample("no affine (3,4,3)", (3, 4, 3), affine=False, seed=43),
+    _aln_sample("empty (0,4)", (0, 4), seed=44),
+]
+
+ALN_ERRORS = [
+    ErrorSample("residual shape", lambda: ((torch.zeros(2, 3, 4), torch.zeros(2, 4, 3)), {}), ValueError,
+                "residual.shape=(2, 4, 3)"),
+    ErrorSample("bias length", lambda: ((torch.zeros(2, 4), torch.zeros(2, 4), None, torch.ones(5)), {}),
+                ValueError, "bias.shape=(5,)"),
+]
+
+define_op(
+    "add_layer_norm",
+    reference=ref.add_layer_norm,
+    dtypes=DTYPES,
+    samples=ALN_SAMPLES,
+    error_samples=ALN_ERRORS,
+    reference_dtype=_f64,
+    doc="s = x + residual and LayerNorm over the last dimension of s, in one pass",
+)
+
+
+def _aln_reasons(x: Any, *args: Any, **kwargs: Any) -> list[str]:
+    return _channels_reason(x.shape[-1]) if isinstance(x, torch.Tensor) and x.dim() >= 1 else []
+
+
+@register_kernel("add_layer_norm", "triton", devices=("cuda",), interpret_devices=("cpu",), dtypes=TRITON_DTYPES,
+                 priority=10, reasons=_aln_reasons, available=triton_unavailable, tolerances=TOLERANCES)
+def add_layer_norm_triton(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None = None,
+                          bias: torch.Tensor | None = None, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton: the sum and its LayerNorm from one read of both inputs."""
+    from kernels.fused import layer_norm_triton
+
+    return layer_norm_triton.add_layer_norm(x, residual, weight, bias, eps)
+
+
+def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None = None,
+                   bias: torch.Tensor | None = None, eps: float = 1e-5, *,
+                   backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(s, LayerNorm(s))`` with ``s = x + residual`` over the last dimension (C)."""
+    out: tuple[torch.Tensor, torch.Tensor] = call("add_layer_norm", x, residual, weight, bias, eps, backend=backend)
+    return out
+
+
+# ----------------------------------------------------------------------------- upsample_concat
+
+
+def _up_sample(name: str, x_shape: tuple[int, int, int, int], c_skip: int, *, layout: str = "contiguous",
+               nan: bool = False, grad: bool = True, seed: int = 60) -> Sample:
+    def make(device: str, dtype: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        b, _, h, w = x_shape
+        x = _randn(x_shape, seed, device, dtype)
+        skip = _randn((b, c_skip, 2 * h, 2 * w), seed + 1, device, dtype)
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+            skip = skip.contiguous(memory_format=torch.channels_last)
+        elif layout == "strided":
+            x = _randn((b, x_shape[1], h, 2 * w), seed, device, dtype)[..., ::2]
+            skip = _randn((b, 2 * c_skip, 2 * h, 2 * w), seed + 1, device, dtype)[:, 1::2]
+        if nan:
+            x[0, 0, 1, 1] = float("nan")
+            skip[-1, -1, 0, 0] = float("inf")
+        return (x, skip), {}
+
+    return Sample(name, make, grad=grad)
+
+
+UP_SAMPLES = [
+    _up_sample("x (2,3,4,5) skip 2", (2, 3, 4, 5), 2),
+    _up_sample("x (1,5,3,7) skip 6", (1, 5, 3, 7), 6, seed=61),
+    _up_sample("1x1 input (2,2,1,1) skip 3", (2, 2, 1, 1), 3, seed=62),
+    _up_sample("channels-last (2,4,3,5) skip 4", (2, 4, 3, 5), 4, layout="channels_last", seed=63),
+    _up_sample("strided (2,3,4,3) skip 2", (2, 3, 4, 3), 2, layout="strided", seed=64),
+    _up_sample("NaN and Inf (2,2,3,3) skip 2", (2, 2, 3, 3), 2, nan=True, grad=False, seed=65),
+    _up_sample("empty batch (0,2,3,3) skip 2", (0, 2, 3, 3), 2, seed=66),
+]
+
+UP_ERRORS = [
+    ErrorSample("skip size", lambda: ((torch.zeros(2, 3, 4, 5), torch.zeros(2, 2, 8, 9)), {}), ValueError,
+                "skip.shape=(2, 2, 8, 9)"),
+    ErrorSample("3-D x", lambda: ((torch.zeros(3, 4, 5), torch.zeros(2, 2, 8, 10)), {}), ValueError,
+                "expected (B, C, H, W)"),
+    ErrorSample("dtype mismatch", lambda: ((torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 4, 4, dtype=torch.float64)),
+                                           {}), TypeError, "skip.dtype=torch.float64"),
+]
+
+define_op(
+    "upsample_concat",
+    reference=ref.upsample_concat,
+    dtypes=DTYPES,
+    samples=UP_SAMPLES,
+    error_samples=UP_ERRORS,
+    reference_dtype=_f64,
+    doc="cat([skip, bilinear 2x upsample (align_corners=True) of x], dim=1) in one pass (the seed's Up)",
+)
+
+
+@register_kernel("upsample_concat", "triton", devices=("cuda",), interpret_devices=("cpu",), dtypes=TRITON_DTYPES,
+                 priority=10, available=triton_unavailable, tolerances=TOLERANCES)
+def upsample_concat_triton(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """Triton: one launch writes the concatenated tensor (skip copied, x interpolated)."""
+    from kernels.fused import upsample_triton
+
+    return upsample_triton.upsample_concat(x, skip)
+
+
+def upsample_concat(x: torch.Tensor, skip: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
+    """``cat([skip, Upsample(scale_factor=2, mode='bilinear', align_corners=True)(x)], dim=1)``.
+
+    x: (B, C, H, W); skip: (B, C_skip, 2H, 2W) of x's dtype. ``backend``: 'triton' or 'reference'.
+    """
+    out: torch.Tensor = call("upsample_concat", x, skip, backend=backend)
+    return out

@@ -1,0 +1,118 @@
+"""Bilinear 2x upsampling (``align_corners=True``) fused with the skip concatenation, in Triton.
+
+Computes ``pyimpl.fused.upsample_concat``: ``out = cat([skip, up(x)], dim=1)`` where output row i of
+``up(x)`` samples x at ``s = i * (H - 1) / (2H - 1)``: ``(1 - l) x[floor(s)] + l x[floor(s) + 1]``
+with ``l = s - floor(s)``, separably in rows and columns, in fp32 with the scale rounded to fp32
+as PyTorch's CUDA kernel computes it. The seed's ``Up`` runs ``nn.Upsample`` (one kernel writing
+the upsampled tensor) and ``torch.cat`` (a second kernel reading it back and copying the skip);
+here one launch writes the concatenated tensor directly: bytes = skip + x read once (x's four taps
+come from L1/L2), output written once.
+
+Programs own a [columns x channels] tile of one output row; a program's channels lie all in the
+skip part (a copy) or all in the upsampled part. Inputs are read through their strides, so the
+channels-last tensors the seed's attention blocks return need no copy; the output is
+channels-last when the skip is. The backward splits the gradient: the skip's part is a view, the
+upsampled part goes through PyTorch's ``upsample_bilinear2d_backward`` (the adjoint; not fused).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+from pyimpl.fused import check_upsample_concat_args
+
+
+@triton.jit
+def _upsample_concat_kernel(X, S, OUT, CS, CX, H, W,
+                            sxb, sxc, sxh, sxw, ssb, ssc, ssh, ssw, sob, soc, soh, sow,
+                            scale_h, scale_w, NCB_S,
+                            BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
+    row = tl.program_id(0)
+    cb = tl.program_id(2)
+    h2 = 2 * H
+    b = (row // h2).to(tl.int64)
+    oh = row % h2
+    ow = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)[:, None]
+    wm = ow < 2 * W
+    if cb < NCB_S:
+        c = cb * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+        m = wm & (c < CS)
+        v = tl.load(S + b * ssb + c * ssc + oh * ssh + ow * ssw, mask=m)
+        tl.store(OUT + b * sob + c * soc + oh * soh + ow * sow, v, mask=m)
+    else:
+        c = (cb - NCB_S) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+        m = wm & (c < CX)
+        sh = oh.to(tl.float32) * scale_h
+        h0 = sh.to(tl.int32)
+        h1 = tl.minimum(h0 + 1, H - 1)
+        lh = sh - h0.to(tl.float32)
+        sw = ow.to(tl.float32) * scale_w
+        w0 = sw.to(tl.int32)
+        w1 = tl.minimum(w0 + 1, W - 1)
+        lw = sw - w0.to(tl.float32)
+        base = X + b * sxb + c * sxc
+        v00 = tl.load(base + h0 * sxh + w0 * sxw, mask=m, other=0.0).to(tl.float32)
+        v01 = tl.load(base + h0 * sxh + w1 * sxw, mask=m, other=0.0).to(tl.float32)
+        v10 = tl.load(base + h1 * sxh + w0 * sxw, mask=m, other=0.0).to(tl.float32)
+        v11 = tl.load(base + h1 * sxh + w1 * sxw, mask=m, other=0.0).to(tl.float32)
+        v = (1.0 - lh) * ((1.0 - lw) * v00 + lw * v01) + lh * ((1.0 - lw) * v10 + lw * v11)
+        tl.store(OUT + b * sob + (CS + c) * soc + oh * soh + ow * sow, v.to(OUT.dtype.element_ty), mask=m)
+
+
+def _scale(n_in: int) -> float:
+    """(in - 1) / (out - 1) rounded to fp32 (PyTorch's area_pixel_compute_scale for align_corners)."""
+    return float(np.float32(n_in - 1) / np.float32(2 * n_in - 1)) if n_in > 1 else 0.0
+
+
+def _channels_last(t: torch.Tensor) -> bool:
+    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def upsample_concat_forward(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    b, cx, h, w = x.shape
+    cs = skip.shape[1]
+    fmt = torch.channels_last if _channels_last(skip) else torch.contiguous_format
+    out = torch.empty((b, cs + cx, 2 * h, 2 * w), device=x.device, dtype=x.dtype, memory_format=fmt)
+    if out.numel() == 0:
+        return out
+    channels_last = fmt == torch.channels_last
+    if x.device.type == "cuda":
+        bc = min(triton.next_power_of_2(max(cs, cx)), 64 if channels_last else 16)
+        bw = max(1, min(triton.next_power_of_2(2 * w), 2048 // bc))
+    else:
+        bc = triton.next_power_of_2(max(cs, cx))
+        bw = triton.next_power_of_2(2 * w)
+    ncb_s = triton.cdiv(cs, bc)
+    grid = (b * 2 * h, triton.cdiv(2 * w, bw), ncb_s + triton.cdiv(cx, bc))
+    _upsample_concat_kernel[grid](x, skip, out, cs, cx, h, w, *x.stride(), *skip.stride(), *out.stride(),
+                                  _scale(h), _scale(w), ncb_s, BLOCK_W=bw, BLOCK_C=bc, num_warps=4)
+    return out
+
+
+class UpsampleConcatFunction(torch.autograd.Function):
+    """Autograd for ``upsample_concat``: Triton forward; the backward slices and adjoins."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        ctx.meta = (tuple(x.shape), skip.shape[1])
+        return upsample_concat_forward(x, skip)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape, cs = ctx.meta
+        dskip = grad[:, :cs]
+        dup = grad[:, cs:].contiguous()
+        dx = torch.ops.aten.upsample_bilinear2d_backward(dup, [2 * shape[2], 2 * shape[3]], list(shape), True)
+        return dx, dskip
+
+
+def upsample_concat(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """Triton ``upsample_concat``: ``cat([skip, bilinear_2x(x)], dim=1)`` (align_corners=True)."""
+    check_upsample_concat_args(x, skip)
+    out: torch.Tensor = UpsampleConcatFunction.apply(x, skip)
+    return out

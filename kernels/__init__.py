@@ -4,6 +4,8 @@
 ``kernels.explain(op, *args)`` says why; ``python -m kernels info`` lists what runs here.
 """
 
+from kernels.attention import attention
+from kernels.fused import add_layer_norm, group_norm_act, tokens_layer_norm, upsample_concat
 from kernels.registry import (
     Backend,
     Op,
@@ -16,7 +18,6 @@ from kernels.registry import (
     register_kernel,
     use_backend,
 )
-from kernels.attention import attention
 from kernels.sort import insertion_sort
 
 __version__ = "0.1.0"
@@ -25,14 +26,18 @@ __all__ = [
     "Backend",
     "Op",
     "__version__",
+    "add_layer_norm",
     "attention",
     "backends_for",
     "call",
     "explain",
     "get_op",
+    "group_norm_act",
     "insertion_sort",
     "is_kernel",
     "list_kernels",
     "register_kernel",
+    "tokens_layer_norm",
+    "upsample_concat",
     "use_backend",
 ]

@@ -4,6 +4,7 @@
 ``kernels.explain(op, *args)`` says why; ``python -m kernels info`` lists what runs here.
 """
 
+from kernels import amcl
 from kernels.attention import attention
 from kernels.fused import add_layer_norm, group_norm_act, tokens_layer_norm, upsample_concat
 from kernels.registry import (
@@ -27,6 +28,7 @@ __all__ = [
     "Op",
     "__version__",
     "add_layer_norm",
+    "amcl",
     "attention",
     "backends_for",
     "call",

@@ -1,0 +1,41 @@
+"""AMCL: nav2_amcl's particle filter with Numba kernels for its hot paths.
+
+``ParticleFilter(map, **nav2_params)``, ``load_map("map.yaml")``, ``Scan``; the ops
+(``amcl_motion``, ``amcl_likelihood_field``, ``amcl_likelihood_field_prob``, ``amcl_beam_model``,
+``amcl_kld_resample``, ``amcl_cluster_stats``, ``amcl_distance_map``, ``amcl_ray_cast``) dispatch
+between the Numba backend and the ``pyimpl.amcl`` reference. See docs/amcl.md.
+"""
+
+from kernels.amcl.filter import ParticleFilter
+from kernels.amcl.map_io import load_map, save_map
+from kernels.amcl.ops import (
+    amcl_beam_model,
+    amcl_cluster_stats,
+    amcl_distance_map,
+    amcl_kld_resample,
+    amcl_likelihood_field,
+    amcl_likelihood_field_prob,
+    amcl_motion,
+    amcl_ray_cast,
+)
+from pyimpl.amcl.filter import Estimate, Scan
+from pyimpl.amcl.maps import OccupancyMap
+from pyimpl.amcl.params import AmclParameters
+
+__all__ = [
+    "AmclParameters",
+    "Estimate",
+    "OccupancyMap",
+    "ParticleFilter",
+    "Scan",
+    "amcl_beam_model",
+    "amcl_cluster_stats",
+    "amcl_distance_map",
+    "amcl_kld_resample",
+    "amcl_likelihood_field",
+    "amcl_likelihood_field_prob",
+    "amcl_motion",
+    "amcl_ray_cast",
+    "load_map",
+    "save_map",
+]

@@ -1,0 +1,247 @@
+"""Numba KLD-adaptive resampling and cluster statistics (nav2 ``pf_update_resample``,
+``pf_cluster_stats``); formulas in ``pyimpl.amcl.kld``.
+
+Resampling: one pass builds the cumulative weights, then each draw is a binary search
+(O(log N)) and one insert into an open-addressing hash table of packed (x, y, θ) bin keys, so
+the KLD bound n(k) is checked after every draw: O(N + n log N) in all, where nav2 scans the
+cumulative weights linearly per draw (O(N·n)). Clusters: the same hash table maps each occupied
+bin to its index; a depth-first search over the 26 neighbours labels connected bins; the
+statistics are two passes over the particles (sums, then centred second moments).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+_OFFSET = 1 << 20
+_GOLDEN = np.uint64(11400714819323198485)
+
+
+@njit(cache=True)
+def _key(x: float, y: float, t: float, bx: float, by: float, bt: float, wrap: bool,
+         n_theta: int) -> tuple[int, int, int]:
+    kx = min(max(math.floor(x / bx), -_OFFSET), _OFFSET - 1)
+    ky = min(max(math.floor(y / by), -_OFFSET), _OFFSET - 1)
+    if wrap:
+        tw = math.atan2(math.sin(t), math.cos(t))
+        kt = math.floor((tw + math.pi) / bt) % n_theta
+    else:
+        kt = int(min(max(math.floor(t / bt), -_OFFSET), _OFFSET - 1))
+    return int(kx), int(ky), kt
+
+
+@njit(cache=True)
+def _pack(kx: int, ky: int, kt: int) -> int:
+    return ((kx + _OFFSET) << 42) | ((ky + _OFFSET) << 21) | (kt + _OFFSET)
+
+
+@njit(cache=True)
+def _slot(table: np.ndarray, key: int) -> int:
+    """Slot of ``key`` in the open-addressing table (empty slots hold -1): found or free."""
+    mask = table.shape[0] - 1
+    s = int((np.uint64(key) * _GOLDEN) >> np.uint64(40)) & mask
+    while table[s] != -1 and table[s] != key:
+        s = (s + 1) & mask
+    return s
+
+
+@njit(cache=True)
+def _table(n: int) -> np.ndarray:
+    size = 64
+    while size < 2 * n:
+        size *= 2
+    return np.full(size, -1, np.int64)
+
+
+@njit(cache=True)
+def _limit(k: int, pop_err: float, pop_z: float, min_particles: int, max_particles: int) -> int:
+    if k <= 1:
+        return max_particles
+    b = 2.0 / (9.0 * (k - 1))
+    x = 1.0 - b + math.sqrt(b) * pop_z
+    n = math.ceil((k - 1) / (2.0 * pop_err) * x * x * x)
+    return min(max(n, min_particles), max_particles)
+
+
+@njit(cache=True)
+def kld_resample_numba(poses: np.ndarray, weights: np.ndarray, u_select: np.ndarray, u_random: np.ndarray,
+                       random_poses: np.ndarray, w_diff: float, min_particles: int, max_particles: int,
+                       pop_err: float, pop_z: float, bin_size: np.ndarray, wrap: bool) -> tuple[np.ndarray, int]:
+    n = poses.shape[0]
+    cdf = np.empty(n)
+    acc = 0.0
+    for i in range(n):
+        acc += weights[i]
+        cdf[i] = acc
+    if not (acc > 0 and acc < math.inf):
+        for i in range(n):
+            cdf[i] = i + 1.0
+        acc = float(n)
+    bx, by, bt = bin_size[0], bin_size[1], bin_size[2]
+    n_theta = max(1, round(2 * math.pi / bt))
+    table = _table(max_particles)
+    out = np.empty((max_particles, 3))
+    k = 0
+    m = 0
+    while m < max_particles:
+        if u_random[m] < w_diff:
+            src = random_poses[m]
+        else:
+            r = u_select[m] * acc
+            lo, hi = 0, n  # first index with cdf > r (searchsorted side="right")
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if cdf[mid] <= r:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            src = poses[min(lo, n - 1)]
+        out[m, 0] = src[0]
+        out[m, 1] = src[1]
+        out[m, 2] = src[2]
+        kx, ky, kt = _key(src[0], src[1], src[2], bx, by, bt, wrap, n_theta)
+        key = _pack(kx, ky, kt)
+        s = _slot(table, key)
+        if table[s] == -1:
+            table[s] = key
+            k += 1
+        m += 1
+        if m > _limit(k, pop_err, pop_z, min_particles, max_particles):
+            break
+    return out[:m].copy(), k
+
+
+@njit(cache=True)
+def cluster_labels_numba(poses: np.ndarray, bin_size: np.ndarray, wrap: bool) -> np.ndarray:
+    n = poses.shape[0]
+    bx, by, bt = bin_size[0], bin_size[1], bin_size[2]
+    n_theta = max(1, round(2 * math.pi / bt))
+    table = _table(n)
+    bin_id = np.full(table.shape[0], -1, np.int64)
+    keys = np.empty((n, 3), np.int64)  # keys of the bins, in order of first appearance
+    particle_bin = np.empty(n, np.int64)
+    n_bins = 0
+    for p in range(n):
+        kx, ky, kt = _key(poses[p, 0], poses[p, 1], poses[p, 2], bx, by, bt, wrap, n_theta)
+        s = _slot(table, _pack(kx, ky, kt))
+        if table[s] == -1:
+            table[s] = _pack(kx, ky, kt)
+            bin_id[s] = n_bins
+            keys[n_bins, 0] = kx
+            keys[n_bins, 1] = ky
+            keys[n_bins, 2] = kt
+            n_bins += 1
+        particle_bin[p] = bin_id[s]
+    label = np.full(n_bins, -1, np.int64)
+    stack = np.empty(n_bins, np.int64)
+    next_label = 0
+    for b0 in range(n_bins):
+        if label[b0] >= 0:
+            continue
+        label[b0] = next_label
+        top = 0
+        stack[top] = b0
+        top += 1
+        while top > 0:
+            top -= 1
+            b = stack[top]
+            for dx in range(-1, 2):
+                for dy in range(-1, 2):
+                    for dt in range(-1, 2):
+                        t = keys[b, 2] + dt
+                        if wrap:
+                            t = t % n_theta
+                        s = _slot(table, _pack(keys[b, 0] + dx, keys[b, 1] + dy, t))
+                        if table[s] != -1:
+                            nb = bin_id[s]
+                            if label[nb] < 0:
+                                label[nb] = next_label
+                                stack[top] = nb
+                                top += 1
+        next_label += 1
+    out = np.empty(n, np.int64)
+    for p in range(n):
+        out[p] = label[particle_bin[p]]
+    return out
+
+
+@njit(cache=True)
+def _group_stats(poses: np.ndarray, weights: np.ndarray, labels: np.ndarray, c: int,
+                 all_particles: bool) -> tuple[float, np.ndarray, np.ndarray]:
+    n = poses.shape[0]
+    total = 0.0
+    for p in range(n):
+        if all_particles or labels[p] == c:
+            total += weights[p]
+    uniform = not total > 0
+    weight = 0.0 if uniform else total
+    sw = 0.0
+    sx = 0.0
+    sy = 0.0
+    sc = 0.0
+    ss = 0.0
+    for p in range(n):
+        if all_particles or labels[p] == c:
+            w = 1.0 if uniform else weights[p]
+            sw += w
+            sx += w * poses[p, 0]
+            sy += w * poses[p, 1]
+            sc += w * math.cos(poses[p, 2])
+            ss += w * math.sin(poses[p, 2])
+    mean = np.zeros(3)
+    cov = np.zeros((3, 3))
+    mean[0] = sx / sw
+    mean[1] = sy / sw
+    mean[2] = math.atan2(ss, sc)
+    cxx = 0.0
+    cxy = 0.0
+    cyy = 0.0
+    for p in range(n):
+        if all_particles or labels[p] == c:
+            w = 1.0 if uniform else weights[p]
+            dx = poses[p, 0] - mean[0]
+            dy = poses[p, 1] - mean[1]
+            cxx += w * dx * dx
+            cxy += w * dx * dy
+            cyy += w * dy * dy
+    cov[0, 0] = cxx / sw
+    cov[0, 1] = cxy / sw
+    cov[1, 0] = cxy / sw
+    cov[1, 1] = cyy / sw
+    r = min(math.sqrt(sc * sc + ss * ss) / sw, 1.0)
+    cov[2, 2] = -2.0 * math.log(r) if r > 0 else math.inf
+    return weight, mean, cov
+
+
+@njit(cache=True)
+def cluster_stats_numba(poses: np.ndarray, weights: np.ndarray, bin_size: np.ndarray,
+                        wrap: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    labels = cluster_labels_numba(poses, bin_size, wrap)
+    n = poses.shape[0]
+    n_clusters = 0
+    for p in range(n):
+        n_clusters = max(n_clusters, labels[p] + 1)
+    cw = np.zeros(n_clusters)
+    cm = np.zeros((n_clusters, 3))
+    cc = np.zeros((n_clusters, 3, 3))
+    if n_clusters <= 64:
+        for c in range(n_clusters):
+            cw[c], cm[c], cc[c] = _group_stats(poses, weights, labels, c, False)
+    else:  # many clusters: one pass per cluster would be O(N·C); gather members first
+        order = np.argsort(labels, kind="mergesort")
+        start = 0
+        for c in range(n_clusters):
+            stop = start
+            while stop < n and labels[order[stop]] == c:
+                stop += 1
+            idx = order[start:stop]
+            cw[c], cm[c], cc[c] = _group_stats(poses[idx], weights[idx], labels[idx], c, False)
+            start = stop
+    if n > 0:
+        _, mean, cov = _group_stats(poses, weights, labels, 0, True)
+    else:
+        mean, cov = np.zeros(3), np.zeros((3, 3))
+    return labels, cw, cm, cc, mean, cov

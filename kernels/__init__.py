@@ -6,6 +6,7 @@
 
 from kernels import amcl
 from kernels.attention import attention
+from kernels.diffusion import ddim_step, ddpm_seed_step, ddpm_step, q_sample
 from kernels.fused import add_layer_norm, group_norm_act, tokens_layer_norm, upsample_concat
 from kernels.registry import (
     Backend,
@@ -32,12 +33,16 @@ __all__ = [
     "attention",
     "backends_for",
     "call",
+    "ddim_step",
+    "ddpm_seed_step",
+    "ddpm_step",
     "explain",
     "get_op",
     "group_norm_act",
     "insertion_sort",
     "is_kernel",
     "list_kernels",
+    "q_sample",
     "register_kernel",
     "tokens_layer_norm",
     "upsample_concat",

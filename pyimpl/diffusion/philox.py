@@ -7,10 +7,11 @@ int32 reading folded to non-negative, then two Box-Muller pairs
 (r = sqrt(-2 log max(u1, 1e-7)), r cos(2 pi u2), r sin(2 pi u2)).
 
 Layout (``NOISE_BLOCK`` = 4 * ``NOISE_QUARTER`` elements per program): for a tensor seen as
-(n, M), element j of sample b lies in block k = j // NOISE_BLOCK at quarter q = (j % NOISE_BLOCK) //
-NOISE_QUARTER and lane i = j % NOISE_QUARTER; it takes component q of the Philox output for counter
-``offset + (b * ceil(M / NOISE_BLOCK) + k) * NOISE_QUARTER + i`` under key ``seed`` (low and high 32
-bits). ``noise_counters(n, M)`` counters are used per call: the next call's offset.
+(n, M) in its logical (row-major) order, element j of sample b lies in block k = j // NOISE_BLOCK,
+lane i = (j % NOISE_BLOCK) // 4, component c = j % 4; it takes normal c of the Philox output for
+counter ``offset + (b * ceil(M / NOISE_BLOCK) + k) * NOISE_QUARTER + i`` under key ``seed`` (low
+and high 32 bits): four neighbouring elements share one Philox call. ``noise_counters(n, M)``
+counters are used per call: the next call's offset.
 """
 
 from __future__ import annotations
@@ -79,8 +80,8 @@ def philox_normal(n: int, per_sample: int, seed: int, offset: int = 0,
     blocks = -(-per_sample // NOISE_BLOCK)
     j = torch.arange(per_sample, dtype=torch.int64)
     b = torch.arange(n, dtype=torch.int64)[:, None]
-    counter = offset + (b * blocks + j // NOISE_BLOCK) * NOISE_QUARTER + j % NOISE_QUARTER
-    quarter = (j % NOISE_BLOCK) // NOISE_QUARTER
+    counter = offset + (b * blocks + j // NOISE_BLOCK) * NOISE_QUARTER + (j % NOISE_BLOCK) // 4
+    quarter = j % 4
     r = _philox4x32(counter & _M32, counter >> 32, seed)
     n1, n2 = _box_muller(_uniform(r[0]), _uniform(r[1]))
     n3, n4 = _box_muller(_uniform(r[2]), _uniform(r[3]))

@@ -284,6 +284,22 @@ class ParticleFilter:
             return Estimate(cm[best].copy(), cov.copy(), float(cw[best]), len(cw))
         return Estimate(mean.copy(), cov.copy(), 0.0, len(cw))
 
+    def pose_at(self, odom_pose: Any) -> np.ndarray:
+        """The robot's map pose now: the estimate carried forward by the odometry since the last
+        filter update (what nav2's map -> odom transform gives between updates)."""
+        est = self.estimate().pose
+        pose = np.asarray(odom_pose, np.float64).reshape(-1)
+        if self.odom_pose is None or pose.shape != (3,) or not np.isfinite(pose).all():
+            return est
+        ref = self.odom_pose
+        c, s = math.cos(ref[2]), math.sin(ref[2])
+        dx, dy = pose[0] - ref[0], pose[1] - ref[1]
+        local = (c * dx + s * dy, -s * dx + c * dy, angle_diff(float(pose[2]), float(ref[2])))
+        ce, se = math.cos(est[2]), math.sin(est[2])
+        th = est[2] + local[2]
+        return np.array([est[0] + ce * local[0] - se * local[1], est[1] + se * local[0] + ce * local[1],
+                         math.atan2(math.sin(th), math.cos(th))])
+
     def cluster_summary(self) -> list[tuple[float, np.ndarray, np.ndarray]]:
         """(weight, mean, covariance) of every cluster, heaviest first."""
         if self._stats is None:

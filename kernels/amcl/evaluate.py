@@ -1,0 +1,149 @@
+"""Accuracy on simulated runs: pose tracking error and global-localization convergence.
+
+``track``: the filter starts from the true pose (with ``init_cov``) and follows the run; after
+each scan the robot's map pose is the estimate carried forward by odometry (``pose_at``, what
+nav2's map -> odom transform gives); errors are |Δxy| and |angle_diff(Δθ)| per step after a
+warm-up. ``global_localization``: the filter starts from particles spread over the free space;
+it has converged at the first step after which the pose stays within ``pos_tol`` / ``ang_tol``
+of the truth to the end of the run.
+
+``NavAmclPeer`` drives nav2's C core through the ``amcl`` package (GPL, a benchmark-only peer):
+its driver updates on every call (no update gating) and uses the beam model.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kernels.amcl.simulator import SimulatedRun
+from pyimpl.amcl.filter import ParticleFilter, Scan
+from pyimpl.amcl.poses import angle_diff_array
+
+
+@dataclass
+class TrackingResult:
+    position_error: np.ndarray
+    heading_error: np.ndarray
+    seconds: float
+    updates: int
+
+    def summary(self) -> dict[str, float]:
+        pe, he = self.position_error, self.heading_error
+        return dict(pos_median=float(np.median(pe)), pos_p95=float(np.percentile(pe, 95)),
+                    heading_median=float(np.median(he)), heading_p95=float(np.percentile(he, 95)),
+                    ms_per_update=1e3 * self.seconds / max(1, self.updates))
+
+
+def _errors(poses: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pos = np.hypot(poses[:, 0] - truth[:, 0], poses[:, 1] - truth[:, 1])
+    return pos, np.abs(angle_diff_array(poses[:, 2], truth[:, 2]))
+
+
+def track(run: SimulatedRun, make_filter: Callable[[], ParticleFilter], init_cov: Any = (0.01, 0.01, 0.005),
+          warmup: int = 10) -> TrackingResult:
+    """Tracking error of a filter that starts at the true pose."""
+    pf = make_filter()
+    pf.initialize(run.truth[0], init_cov)
+    out = np.empty_like(run.truth)
+    t0 = time.perf_counter()
+    updates = 0
+    for k in range(len(run)):
+        updates += pf.update(run.odometry[k], run.scans[k])
+        out[k] = pf.pose_at(run.odometry[k])
+    seconds = time.perf_counter() - t0
+    pe, he = _errors(out[warmup:], run.truth[warmup:])
+    return TrackingResult(pe, he, seconds, updates)
+
+
+@dataclass
+class GlobalResult:
+    converged: bool
+    steps: int  # steps until it stayed converged (len(run) when it never did)
+    distance: float  # metres driven until then
+    seconds: float
+
+
+def global_localization(run: SimulatedRun, make_filter: Callable[[], ParticleFilter], pos_tol: float = 0.5,
+                        ang_tol: float = 0.35) -> GlobalResult:
+    """Whether and when a filter started from uniform particles finds the robot and stays on it."""
+    pf = make_filter()
+    pf.global_localization()
+    out = np.empty_like(run.truth)
+    t0 = time.perf_counter()
+    for k in range(len(run)):
+        pf.update(run.odometry[k], run.scans[k])
+        out[k] = pf.pose_at(run.odometry[k])
+    seconds = time.perf_counter() - t0
+    pe, he = _errors(out, run.truth)
+    bad = np.flatnonzero((pe > pos_tol) | (he > ang_tol))
+    steps = 0 if bad.size == 0 else int(bad[-1]) + 1
+    converged = steps < len(run) - 5  # held for the last few steps at least
+    travelled = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(run.truth[:, :2], axis=0).T))])
+    return GlobalResult(converged, steps if converged else len(run),
+                        float(travelled[min(steps, len(run) - 1)]), seconds)
+
+
+def peer_unavailable() -> str | None:
+    try:
+        import amcl  # noqa: F401
+    except ImportError:
+        return "the amcl package (nav2's C core, GPL) is not installed: pip install amcl"
+    return None
+
+
+class NavAmclPeer:
+    """nav2's C core through the ``amcl`` package, driven like ``ParticleFilter`` (beam model)."""
+
+    def __init__(self, run_map: Any, particles: int = 2000, alphas: tuple[float, ...] = (0.2,) * 5,
+                 max_beams: int = 60, min_particles: int | None = None) -> None:
+        import amcl
+
+        self._amcl = amcl
+        self.loc = amcl.AMCL(min_particles or particles, particles, 0.0, 0.0, amcl.MotionParameters(*alphas),
+                             amcl.LaserParameters(0.5, 0.05, 0.05, 0.5, 0.2, 0.1, 0.05, max_beams), "differential")
+        values = np.where(run_map.state == 1, 100, np.where(run_map.state == -1, 0, -1)).astype(int)
+        self.loc.set_map(amcl.create_occupancy_grid_from_list(values.tolist(), run_map.resolution,
+                                                              run_map.origin_x, run_map.origin_y))
+        self.loc.set_laser_pose(amcl.Vector3D(0.0, 0.0, 0.0))
+
+    def initialize(self, pose: Any, cov: Any) -> None:
+        c = np.asarray(cov, np.float64)
+        c = np.diag(c) if c.shape == (3, 3) else c
+        self.loc.set_initial_pose(self._amcl.Vector3D(*map(float, pose)),
+                                  self._amcl.create_diagonal_covariance(*map(float, c)))
+
+    def update(self, odom_pose: Any, scan: Scan) -> bool:
+        r = np.where(np.isnan(scan.ranges) | (scan.ranges <= scan.range_min), scan.range_max, scan.ranges)
+        pairs = np.stack([np.minimum(r, scan.range_max), scan.bearings], 1).tolist()
+        self.loc.update(self._amcl.create_laser_scan_from_list(pairs, scan.range_max),
+                        self._amcl.Vector3D(*map(float, odom_pose)))
+        return True
+
+    def pose_at(self, odom_pose: Any) -> np.ndarray:
+        p = self.loc.get_pose_mean()
+        return np.array([p.x, p.y, p.theta])
+
+
+def track_peer(run: SimulatedRun, particles: int = 2000, init_cov: Any = (0.01, 0.01, 0.005),
+               warmup: int = 10) -> TrackingResult:
+    """``track`` for the nav2 core peer (every scan updates it: no gating in its driver)."""
+    peer = NavAmclPeer(run.map, particles)
+    peer.initialize(run.truth[0], init_cov)
+    out = np.empty_like(run.truth)
+    t0 = time.perf_counter()
+    for k in range(len(run)):
+        peer.update(run.odometry[k], run.scans[k])
+        out[k] = peer.pose_at(run.odometry[k])
+    seconds = time.perf_counter() - t0
+    pe, he = _errors(out[warmup:], run.truth[warmup:])
+    return TrackingResult(pe, he, seconds, len(run))
+
+
+def angle_error(a: float, b: float) -> float:
+    return abs(math.atan2(math.sin(a - b), math.cos(a - b)))

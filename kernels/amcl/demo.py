@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--every", type=int, default=2, help="draw every n-th step (default 2)")
     ap.add_argument("--particles", type=int, default=2000, help="max_particles (default 2000)")
     ap.add_argument("--global", dest="global_loc", action="store_true", help="start from global localization")
-    ap.add_argument("--model", default="likelihood_field", choices=["likelihood_field", "likelihood_field_prob", "beam"])
+    ap.add_argument("--model", default="likelihood_field",
+                    choices=["likelihood_field", "likelihood_field_prob", "beam"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale", type=int, default=2, help="pixels per map cell (default 2)")
     ap.add_argument("--png-dir", help="also write each drawn frame as a PNG here")

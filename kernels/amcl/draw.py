@@ -46,8 +46,8 @@ class _Frame:
         return u, v
 
     def arrow(self, pose: np.ndarray, color: tuple[int, int, int], length: float = 0.5) -> None:
-        u0, v0 = self.xy(pose[0], pose[1])
-        u1, v1 = self.xy(pose[0] + length * math.cos(pose[2]), pose[1] + length * math.sin(pose[2]))
+        u0, v0 = (float(c) for c in self.xy(pose[0], pose[1]))
+        u1, v1 = (float(c) for c in self.xy(pose[0] + length * math.cos(pose[2]), pose[1] + length * math.sin(pose[2])))
         r = max(3, self.scale * 2)
         self.draw.ellipse([u0 - r, v0 - r, u0 + r, v0 + r], outline=color, width=2)
         self.draw.line([u0, v0, u1, v1], fill=color, width=max(2, self.scale))
@@ -58,8 +58,8 @@ class _Frame:
             self.draw.ellipse([a - r, b - r, a + r, b + r], fill=color)
 
 
-def render(pf: ParticleFilter, scan: Scan | None = None, truth: Sequence[float] | None = None,
-           pose: Sequence[float] | None = None, scale: int = 2, max_particles: int = 3000,
+def render(pf: ParticleFilter, scan: Scan | None = None, truth: Sequence[float] | np.ndarray | None = None,
+           pose: Sequence[float] | np.ndarray | None = None, scale: int = 2, max_particles: int = 3000,
            title: str | None = None) -> Image.Image:
     """One frame of the filter's state. ``pose``: where to draw the estimate and hang the scan
     (default ``pf.estimate().pose``); ``truth``: the true pose, if known."""

@@ -109,7 +109,8 @@ def load_map(path: str | os.PathLike[str]) -> OccupancyMap:
 
 
 def save_map(occupancy_map: OccupancyMap, path: str | os.PathLike[str]) -> Path:
-    """Write ``path`` (YAML) and a trinary PGM beside it (occupied 0, free 254, unknown 205)."""
+    """Write ``path`` (YAML) and a trinary PGM beside it (occupied 0, free 254, unknown 205; with
+    free_thresh 0.196 so that 205, occupancy 0.196 08, reads back as unknown)."""
     path = Path(path)
     pixels = np.full(occupancy_map.state.shape, 205, np.uint8)
     pixels[occupancy_map.state == OCCUPIED] = 0
@@ -119,5 +120,5 @@ def save_map(occupancy_map: OccupancyMap, path: str | os.PathLike[str]) -> Path:
     path.write_text(yaml.safe_dump(dict(
         image=image.name, mode="trinary", resolution=occupancy_map.resolution,
         origin=[occupancy_map.origin_x, occupancy_map.origin_y, 0.0], negate=0, occupied_thresh=0.65,
-        free_thresh=0.25), sort_keys=False))
+        free_thresh=0.196), sort_keys=False))
     return path

@@ -28,16 +28,16 @@ def generate_map(seed: int = 0, width_m: float = 12.0, height_m: float = 9.0, re
     """A random floor plan: outer walls (a margin of unknown cells outside), one interior wall in
     each direction with two doors each, and ``boxes`` rectangular obstacles."""
     rng = np.random.default_rng(seed)
-    w, h = int(round(width_m / resolution)), int(round(height_m / resolution))
+    w, h = round(width_m / resolution), round(height_m / resolution)
     margin = 3
     st = np.full((h, w), UNKNOWN, np.int8)
     st[margin:h - margin, margin:w - margin] = FREE
-    t = max(1, int(round(0.1 / resolution)))  # wall thickness
+    t = max(1, round(0.1 / resolution))  # wall thickness
     st[margin:margin + t, margin:w - margin] = OCCUPIED
     st[h - margin - t:h - margin, margin:w - margin] = OCCUPIED
     st[margin:h - margin, margin:margin + t] = OCCUPIED
     st[margin:h - margin, w - margin - t:w - margin] = OCCUPIED
-    door = int(round(1.0 / resolution))
+    door = round(1.0 / resolution)
     x_wall = int(rng.integers(int(w * 0.35), int(w * 0.65)))
     st[margin:h - margin, x_wall:x_wall + t] = OCCUPIED
     for lo, hi in ((margin + door, h // 2 - door), (h // 2 + door, h - margin - 2 * door)):

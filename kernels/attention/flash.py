@@ -8,11 +8,13 @@ relative error near 3e-4 per score; see docs/attention.md for the tolerances thi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import triton
+import triton.runtime.errors
 
 from kernels.attention import flash_triton as kt
 from kernels.registry import triton_interpret
@@ -35,24 +37,68 @@ class FlashConfig:
 _INTERPRET = FlashConfig(16, 16, 1, 1)  # small tiles: the interpreter runs every block on the CPU
 
 
-def forward_config(head_dim: int, n_q: int, n_k: int) -> FlashConfig:
-    """Forward tiles for Hopper, from the sweep in benchmarks/gpu_attention.py (docs/notes/attention-gpu.md)."""
+def forward_config(head_dim: int, n_q: int, n_k: int, dtype: torch.dtype) -> FlashConfig:
+    """Forward tiles. On an H200, 64 x 64 tiles, 4 warps, 3 stages were the fastest of ten candidates
+    at every measured shape (D 16..128, N 64..4096; docs/notes/attention-gpu.md). float32 tiles
+    take twice the shared memory: fewer stages, and narrower key tiles at D = 128."""
     if triton_interpret():
         return _INTERPRET
-    if n_q <= 64:
-        return FlashConfig(64, 64, 4, 2)
-    if head_dim == 128:
-        return FlashConfig(128, 64, 8, 3)
-    return FlashConfig(128, 64, 4, 3)
+    if dtype == torch.float32:
+        return FlashConfig(64, 32, 4, 2) if head_dim == 128 else FlashConfig(64, 64, 4, 2)
+    return FlashConfig(64, 64, 4, 3)
 
 
-def backward_config(head_dim: int, n_q: int, n_k: int) -> FlashConfig:
-    """Backward tiles (dK/dV pass and dQ pass) for Hopper."""
+def use_atomic_dq(head_dim: int, n_q: int, deterministic: bool) -> bool:
+    """The atomic dQ pass measured faster at D = 16 and at N <= 256 (one launch fewer; H200)."""
+    return not deterministic and (head_dim == 16 or n_q <= 256)
+
+
+def backward_config(head_dim: int, n_q: int, n_k: int, dtype: torch.dtype, atomic: bool) -> FlashConfig:
+    """Backward tiles (dK/dV pass and dQ pass), the fastest of eight candidates on an H200."""
     if triton_interpret():
         return _INTERPRET
-    if head_dim == 128:
-        return FlashConfig(64, 64, 8, 2)
-    return FlashConfig(64, 64, 4, 2)
+    if dtype == torch.float32:
+        return FlashConfig(32, 32, 4, 2) if head_dim == 128 else FlashConfig(32, 64, 4, 2)
+    if atomic:
+        return FlashConfig(64, 32, 4, 2) if n_q <= 128 else FlashConfig(32, 128, 4, 2)
+    if n_q <= 128 or (n_q <= 256 and head_dim <= 32):
+        return FlashConfig(32, 32, 4, 2)
+    if n_q <= 256:
+        return FlashConfig(32, 64, 4, 2)
+    return FlashConfig(64, 64, 4, 3) if head_dim in (16, 64) else FlashConfig(64, 64, 4, 2)
+
+
+def smaller(cfg: FlashConfig) -> FlashConfig | None:
+    """The next smaller tile when a launch runs out of shared memory: fewer stages, then halves."""
+    if cfg.num_stages > 1:
+        return FlashConfig(cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages - 1)
+    if cfg.block_n > 16:
+        return FlashConfig(cfg.block_m, cfg.block_n // 2, cfg.num_warps, 2)
+    if cfg.block_m > 16:
+        return FlashConfig(cfg.block_m // 2, cfg.block_n, cfg.num_warps, 2)
+    return None
+
+
+_FITTED: dict[tuple[Any, ...], FlashConfig] = {}
+
+
+def launch(kernel: Any, key: tuple[Any, ...], cfg: FlashConfig, grid: Callable[[FlashConfig], tuple[int, ...]],
+           *args: Any, **constexprs: Any) -> None:
+    """Launch ``kernel`` with ``cfg``; on ``OutOfResources`` step down to smaller tiles (remembered per key).
+    A callable constexpr is evaluated on the tile finally used (``EVEN_N`` depends on BLOCK_N)."""
+    cfg = _FITTED.get(key, cfg)
+    while True:
+        values = {name: value(cfg) if callable(value) else value for name, value in constexprs.items()}
+        try:
+            kernel[grid(cfg)](*args, **values, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                              num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            _FITTED[key] = cfg
+            return
+        except triton.runtime.errors.OutOfResources:
+            next_cfg = smaller(cfg)
+            if next_cfg is None:
+                raise
+            cfg = next_cfg
 
 
 def interpreter_index_fix() -> None:
@@ -99,7 +145,7 @@ def flash_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding
     base-2 row log-sum-exp (B, H, Nq) fp32 that the backward pass needs."""
     b, h, n_q, d = q.shape
     n_k = k.shape[2]
-    cfg = config or forward_config(d, n_q, n_k)
+    cfg = config or forward_config(d, n_q, n_k, q.dtype)
     if triton_interpret():
         interpreter_index_fix()
     if out_bnhd:
@@ -108,13 +154,11 @@ def flash_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding
         o = torch.empty((b, h, n_q, d), device=q.device, dtype=q.dtype)
     lse = torch.empty((b, h, n_q), device=q.device, dtype=torch.float32)
     kpm, smb, smn = _mask_args(key_padding_mask, q)
-    grid = (triton.cdiv(n_q, cfg.block_m), b * h)
-    kt.attention_fwd_kernel[grid](
-        q, k, v, o, lse, kpm, *_strides(q), *_strides(k), *_strides(v), *_strides(o), smb, smn,
-        h, n_q, n_k, scale * LOG2E,
-        HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, CAUSAL=causal, HAS_MASK=key_padding_mask is not None,
-        PRECISION=_precision(q), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    launch(kt.attention_fwd_kernel, ("fwd", d, q.dtype, causal, config), cfg,
+           lambda c: (triton.cdiv(n_q, c.block_m), b * h),
+           q, k, v, o, lse, kpm, *_strides(q), *_strides(k), *_strides(v), *_strides(o), smb, smn,
+           h, n_q, n_k, scale * LOG2E,
+           HEAD_DIM=d, CAUSAL=causal, HAS_MASK=key_padding_mask is not None, PRECISION=_precision(q))
     return o, lse
 
 
@@ -122,10 +166,12 @@ def flash_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
                    lse: torch.Tensor, key_padding_mask: torch.Tensor | None, causal: bool, scale: float,
                    deterministic: bool, config: FlashConfig | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """dq, dk, dv. ``deterministic``: dQ in its own pass (fixed order) instead of fp32 atomics."""
+    """dq, dk, dv. dQ comes from its own pass (fixed order) when ``deterministic`` or where that pass
+    is faster (``use_atomic_dq``), else from fp32 atomic adds in the dK/dV pass."""
     b, h, n_q, d = q.shape
     n_k = k.shape[2]
-    cfg = config or backward_config(d, n_q, n_k)
+    atomic = use_atomic_dq(d, n_q, deterministic)
+    cfg = config or backward_config(d, n_q, n_k, q.dtype, atomic)
     if triton_interpret():
         interpreter_index_fix()
     delta = torch.empty((b, h, n_q), device=q.device, dtype=torch.float32)
@@ -137,26 +183,23 @@ def flash_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
     dv = torch.empty_like(v)
     kpm, smb, smn = _mask_args(key_padding_mask, q)
     has_mask = key_padding_mask is not None
-    dq32 = q if deterministic else torch.zeros((b, h, n_q, d), device=q.device, dtype=torch.float32)
-    kt.attention_bwd_dkdv_kernel[(triton.cdiv(n_k, cfg.block_n), b * h)](
-        q, k, v, do, dk, dv, dq32, lse, delta, kpm,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv), smb, smn,
-        h, n_q, n_k, scale * LOG2E, scale,
-        HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, CAUSAL=causal, HAS_MASK=has_mask,
-        EVEN_N=n_k % cfg.block_n == 0, ATOMIC_DQ=not deterministic, PRECISION=_precision(q),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
-    if not deterministic:
+    dq32 = torch.zeros((b, h, n_q, d), device=q.device, dtype=torch.float32) if atomic else q
+    launch(kt.attention_bwd_dkdv_kernel, ("dkdv", d, q.dtype, causal, atomic, config), cfg,
+           lambda c: (triton.cdiv(n_k, c.block_n), b * h),
+           q, k, v, do, dk, dv, dq32, lse, delta, kpm,
+           *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv), smb, smn,
+           h, n_q, n_k, scale * LOG2E, scale,
+           HEAD_DIM=d, CAUSAL=causal, HAS_MASK=has_mask, EVEN_N=lambda c: n_k % c.block_n == 0, ATOMIC_DQ=atomic,
+           PRECISION=_precision(q))
+    if atomic:
         return dq32.to(q.dtype), dk, dv
     dq = torch.empty_like(q)
-    kt.attention_bwd_dq_kernel[(triton.cdiv(n_q, cfg.block_m), b * h)](
-        q, k, v, do, dq, lse, delta, kpm,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq), smb, smn,
-        h, n_q, n_k, scale * LOG2E, scale,
-        HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, CAUSAL=causal, HAS_MASK=has_mask,
-        EVEN_N=n_k % cfg.block_n == 0, PRECISION=_precision(q),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    launch(kt.attention_bwd_dq_kernel, ("dq", d, q.dtype, causal, config), cfg,
+           lambda c: (triton.cdiv(n_q, c.block_m), b * h),
+           q, k, v, do, dq, lse, delta, kpm,
+           *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq), smb, smn,
+           h, n_q, n_k, scale * LOG2E, scale,
+           HEAD_DIM=d, CAUSAL=causal, HAS_MASK=has_mask, EVEN_N=lambda c: n_k % c.block_n == 0, PRECISION=_precision(q))
     return dq, dk, dv
 
 

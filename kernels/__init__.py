@@ -4,7 +4,7 @@
 ``kernels.explain(op, *args)`` says why; ``python -m kernels info`` lists what runs here.
 """
 
-from kernels import amcl
+from kernels import amcl, forest
 from kernels.attention import attention
 from kernels.diffusion import ddim_step, ddpm_seed_step, ddpm_step, q_sample
 from kernels.fused import add_layer_norm, group_norm_act, tokens_layer_norm, upsample_concat
@@ -20,7 +20,7 @@ from kernels.registry import (
     register_kernel,
     use_backend,
 )
-from kernels.sort import insertion_sort
+from kernels.sort import hybrid_sort, insertion_sort
 
 __version__ = "0.1.0"
 
@@ -37,8 +37,10 @@ __all__ = [
     "ddpm_seed_step",
     "ddpm_step",
     "explain",
+    "forest",
     "get_op",
     "group_norm_act",
+    "hybrid_sort",
     "insertion_sort",
     "is_kernel",
     "list_kernels",

@@ -138,3 +138,30 @@ def insertion_sort_numpy(
         return values
     indices[lo:hi] = indices[lo:hi][order]
     return values, indices
+
+
+def hybrid_sort(
+    values: np.ndarray,
+    first: int = 0,
+    last: int | None = None,
+    *,
+    indices: np.ndarray | None = None,
+    return_indices: bool = False,
+) -> Any:
+    """Sort ``values[first:last]`` in place, carrying ``indices``: what csrc/hybrid_sort.hpp computes.
+
+    Ascending, NaN after every number; the order of indices among equal values is unspecified
+    (the C++ sort is not stable), so results are compared after ordering each run of equal
+    values by index (``canonical_ties``). Same arguments and result as ``insertion_sort``.
+    """
+    return insertion_sort_numpy(values, first, last, indices=indices, return_indices=return_indices)
+
+
+def canonical_ties(values: np.ndarray, indices: np.ndarray, first: int = 0, last: int | None = None) -> np.ndarray:
+    """``indices`` with each run of equal values in ``values[first:last]`` ordered by index (NaNs
+    are one run): the unique form of an unstable key-value sort's output."""
+    hi = values.shape[0] if last is None else last
+    out = indices.copy()
+    order = np.lexsort((indices[first:hi], values[first:hi]))
+    out[first:hi] = indices[first:hi][order]
+    return out

@@ -1,7 +1,10 @@
-"""The ``insertion_sort`` op: reference, samples, error inputs, and the C++ backend.
+"""The ``insertion_sort`` and ``hybrid_sort`` ops: references, samples, error inputs, C++ backends.
 
-Sorts ``values[first:last]`` in place (stable, NaN last), optionally carrying an index array.
-Reference: ``pyimpl.sort.insertion_sort``. C++: ``csrc/sort.hpp``, GIL released.
+Both sort ``values[first:last]`` in place (NaN last), optionally carrying an index array.
+insertion_sort: stable, O(n^2); reference ``pyimpl.sort.insertion_sort``, C++ ``csrc/sort.hpp``.
+hybrid_sort: the forest splitter's sort (radix passes for long ranges, 3-way introsort below,
+insertion sort at the bottom), not stable; reference ``pyimpl.sort.hybrid_sort``, C++
+``csrc/hybrid_sort.hpp``. GIL released in both.
 """
 
 from __future__ import annotations
@@ -159,3 +162,82 @@ def insertion_sort(
     Returns ``values``, or ``(values, indices)``. ``backend``: 'native' or 'reference'.
     """
     return call("insertion_sort", values, first, last, indices=indices, return_indices=return_indices, backend=backend)
+
+
+def _canonical(args: tuple[Any, ...], kwargs: dict[str, Any], returned: Any) -> Any:
+    """hybrid_sort's comparable result: the values, and indices with ties ordered by index."""
+    if not isinstance(returned, tuple):
+        return returned
+    values, indices = returned
+    return values, ref.canonical_ties(values, indices, args[1], args[2])
+
+
+HYBRID_SAMPLES = [
+    *SAMPLES,
+    _sample(1000, "random", indices="return", seed=9),
+    _sample(1500, "few", 7, 1400, indices="int32", seed=10),
+    _sample(700, "equal", indices="return"),
+    _sample(2049, "random", 1, 2048, nan=True, indices="return", seed=11),
+    _sample(300, "reversed", strided=True, indices="return", seed=12),
+    _sample(97, "few", indices="return", seed=13),
+]
+
+HYBRID_OP = define_op(
+    "hybrid_sort",
+    reference=ref.hybrid_sort,
+    dtypes=DTYPES,
+    samples=HYBRID_SAMPLES,
+    error_samples=ERROR_SAMPLES,
+    result=_canonical,
+    doc="sort values[first:last] in place (NaN last, ties in any order), optionally carrying indices",
+)
+
+
+@register_kernel(
+    "hybrid_sort",
+    "native",
+    devices=("cpu",),
+    dtypes=DTYPES,
+    priority=10,
+    available=native_unavailable,
+)
+def hybrid_sort_native(
+    values: np.ndarray,
+    first: int = 0,
+    last: int | None = None,
+    *,
+    indices: np.ndarray | None = None,
+    return_indices: bool = False,
+) -> Any:
+    """C++ hybrid sort (csrc/hybrid_sort.hpp); a strided range is sorted in a contiguous copy."""
+    lo, hi = ref.check_sort_args(values, first, last, indices)
+    if indices is None and return_indices:
+        indices = np.arange(values.shape[0], dtype=np.int64)
+    v = values[lo:hi]
+    idx = indices[lo:hi] if indices is not None else np.empty(hi - lo, dtype=np.int64)
+    vc = v if v.flags.c_contiguous else np.ascontiguousarray(v)
+    ic = idx if idx.flags.c_contiguous else np.ascontiguousarray(idx)
+    native().hybrid_sort(vc, ic)
+    if vc is not v:
+        v[...] = vc
+    if indices is not None and ic is not idx:
+        idx[...] = ic
+    return values if indices is None else (values, indices)
+
+
+def hybrid_sort(
+    values: np.ndarray,
+    first: int = 0,
+    last: int | None = None,
+    *,
+    indices: np.ndarray | None = None,
+    return_indices: bool = False,
+    backend: str | None = None,
+) -> Any:
+    """Sort ``values[first:last]`` in place; the forest splitter's sort of (value, sample) pairs.
+
+    LSD radix passes (11- or 8-bit digits, passes with one digit value skipped) from 64 elements
+    up, a 3-way-partition introsort below, the insertion sort under 17. Ascending, NaN last;
+    equal values keep no particular index order. Arguments and result as ``insertion_sort``.
+    """
+    return call("hybrid_sort", values, first, last, indices=indices, return_indices=return_indices, backend=backend)

@@ -1,0 +1,60 @@
+// Python binding of the hybrid sort (hybrid_sort.hpp): contiguous 1-D values of float32/64 or
+// int32/64 with int32/64 indices, sorted in place with the GIL released. The Python wrapper
+// (kernels/sort/ops.py) validates arguments and handles strided ranges; these checks guard
+// direct calls.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+
+#include "hybrid_sort.hpp"
+
+namespace py = pybind11;
+
+namespace {
+
+template <class T, class I>
+void run(py::array& values, py::array& indices) {
+  T* v = static_cast<T*>(values.mutable_data());
+  I* idx = static_cast<I*>(indices.mutable_data());
+  const std::ptrdiff_t n = values.shape(0);
+  py::gil_scoped_release release;
+  mk::hybrid_sort<T, I>(v, idx, n);
+}
+
+template <class T>
+void dispatch_index(py::array& values, py::array& indices) {
+  if (py::isinstance<py::array_t<std::int64_t>>(indices)) {
+    run<T, std::int64_t>(values, indices);
+  } else if (py::isinstance<py::array_t<std::int32_t>>(indices)) {
+    run<T, std::int32_t>(values, indices);
+  } else {
+    throw py::type_error("indices.dtype: supported int32, int64");
+  }
+}
+
+void hybrid_sort(py::array values, py::array indices) {
+  if (values.ndim() != 1 || indices.ndim() != 1 || values.shape(0) != indices.shape(0))
+    throw py::value_error("values and indices must be 1-D of one length");
+  if (values.shape(0) > 1 && (values.strides(0) != values.itemsize() || indices.strides(0) != indices.itemsize()))
+    throw py::value_error("values and indices must be contiguous");
+  if (!values.writeable() || !indices.writeable()) throw py::value_error("values and indices must be writeable");
+  if (py::isinstance<py::array_t<float>>(values)) {
+    dispatch_index<float>(values, indices);
+  } else if (py::isinstance<py::array_t<double>>(values)) {
+    dispatch_index<double>(values, indices);
+  } else if (py::isinstance<py::array_t<std::int32_t>>(values)) {
+    dispatch_index<std::int32_t>(values, indices);
+  } else if (py::isinstance<py::array_t<std::int64_t>>(values)) {
+    dispatch_index<std::int64_t>(values, indices);
+  } else {
+    throw py::type_error("values.dtype: supported float32, float64, int32, int64");
+  }
+}
+
+}  // namespace
+
+void bind_hybrid_sort(py::module_& m) {
+  m.def("hybrid_sort", &hybrid_sort, py::arg("values"), py::arg("indices"),
+        "Sort contiguous values in place (NaN last, not stable), permuting indices alongside.");
+}

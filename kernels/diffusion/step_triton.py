@@ -449,6 +449,20 @@ def ddpm_seed_step_triton(
     return out
 
 
+def _launch_with_x0(launch: Any, pred_original_out: torch.Tensor | None, sample: torch.Tensor,
+                    s: torch.Tensor | None) -> None:
+    """The step, writing x0 into ``pred_original_out`` (through a contiguous buffer when it is strided)."""
+    if pred_original_out is None:
+        launch(None, False, s)
+        return
+    if pred_original_out.shape != sample.shape or pred_original_out.device != sample.device:
+        raise ValueError(f"pred_original_out must be shaped like sample {tuple(sample.shape)} on {sample.device}")
+    buf = pred_original_out if pred_original_out.is_contiguous() else torch.empty_like(sample)
+    launch(buf, False, s)
+    if buf is not pred_original_out:
+        pred_original_out.copy_(buf)
+
+
 def _threshold_pass(launch: Any, sample: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
     x0 = torch.empty(sample.shape, dtype=torch.float32, device=sample.device)
     launch(x0, True)
@@ -479,7 +493,7 @@ def ddpm_step_triton(
 ) -> torch.Tensor:
     """diffusers' DDPMScheduler.step in one pass (two with dynamic thresholding).
 
-    ``pred_original_out``: a contiguous tensor shaped like sample that receives the (clipped) x0.
+    ``pred_original_out``: a tensor shaped like sample that receives the (clipped) x0.
     """
     from pyimpl.diffusion.steps import _check_options
 
@@ -521,7 +535,7 @@ def ddpm_step_triton(
             WRITE_X0=x0_buf is not None and not x0_only, FLAT=lay.flat, Q=NOISE_QUARTER, ITERS=_iters(lay))
 
     s = _threshold_pass(launch, sample, dynamic_thresholding_ratio, sample_max_value) if thresholding else None
-    launch(pred_original_out, False, s)
+    _launch_with_x0(launch, pred_original_out, sample, s)
     return out
 
 
@@ -585,7 +599,7 @@ def ddim_step_triton(
             WRITE_X0=x0_buf is not None and not x0_only, FLAT=lay.flat, Q=NOISE_QUARTER, ITERS=_iters(lay))
 
     s = _threshold_pass(launch, sample, dynamic_thresholding_ratio, sample_max_value) if thresholding else None
-    launch(pred_original_out, False, s)
+    _launch_with_x0(launch, pred_original_out, sample, s)
     return out
 
 

@@ -324,6 +324,7 @@ def ddpm_step(
     seed: int | None = None,
     offset: int = 0,
     rng_state: torch.Tensor | None = None,
+    pred_original_out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """diffusers' ``DDPMScheduler.step`` for per-sample t (prev_t defaults to t - 1).
 
@@ -335,6 +336,7 @@ def ddpm_step(
     (diffusers takes the square root of log(beta) here and returns NaN: a bug we do not copy),
     learned sqrt(v), learned_range exp(((v + 1) / 2 log beta + (1 - v) / 2 log var) / 2) with v the
     model's second half of channels. Noise is added only where t > 0.
+    ``pred_original_out``: a tensor shaped like sample that receives the (clipped) x0.
     """
     _check_options(prediction_type, variance_type, clip_sample_range, dynamic_thresholding_ratio, sample_max_value)
     learned = variance_type in ("learned", "learned_range")
@@ -363,6 +365,8 @@ def ddpm_step(
     x0 = _pred_original(prediction_type, mo, x, _per_sample(ap, x))
     x0 = _clip_or_threshold(x0, clip_sample, clip_sample_range, thresholding, dynamic_thresholding_ratio,
                             sample_max_value)
+    if pred_original_out is not None:
+        pred_original_out.copy_(x0)
     c0 = (app ** (0.5) * current_beta_t) / beta_prod_t
     ct = current_alpha_t ** (0.5) * beta_prod_t_prev / beta_prod_t
     out = _per_sample(c0, x) * x0 + _per_sample(ct, x) * x
@@ -413,6 +417,7 @@ def ddim_step(
     seed: int | None = None,
     offset: int = 0,
     rng_state: torch.Tensor | None = None,
+    pred_original_out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """diffusers' ``DDIMScheduler.step`` for per-sample t; prev_t defaults to t - 1 (the scheduler
     passes t - T // num_inference_steps); alpha_hat_prev = ``final_alpha_cumprod`` where prev_t < 0.
@@ -447,6 +452,8 @@ def ddim_step(
         eps = (ap**0.5) * mo + (bp**0.5) * x
     x0 = _clip_or_threshold(x0, clip_sample, clip_sample_range, thresholding, dynamic_thresholding_ratio,
                             sample_max_value)
+    if pred_original_out is not None:
+        pred_original_out.copy_(x0)
     variance = ((1 - app1) / bp1) * (1 - ap1 / app1)
     std_dev_t = eta * variance ** (0.5)
     if use_clipped_model_output:

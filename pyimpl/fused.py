@@ -104,13 +104,17 @@ def group_norm_act(
     emb: torch.Tensor | None = None,
     activation: str = "none",
 ) -> torch.Tensor:
-    """``act(GroupNorm(num_groups)(x) + residual) + emb[:, :, None, ...]``, in x's dtype.
+    """``act(GroupNorm(num_groups)(x) + residual) + emb[:, :, None, ...]``, returned in x's dtype
+    (computed in fp32 for float16 / bfloat16 inputs, as the Triton kernel does).
 
     x: (N, C, *spatial); weight, bias: (C,) or None; residual: x's shape or None; emb: (N, C) or
     None; activation: 'gelu' (exact) or 'none'. Statistics per (n, group): mean and biased variance
     over the C/G channels and all spatial positions, as ``torch.nn.GroupNorm``.
     """
     check_group_norm_args(x, num_groups, weight, bias, eps, residual, emb, activation)
+    out_dtype = x.dtype
+    if x.dtype in (torch.float16, torch.bfloat16):  # statistics and arithmetic in fp32, as the kernels
+        x = x.float()
     n, c = x.shape[0], x.shape[1]
     spatial = (1,) * (x.dim() - 2)
     xg = x.reshape(n, num_groups, math.prod(x.shape[1:]) // num_groups)
@@ -118,16 +122,16 @@ def group_norm_act(
     var = ((xg - mean) ** 2).mean(dim=-1, keepdim=True)
     y = ((xg - mean) / torch.sqrt(var + eps)).reshape(x.shape)
     if weight is not None:
-        y = y * weight.reshape(1, c, *spatial)
+        y = y * weight.to(y.dtype).reshape(1, c, *spatial)
     if bias is not None:
-        y = y + bias.reshape(1, c, *spatial)
+        y = y + bias.to(y.dtype).reshape(1, c, *spatial)
     if residual is not None:
-        y = residual + y
+        y = residual.to(y.dtype) + y
     if activation == "gelu":
         y = gelu(y)
     if emb is not None:
-        y = y + emb.reshape(n, c, *spatial)
-    return y
+        y = y + emb.to(y.dtype).reshape(n, c, *spatial)
+    return y.to(out_dtype)
 
 
 def check_layer_norm_args(c: int, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,

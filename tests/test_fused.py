@@ -1,0 +1,249 @@
+"""Fused norm / activation / upsample ops and the seed UNet's drop-in blocks (behaviour the registry's
+parity samples cannot express: the references against the seed's own modules, the statistics'
+numerics, the drop-ins' wiring, and a whole patched UNet forward and backward)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kernels
+from kernels.fused import group_norm_triton
+from kernels.fused.modules import (
+    FusedDoubleConv,
+    FusedDown,
+    FusedSelfAttention,
+    FusedUp,
+    double_conv_reasons,
+    fuse_seed_blocks,
+)
+from kernels.registry import triton_interpret
+from pyimpl import fused as ref
+from pyimpl.unet import DoubleConv, SelfAttention, UNet, Up
+
+needs_triton = pytest.mark.skipif(not (torch.cuda.is_available() or triton_interpret()),
+                                  reason="Triton needs CUDA or TRITON_INTERPRET=1")
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_group_norm_act_reference_is_the_seed_composition() -> None:
+    g = _gen(0)
+    x = torch.randn(3, 6, 5, 7, generator=g, dtype=torch.float64)
+    r = torch.randn(3, 6, 5, 7, generator=g, dtype=torch.float64)
+    e = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    gn = nn.GroupNorm(3, 6).double()
+    with torch.no_grad():
+        gn.weight.uniform_(0.5, 1.5)
+        gn.bias.uniform_(-1, 1)
+    seed = nn.GELU()(r + gn(x)) + e[:, :, None, None].repeat(1, 1, 5, 7)
+    ours = ref.group_norm_act(x, 3, gn.weight, gn.bias, gn.eps, residual=r, emb=e, activation="gelu")
+    torch.testing.assert_close(ours, seed, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ref.group_norm_act(x, 3, gn.weight, gn.bias), gn(x), rtol=1e-12, atol=1e-12)
+
+
+def test_layer_norm_and_upsample_references_are_the_seed_composition() -> None:
+    g = _gen(1)
+    x = torch.randn(2, 8, 4, 4, generator=g, dtype=torch.float64)
+    ln = nn.LayerNorm([8]).double()
+    tokens = x.view(-1, 8, 16).swapaxes(1, 2)
+    t, y = ref.tokens_layer_norm(x, ln.weight, ln.bias, ln.eps)
+    assert t.is_contiguous() and torch.equal(t, tokens)
+    torch.testing.assert_close(y, ln(tokens), rtol=1e-12, atol=1e-12)
+    skip = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64)
+    up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
+    torch.testing.assert_close(ref.upsample_concat(x, skip), torch.cat([skip, up(x)], dim=1), rtol=0, atol=0)
+
+
+@needs_triton
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_group_norm_statistics_over_many_chunks(monkeypatch: pytest.MonkeyPatch, offset: float) -> None:
+    """Many chunks per row (Chan's merge) and a mean far from zero (the per-chunk shift): fp32
+    statistics within float32 rounding of float64 ones."""
+    monkeypatch.setattr(group_norm_triton, "_target_programs", lambda device: 64)
+    x = (torch.randn(2, 3, 37, 41, generator=_gen(2), dtype=torch.float64) + offset).to(DEV)
+    out = kernels.group_norm_act(x.float(), 1, backend="triton")
+    want = ref.group_norm_act(x, 1)
+    # fp32 input rounding alone moves a value near 1e4 by ~5e-4, i.e. ~5e-4 normalized units
+    tol = 2e-5 if offset == 0 else 2e-3
+    torch.testing.assert_close(out.double(), want, rtol=0, atol=tol)
+
+
+@needs_triton
+def test_group_norm_triton_writes_every_output_and_keeps_the_layout() -> None:
+    x = torch.randn(2, 8, 5, 3, generator=_gen(3)).to(DEV).contiguous(memory_format=torch.channels_last)
+    out = kernels.group_norm_act(x, 1, activation="gelu", backend="triton")
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    torch.testing.assert_close(out, ref.group_norm_act(x, 1, activation="gelu"), rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_dispatch_runs_the_reference_and_says_why() -> None:
+    x = torch.randn(2, 4, 3, 3)
+    text = kernels.explain("group_norm_act", x, 1)
+    assert "-> runs 'reference'" in text or "-> runs 'triton'" in text
+    if not torch.cuda.is_available():
+        assert "device=cpu: supported cuda" in text
+
+
+def _tiny_unet(seed: int = 0) -> UNet:
+    torch.manual_seed(seed)
+    return UNet(c_in=1, c_out=1, time_dim=32, image_size=8, base_channels=8)
+
+
+def test_fuse_seed_blocks_swaps_every_block_and_keeps_the_state_dict() -> None:
+    model = _tiny_unet()
+    keys = list(model.state_dict())
+    report = fuse_seed_blocks(model)
+    fused = [name for name, _, what in report if what == "fused"]
+    assert sorted(fused) == sorted(["inc", "down1", "down2", "down3", "sa1", "sa2", "sa3", "sa4", "sa5", "sa6",
+                                    "bot1", "bot2", "bot3", "up1", "up2", "up3"])
+    assert list(model.state_dict()) == keys
+    assert isinstance(model.up1, FusedUp) and isinstance(model.up1.conv[0], FusedDoubleConv)
+    assert isinstance(model.down2, FusedDown) and isinstance(model.sa3, FusedSelfAttention)
+
+
+def test_unsupported_blocks_are_left_with_their_reason() -> None:
+    model = _tiny_unet()
+    model.bot2.double_conv[2] = nn.GELU(approximate="tanh")
+    report = {name: what for name, _, what in fuse_seed_blocks(model)}
+    assert isinstance(model.bot2, DoubleConv)
+    assert "approximate='none'" in report["bot2"]
+    assert double_conv_reasons(nn.Linear(2, 2)) == [
+        "expected .double_conv = Sequential(conv, GroupNorm, GELU, conv, GroupNorm)"]
+    with pytest.raises(ValueError, match="cannot be fused"):
+        FusedDoubleConv.from_module(model.bot2)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_patched_unet_matches_unpatched(dtype: torch.dtype, tol: float) -> None:
+    """Patched vs unpatched outputs, relative L2 error (CPU: the references run; bf16 by autocast)."""
+    model = _tiny_unet()
+    patched = copy.deepcopy(model)
+    fuse_seed_blocks(patched)
+    x = torch.randn(3, 1, 8, 8, generator=_gen(4))
+    t = torch.tensor([1, 500, 999])
+    with torch.no_grad():
+        want = model(x, t).double()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            got = patched(x, t).double()
+    err = float((got - want).norm() / want.norm())
+    assert err < tol, f"relative error {err:.2e} > {tol}"
+
+
+@needs_triton
+def test_patched_unet_forward_and_gradients_on_triton() -> None:
+    """The whole tiny UNet with every fused block on the Triton kernels (interpreter on CPU):
+    output and every parameter's gradient against the unpatched model (fp32)."""
+    model = _tiny_unet().to(DEV)
+    patched = copy.deepcopy(model)
+    fuse_seed_blocks(patched)
+    x = torch.randn(2, 1, 8, 8, generator=_gen(5)).to(DEV)
+    t = torch.tensor([3, 700], device=DEV)
+    want = model(x, t)
+    want.square().mean().backward()
+    with kernels.use_backend("triton"):
+        got = patched(x, t)
+        got.square().mean().backward()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    grads = dict(model.named_parameters())
+    for name, p in patched.named_parameters():
+        g, w = p.grad, grads[name].grad
+        assert g is not None and w is not None, name
+        scale = float(w.abs().max()) + 1e-12
+        assert float((g - w).abs().max()) / scale < 1e-4, f"gradient of {name}"
+
+
+def _digits(n: int) -> torch.Tensor:
+    from sklearn.datasets import load_digits
+
+    images = torch.tensor(load_digits().images[:n], dtype=torch.float32) / 8.0 - 1.0
+    return images[:, None]
+
+
+def _train(model: nn.Module, images: torch.Tensor, steps: int, seed: int, batch: int = 16) -> list[float]:
+    from pyimpl.unet import train_step
+
+    alpha_hat = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000), 0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    for i in range(steps):
+        x0 = images[(i * batch) % images.shape[0]:][:batch]
+        losses.append(train_step(model, opt, x0, alpha_hat, generator=gen))
+    return losses
+
+
+def test_patched_training_follows_the_unpatched_loss_curve() -> None:
+    """30 AdamW steps on scikit-learn's 8x8 digits: the patched model (references on the CPU) tracks
+    the unpatched loss curve far closer than a different data/noise seed does."""
+    images = _digits(256)
+    base = _train(_tiny_unet(), images, 30, seed=0)
+    patched = _tiny_unet()
+    fuse_seed_blocks(patched)
+    fused = _train(patched, images, 30, seed=0)
+    other = _train(_tiny_unet(), images, 30, seed=1)
+    gap = max(abs(a - b) for a, b in zip(base, fused))
+    noise = max(abs(a - b) for a, b in zip(base, other))
+    assert sum(base[-5:]) < sum(base[:5]), "the unpatched model did not learn"
+    assert gap < 1e-3 and gap < noise / 20, f"patched curve off by {gap:.2e} (seed-to-seed noise {noise:.2e})"
+
+
+@needs_triton
+def test_patched_training_steps_on_triton() -> None:
+    """Two training steps with the Triton backward kernels (interpreter on CPU) stay on the curve."""
+    images = _digits(4).to(DEV)
+    base = _tiny_unet().to(DEV)
+    patched = copy.deepcopy(base)
+    fuse_seed_blocks(patched)
+    want = _train(base, images, 2, seed=0, batch=2)
+    with kernels.use_backend("triton"):
+        got = _train(patched, images, 2, seed=0, batch=2)
+    assert max(abs(a - b) for a, b in zip(want, got)) < 1e-4
+
+
+def test_fused_self_attention_ignores_need_weights_and_matches() -> None:
+    torch.manual_seed(6)
+    block = SelfAttention(8, 4).double()
+    fused = FusedSelfAttention.from_module(block)
+    x = torch.randn(2, 8, 4, 4, dtype=torch.float64)
+    torch.testing.assert_close(fused(x), block(x), rtol=1e-10, atol=1e-10)
+
+
+def test_fused_up_matches_with_channels_last_inputs() -> None:
+    torch.manual_seed(7)
+    block = Up(16, 4, emb_dim=12).double()
+    fused = FusedUp.from_module(block)
+    x = torch.randn(2, 8, 3, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    skip = torch.randn(2, 8, 6, 10, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    t = torch.randn(2, 12, dtype=torch.float64)
+    torch.testing.assert_close(fused(x, skip, t), block(x, skip, t), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2), (torch.float16, 5e-3)])
+def test_patched_seed_unet_on_cuda(dtype: torch.dtype, tol: float) -> None:
+    """The seed-sized UNet (64x64, width 64) patched on CUDA, under autocast for low precision."""
+    torch.manual_seed(0)
+    model = UNet().cuda().eval()
+    patched = copy.deepcopy(model)
+    fuse_seed_blocks(patched)
+    x = torch.randn(4, 3, 64, 64, device="cuda")
+    t = torch.tensor([1, 250, 500, 999], device="cuda")
+    with torch.no_grad():
+        want = model(x, t).double()
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            got = patched(x, t).double()
+    err = float((got - want).norm() / want.norm())
+    assert err < tol
+
+
+def test_gelu_reference_is_torch_exact_gelu() -> None:
+    z = torch.linspace(-6, 6, 101, dtype=torch.float64)
+    torch.testing.assert_close(ref.gelu(z), F.gelu(z), rtol=1e-14, atol=1e-14)

@@ -25,6 +25,14 @@ GRID = ("int8",)
 CLOSE = {"*": Tolerance(atol=1e-12, rtol=1e-12)}
 
 
+PARALLEL_MIN_WORK = 16384  # particle-beams (or rays) below which waking the thread pool does not pay
+
+
+def _parallel(work: int, forced: bool) -> bool:
+    """The prange variant for ``work`` units: always when forced, else when big enough to repay it."""
+    return forced or work >= PARALLEL_MIN_WORK
+
+
 def numba_unavailable() -> str | None:
     return None if importlib.util.find_spec("numba") else "numba is not installed"
 
@@ -146,12 +154,25 @@ def _ray_cast_ref(state: np.ndarray, resolution: float, origin_x: float, origin_
     return maps.ray_cast(state, resolution, origin_x, origin_y, poses, bearings, max_range)
 
 
+def _ray_cast(state: np.ndarray, resolution: float, origin_x: float, origin_y: float, poses: np.ndarray,
+              bearings: np.ndarray, max_range: float, force_parallel: bool) -> np.ndarray:
+    _check_ray_args(poses, bearings, max_range)
+    mod = _numba("maps")
+    fn = mod.ray_cast_parallel if _parallel(len(poses) * len(bearings), force_parallel) else mod.ray_cast_serial
+    return fn(np.ascontiguousarray(state, np.int8), float(resolution), float(origin_x), float(origin_y),
+              _f64(poses), _f64(bearings), float(max_range))
+
+
 def ray_cast_numba(state: np.ndarray, resolution: float, origin_x: float, origin_y: float, poses: np.ndarray,
                    bearings: np.ndarray, max_range: float) -> np.ndarray:
-    """nav2's Bresenham ``map_calc_range`` for every (pose, bearing), poses in parallel."""
-    _check_ray_args(poses, bearings, max_range)
-    return _numba("maps").ray_cast_numba(np.ascontiguousarray(state, np.int8), float(resolution), float(origin_x),
-                                         float(origin_y), _f64(poses), _f64(bearings), float(max_range))
+    """nav2's Bresenham ``map_calc_range`` for every (pose, bearing); poses in parallel when many."""
+    return _ray_cast(state, resolution, origin_x, origin_y, poses, bearings, max_range, False)
+
+
+def ray_cast_numba_parallel(state: np.ndarray, resolution: float, origin_x: float, origin_y: float,
+                            poses: np.ndarray, bearings: np.ndarray, max_range: float) -> np.ndarray:
+    """``ray_cast_numba`` always on the thread pool (prange over poses), whatever the size."""
+    return _ray_cast(state, resolution, origin_x, origin_y, poses, bearings, max_range, True)
 
 
 define_op(
@@ -174,6 +195,8 @@ define_op(
 )
 register_kernel("amcl_ray_cast", "numba", devices=("cpu",), dtypes=GRID, priority=10,
                 available=numba_unavailable, tolerances=CLOSE)(ray_cast_numba)
+register_kernel("amcl_ray_cast", "numba_parallel", devices=("cpu",), dtypes=GRID, priority=5,
+                available=numba_unavailable, tolerances=CLOSE)(ray_cast_numba_parallel)
 
 
 # -- motion ---------------------------------------------------------------------------------------
@@ -248,15 +271,33 @@ def _check_lf(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarray, laser
     return poses, ranges, bearings, laser_pose
 
 
+def _likelihood_field(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarray, dist: np.ndarray,
+                      resolution: float, origin_x: float, origin_y: float, max_dist: float, range_max: float,
+                      z_hit: float, z_rand: float, sigma_hit: float, laser_pose: np.ndarray, log_sum: bool,
+                      force_parallel: bool) -> np.ndarray:
+    poses, ranges, bearings, laser_pose = _check_lf(poses, ranges, bearings, laser_pose, range_max)
+    mod = _numba("sensors")
+    fn = (mod.likelihood_field_parallel if _parallel(len(poses) * len(ranges), force_parallel)
+          else mod.likelihood_field_serial)
+    return fn(poses, ranges, bearings, _f64(dist), float(resolution), float(origin_x), float(origin_y),
+              float(max_dist), float(range_max), float(z_hit), float(z_rand), float(sigma_hit), laser_pose, log_sum)
+
+
 def likelihood_field_numba(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarray, dist: np.ndarray,
                            resolution: float, origin_x: float, origin_y: float, max_dist: float, range_max: float,
                            z_hit: float, z_rand: float, sigma_hit: float, laser_pose: np.ndarray) -> np.ndarray:
-    """nav2's likelihood field (p = 1 + Σ pz³), particles in parallel."""
-    poses, ranges, bearings, laser_pose = _check_lf(poses, ranges, bearings, laser_pose, range_max)
-    return _numba("sensors").likelihood_field_numba(poses, ranges, bearings, _f64(dist), float(resolution),
-                                                    float(origin_x), float(origin_y), float(max_dist),
-                                                    float(range_max), float(z_hit), float(z_rand),
-                                                    float(sigma_hit), laser_pose)
+    """nav2's likelihood field (p = 1 + Σ pz³); particles in parallel when there are many."""
+    return _likelihood_field(poses, ranges, bearings, dist, resolution, origin_x, origin_y, max_dist, range_max,
+                             z_hit, z_rand, sigma_hit, laser_pose, False, False)
+
+
+def likelihood_field_numba_parallel(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarray, dist: np.ndarray,
+                                    resolution: float, origin_x: float, origin_y: float, max_dist: float,
+                                    range_max: float, z_hit: float, z_rand: float, sigma_hit: float,
+                                    laser_pose: np.ndarray) -> np.ndarray:
+    """``likelihood_field_numba`` always on the thread pool."""
+    return _likelihood_field(poses, ranges, bearings, dist, resolution, origin_x, origin_y, max_dist, range_max,
+                             z_hit, z_rand, sigma_hit, laser_pose, False, True)
 
 
 def _lf_errors(extra: dict[str, Any]) -> list[ErrorSample]:
@@ -286,6 +327,25 @@ define_op(
 )
 register_kernel("amcl_likelihood_field", "numba", devices=("cpu",), dtypes=F64, priority=10,
                 available=numba_unavailable, tolerances=CLOSE)(likelihood_field_numba)
+register_kernel("amcl_likelihood_field", "numba_parallel", devices=("cpu",), dtypes=F64, priority=5,
+                available=numba_unavailable, tolerances=CLOSE)(likelihood_field_numba_parallel)
+
+
+def _likelihood_field_prob(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarray, dist: np.ndarray,
+                           resolution: float, origin_x: float, origin_y: float, max_dist: float, range_max: float,
+                           z_hit: float, z_rand: float, sigma_hit: float, laser_pose: np.ndarray, do_beamskip: bool,
+                           converged: bool, beam_skip_distance: float, beam_skip_threshold: float,
+                           beam_skip_error_threshold: float, force_parallel: bool) -> np.ndarray:
+    if not (do_beamskip and converged):
+        return _likelihood_field(poses, ranges, bearings, dist, resolution, origin_x, origin_y, max_dist, range_max,
+                                 z_hit, z_rand, sigma_hit, laser_pose, True, force_parallel)
+    poses, ranges, bearings, laser_pose = _check_lf(poses, ranges, bearings, laser_pose, range_max)
+    mod = _numba("sensors")
+    fn = (mod.likelihood_field_beamskip_parallel if _parallel(len(poses) * len(ranges), force_parallel)
+          else mod.likelihood_field_beamskip_serial)
+    return fn(poses, ranges, bearings, _f64(dist), float(resolution), float(origin_x), float(origin_y),
+              float(max_dist), float(range_max), float(z_hit), float(z_rand), float(sigma_hit), laser_pose,
+              float(beam_skip_distance), float(beam_skip_threshold), float(beam_skip_error_threshold))
 
 
 def likelihood_field_prob_numba(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarray, dist: np.ndarray,
@@ -294,13 +354,23 @@ def likelihood_field_prob_numba(poses: np.ndarray, ranges: np.ndarray, bearings:
                                 laser_pose: np.ndarray, do_beamskip: bool = False, converged: bool = False,
                                 beam_skip_distance: float = 0.5, beam_skip_threshold: float = 0.3,
                                 beam_skip_error_threshold: float = 0.9) -> np.ndarray:
-    """nav2's likelihood_field_prob (p = exp Σ log pz, beam skipping when converged), in parallel."""
-    poses, ranges, bearings, laser_pose = _check_lf(poses, ranges, bearings, laser_pose, range_max)
-    return _numba("sensors").likelihood_field_prob_numba(
-        poses, ranges, bearings, _f64(dist), float(resolution), float(origin_x), float(origin_y), float(max_dist),
-        float(range_max), float(z_hit), float(z_rand), float(sigma_hit), laser_pose,
-        bool(do_beamskip and converged), float(beam_skip_distance), float(beam_skip_threshold),
-        float(beam_skip_error_threshold))
+    """nav2's likelihood_field_prob (p = exp Σ log pz, beam skipping when converged); parallel when big."""
+    return _likelihood_field_prob(poses, ranges, bearings, dist, resolution, origin_x, origin_y, max_dist, range_max,
+                                  z_hit, z_rand, sigma_hit, laser_pose, do_beamskip, converged, beam_skip_distance,
+                                  beam_skip_threshold, beam_skip_error_threshold, False)
+
+
+def likelihood_field_prob_numba_parallel(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarray,
+                                         dist: np.ndarray, resolution: float, origin_x: float, origin_y: float,
+                                         max_dist: float, range_max: float, z_hit: float, z_rand: float,
+                                         sigma_hit: float, laser_pose: np.ndarray, do_beamskip: bool = False,
+                                         converged: bool = False, beam_skip_distance: float = 0.5,
+                                         beam_skip_threshold: float = 0.3,
+                                         beam_skip_error_threshold: float = 0.9) -> np.ndarray:
+    """``likelihood_field_prob_numba`` always on the thread pool."""
+    return _likelihood_field_prob(poses, ranges, bearings, dist, resolution, origin_x, origin_y, max_dist, range_max,
+                                  z_hit, z_rand, sigma_hit, laser_pose, do_beamskip, converged, beam_skip_distance,
+                                  beam_skip_threshold, beam_skip_error_threshold, True)
 
 
 SKIP = dict(do_beamskip=True, converged=True)
@@ -322,6 +392,8 @@ define_op(
 )
 register_kernel("amcl_likelihood_field_prob", "numba", devices=("cpu",), dtypes=F64, priority=10,
                 available=numba_unavailable, tolerances=CLOSE)(likelihood_field_prob_numba)
+register_kernel("amcl_likelihood_field_prob", "numba_parallel", devices=("cpu",), dtypes=F64, priority=5,
+                available=numba_unavailable, tolerances=CLOSE)(likelihood_field_prob_numba_parallel)
 
 
 BEAM_PARAMS = dict(z_hit=0.5, z_short=0.05, z_max=0.05, z_rand=0.5, sigma_hit=0.2, lambda_short=0.1)
@@ -336,16 +408,35 @@ def _bm(n: int, n_beams: int, seed: int, laser: tuple[float, float, float] = (0.
     return make
 
 
+def _beam_model(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarray, state: np.ndarray, resolution: float,
+                origin_x: float, origin_y: float, range_max: float, z_hit: float, z_short: float, z_max: float,
+                z_rand: float, sigma_hit: float, lambda_short: float, laser_pose: np.ndarray,
+                force_parallel: bool) -> np.ndarray:
+    poses, ranges, bearings, laser_pose = _check_lf(poses, ranges, bearings, laser_pose, range_max)
+    mod = _numba("sensors")
+    # a beam walks up to range / res cells: parallel pays off sooner than for the likelihood field
+    fn = mod.beam_model_parallel if _parallel(8 * len(poses) * len(ranges), force_parallel) else mod.beam_model_serial
+    return fn(poses, ranges, bearings, np.ascontiguousarray(state, np.int8), float(resolution), float(origin_x),
+              float(origin_y), float(range_max), float(z_hit), float(z_short), float(z_max), float(z_rand),
+              float(sigma_hit), float(lambda_short), laser_pose)
+
+
 def beam_model_numba(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarray, state: np.ndarray,
                      resolution: float, origin_x: float, origin_y: float, range_max: float, z_hit: float,
                      z_short: float, z_max: float, z_rand: float, sigma_hit: float, lambda_short: float,
                      laser_pose: np.ndarray) -> np.ndarray:
-    """nav2's beam model (ray-cast expected ranges, p = 1 + Σ pz³), particles in parallel."""
-    poses, ranges, bearings, laser_pose = _check_lf(poses, ranges, bearings, laser_pose, range_max)
-    return _numba("sensors").beam_model_numba(
-        poses, ranges, bearings, np.ascontiguousarray(state, np.int8), float(resolution), float(origin_x),
-        float(origin_y), float(range_max), float(z_hit), float(z_short), float(z_max), float(z_rand),
-        float(sigma_hit), float(lambda_short), laser_pose)
+    """nav2's beam model (ray-cast expected ranges, p = 1 + Σ pz³); parallel when big."""
+    return _beam_model(poses, ranges, bearings, state, resolution, origin_x, origin_y, range_max, z_hit, z_short,
+                       z_max, z_rand, sigma_hit, lambda_short, laser_pose, False)
+
+
+def beam_model_numba_parallel(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarray, state: np.ndarray,
+                              resolution: float, origin_x: float, origin_y: float, range_max: float, z_hit: float,
+                              z_short: float, z_max: float, z_rand: float, sigma_hit: float, lambda_short: float,
+                              laser_pose: np.ndarray) -> np.ndarray:
+    """``beam_model_numba`` always on the thread pool."""
+    return _beam_model(poses, ranges, bearings, state, resolution, origin_x, origin_y, range_max, z_hit, z_short,
+                       z_max, z_rand, sigma_hit, lambda_short, laser_pose, True)
 
 
 def _bm_error(n_ranges: int, n_bearings: int, range_max: float = 4.0) -> Callable[[], Any]:
@@ -370,6 +461,8 @@ define_op(
 )
 register_kernel("amcl_beam_model", "numba", devices=("cpu",), dtypes=F64, priority=10,
                 available=numba_unavailable, tolerances=CLOSE)(beam_model_numba)
+register_kernel("amcl_beam_model", "numba_parallel", devices=("cpu",), dtypes=F64, priority=5,
+                available=numba_unavailable, tolerances=CLOSE)(beam_model_numba_parallel)
 
 
 # -- KLD resampling and clusters -------------------------------------------------------------------

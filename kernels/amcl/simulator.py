@@ -72,12 +72,19 @@ def _wrap(a: float) -> float:
     return math.atan2(math.sin(a), math.cos(a))
 
 
-def free_poses(occupancy_map: OccupancyMap, clearance: float, rng: np.random.Generator, n: int) -> np.ndarray:
-    """``n`` random poses on free cells at least ``clearance`` from any obstacle."""
+def clear_cells(occupancy_map: OccupancyMap, clearance: float) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j) of the free cells at least ``clearance`` from any obstacle."""
     dist = amcl_distance_map(occupancy_map.state, occupancy_map.resolution, max(clearance * 2, 1.0))
     j, i = np.nonzero((occupancy_map.state == FREE) & (dist >= clearance))
     if len(i) == 0:
         raise ValueError(f"clearance={clearance}: no free cell is that far from every obstacle")
+    return i, j
+
+
+def free_poses(occupancy_map: OccupancyMap, clearance: float, rng: np.random.Generator, n: int,
+               cells: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """``n`` random poses on free cells at least ``clearance`` from any obstacle."""
+    i, j = cells if cells is not None else clear_cells(occupancy_map, clearance)
     pick = rng.integers(0, len(i), n)
     x, y = occupancy_map.cell_to_world(i[pick], j[pick])
     return np.stack([x, y, rng.uniform(-math.pi, math.pi, n)], 1)
@@ -102,7 +109,8 @@ def simulate(occupancy_map: OccupancyMap, steps: int = 200, seed: int = 0, *, sp
              start: np.ndarray | None = None) -> SimulatedRun:
     """Drive ``steps`` steps from ``start`` (or a random clear pose) and record everything."""
     rng = np.random.default_rng(seed)
-    pose = np.array(start, np.float64) if start is not None else free_poses(occupancy_map, clearance, rng, 1)[0]
+    cells = clear_cells(occupancy_map, clearance)
+    pose = np.array(start, np.float64) if start is not None else free_poses(occupancy_map, clearance, rng, 1, cells)[0]
     odom = np.array([0.0, 0.0, pose[2]])
     bearings = (-fov / 2 + (np.arange(beams) + 0.5) * fov / beams) if fov < 2 * math.pi else \
         np.linspace(-math.pi, math.pi, beams, endpoint=False)
@@ -112,7 +120,7 @@ def simulate(occupancy_map: OccupancyMap, steps: int = 200, seed: int = 0, *, sp
         for _attempt in range(50):
             if goal is not None and math.hypot(goal[0] - pose[0], goal[1] - pose[1]) > 0.2:
                 break
-            cand = free_poses(occupancy_map, clearance, rng, 1)[0]
+            cand = free_poses(occupancy_map, clearance, rng, 1, cells)[0]
             if _visible(occupancy_map, pose, cand, clearance * 0.8):
                 goal = cand
         if goal is None:

@@ -16,6 +16,7 @@ Which backend runs is the dispatcher's choice per call: Triton for CUDA tensors,
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -34,6 +35,16 @@ __all__ = [
     "self_attention_reasons",
     "up_reasons",
 ]
+
+
+def _child(m: nn.Module, name: str) -> Any:
+    """An attribute of a module the reasons functions have checked (typed loosely on purpose)."""
+    return getattr(m, name)
+
+
+def _gn(m: nn.Module) -> tuple[int, torch.Tensor | None, torch.Tensor | None, float]:
+    gn = cast(nn.GroupNorm, m)
+    return gn.num_groups, gn.weight, gn.bias, gn.eps
 
 
 def _is_gelu(m: nn.Module) -> bool:
@@ -78,16 +89,15 @@ class FusedDoubleConv(nn.Module):
         why = double_conv_reasons(m)
         if why:
             raise ValueError(f"{type(m).__name__} cannot be fused: " + "; ".join(why))
-        return cls(m.double_conv, bool(m.residual))
+        return cls(_child(m, "double_conv"), bool(_child(m, "residual")))
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         conv1, gn1, _, conv2, gn2 = self.double_conv
-        h = group_norm_act(conv1(x), gn1.num_groups, gn1.weight, gn1.bias, gn1.eps, activation="gelu")
+        h = group_norm_act(conv1(x), *_gn(gn1), activation="gelu")
         h = conv2(h)
         if self.residual:
-            return group_norm_act(h, gn2.num_groups, gn2.weight, gn2.bias, gn2.eps, residual=x, emb=emb,
-                                  activation="gelu")
-        return group_norm_act(h, gn2.num_groups, gn2.weight, gn2.bias, gn2.eps, emb=emb)
+            return group_norm_act(h, *_gn(gn2), residual=x, emb=emb, activation="gelu")
+        return group_norm_act(h, *_gn(gn2), emb=emb)
 
 
 def _emb_reasons(m: nn.Module) -> list[str]:
@@ -118,9 +128,9 @@ class FusedDown(nn.Module):
         why = down_reasons(m)
         if why:
             raise ValueError(f"{type(m).__name__} cannot be fused: " + "; ".join(why))
-        pool, dc1, dc2 = m.maxpool_conv
+        pool, dc1, dc2 = _child(m, "maxpool_conv")
         seq = nn.Sequential(pool, FusedDoubleConv.from_module(dc1), FusedDoubleConv.from_module(dc2))
-        return cls(seq, m.emb_layer)
+        return cls(seq, _child(m, "emb_layer"))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         pool, dc1, dc2 = self.maxpool_conv
@@ -154,9 +164,9 @@ class FusedUp(nn.Module):
         why = up_reasons(m)
         if why:
             raise ValueError(f"{type(m).__name__} cannot be fused: " + "; ".join(why))
-        dc1, dc2 = m.conv
-        return cls(m.up, nn.Sequential(FusedDoubleConv.from_module(dc1), FusedDoubleConv.from_module(dc2)),
-                   m.emb_layer)
+        dc1, dc2 = _child(m, "conv")
+        return cls(_child(m, "up"), nn.Sequential(FusedDoubleConv.from_module(dc1), FusedDoubleConv.from_module(dc2)),
+                   _child(m, "emb_layer"))
 
     def forward(self, x: torch.Tensor, skip_x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         dc1, dc2 = self.conv
@@ -199,13 +209,14 @@ class FusedSelfAttention(nn.Module):
         why = self_attention_reasons(m)
         if why:
             raise ValueError(f"{type(m).__name__} cannot be fused: " + "; ".join(why))
-        return cls(m.channels, m.size, m.mha, m.ln, m.ff_self)
+        return cls(*(_child(m, k) for k in ("channels", "size", "mha", "ln", "ff_self")))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ff_ln, lin1, act, lin2 = self.ff_self
         tokens, x_ln = tokens_layer_norm(x, self.ln.weight, self.ln.bias, self.ln.eps)
         attention, _ = self.mha(x_ln, x_ln, x_ln, need_weights=False)
-        s, h = add_layer_norm(attention, tokens, ff_ln.weight, ff_ln.bias, ff_ln.eps)
+        norm = cast(nn.LayerNorm, ff_ln)
+        s, h = add_layer_norm(attention, tokens, norm.weight, norm.bias, norm.eps)
         out = lin2(act(lin1(h))) + s
         return out.swapaxes(2, 1).view(-1, self.channels, x.shape[-2], x.shape[-1])
 

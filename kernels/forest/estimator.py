@@ -367,7 +367,8 @@ class RandomForestClassifier(_Mixin, _Base):
 
     def predict(self, X: Any) -> np.ndarray:
         """The class with the highest mean probability (the first on ties), as a label of classes_."""
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[proba.argmax(axis=1)]
 
     @property
     def n_nodes_(self) -> int:

@@ -63,7 +63,7 @@ def main() -> int:
     times = compile_all()
     for name, s in times.items():
         print(f"{name:<36} {s * 1e3:9.1f} ms")
-    print(f"{"total (with imports)":<36} {(time.perf_counter() - t0) * 1e3:9.1f} ms")
+    print(f"{'total (with imports)':<36} {(time.perf_counter() - t0) * 1e3:9.1f} ms")
     return 0
 
 

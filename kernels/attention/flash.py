@@ -86,6 +86,7 @@ def launch(kernel: Any, key: tuple[Any, ...], cfg: FlashConfig, grid: Callable[[
            *args: Any, **constexprs: Any) -> None:
     """Launch ``kernel`` with ``cfg``; on ``OutOfResources`` step down to smaller tiles (remembered per key).
     A callable constexpr is evaluated on the tile finally used (``EVEN_N`` depends on BLOCK_N)."""
+    key = (*key, cfg)
     cfg = _FITTED.get(key, cfg)
     while True:
         values = {name: value(cfg) if callable(value) else value for name, value in constexprs.items()}
@@ -223,7 +224,9 @@ class FlashAttention(torch.autograd.Function):
 
 def max_offset(x: torch.Tensor) -> int:
     """Largest element offset inside one (batch, head) slice of a (B, H, N, D) view."""
-    return sum((s - 1) * abs(st) for s, st in zip(x.shape[2:], x.stride()[2:]) if s > 0)
+    _, _, n, d = x.shape
+    _, _, sn, sd = x.stride()
+    return max(n - 1, 0) * abs(sn) + max(d - 1, 0) * abs(sd)
 
 
-OFFSET_LIMIT = 2**31 - 1  # the kernels index inside one (batch, head) slice with int32
+

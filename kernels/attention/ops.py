@@ -19,6 +19,7 @@ from kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, re
 from pyimpl import attention as ref
 
 TRITON_DTYPES = ("float16", "bfloat16", "float32")
+OFFSET_LIMIT = 2**31 - 1  # the Triton kernels index inside one (batch, head) slice with int32
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 
 
@@ -155,8 +156,6 @@ def _triton_unavailable() -> str | None:
 def _triton_reasons(q: Any, k: Any, v: Any, *, causal: bool = False, scale: float | None = None,
                     key_padding_mask: torch.Tensor | None = None, layout: str = "bhnd",
                     deterministic: bool = False) -> list[str]:
-    from kernels.attention.flash import OFFSET_LIMIT, max_offset
-
     d = ref.check_attention_args(q, k, v, key_padding_mask, layout, scale)[4]
     out = []
     if d not in SUPPORTED_HEAD_DIMS:
@@ -167,8 +166,11 @@ def _triton_reasons(q: Any, k: Any, v: Any, *, causal: bool = False, scale: floa
         out.append("dtype=bfloat16 on cpu: Triton's interpreter multiplies bfloat16 matrices wrongly (CUDA only)")
     if q.is_cuda and q.dtype == torch.bfloat16 and torch.cuda.get_device_capability(q.device) < (8, 0):
         out.append("dtype=bfloat16: needs a GPU of compute capability 8.0 or newer")
-    if max(max_offset(x) for x in _as_bhnd(layout, q, k, v)) > OFFSET_LIMIT:
-        out.append("one (batch, head) slice spans more than 2**31 elements: the kernel indexes it with int32")
+    if q.numel() >= OFFSET_LIMIT or k.numel() >= OFFSET_LIMIT or v.numel() >= OFFSET_LIMIT:
+        from kernels.attention.flash import max_offset
+
+        if max(max_offset(x) for x in _as_bhnd(layout, q, k, v)) >= OFFSET_LIMIT:
+            out.append("one (batch, head) slice spans 2**31 elements or more: the kernel indexes it with int32")
     return out
 
 

@@ -1,0 +1,371 @@
+"""Attention on a CUDA GPU, in one process: parity, a tile sweep, timings against SDPA, the seed's UNet.
+
+    PYTHONPATH=$PWD python3 benchmarks/gpu_attention.py check sweep     # parity + tile sweep
+    PYTHONPATH=$PWD python3 benchmarks/gpu_attention.py check bench unet  # parity + tables + plot
+
+Parts: ``check`` runs the registry's parity cases on CUDA and larger odd shapes against a float64
+reference (forward and gradients); ``sweep`` times candidate tiles per head dim (forward and
+backward) and prints the best; ``bench`` times ours against SDPA's flash / cuDNN / efficient
+backends (forward, backward), re-runs the project's H200 anchor shapes, and plots TFLOP/s over N
+per head dim; ``unet`` times the seed UNet's six attention blocks (nn.MultiheadAttention with
+need_weights=True, SDPA, ours) and checks the patched UNet's output. Every timing is verified
+first. Results go to $OUT (JSON, PNG); a short table is printed last.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from triton.testing import do_bench
+
+import kernels
+from kernels import parity
+from kernels.attention.flash import FlashConfig, flash_backward, flash_forward
+from pyimpl import attention as ref
+
+DEV = "cuda"
+OUT = os.environ.get("OUT", ".")
+RESULTS: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+SUMMARY: list[str] = []
+SDPA_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                 "efficient": SDPBackend.EFFICIENT_ATTENTION}
+
+
+def ms(fn: Callable[[], Any], rep: int = 40) -> float:
+    return float(do_bench(fn, warmup=10, rep=rep, return_mode="median"))
+
+
+def tflops(b: int, h: int, nq: int, nk: int, d: int, t_ms: float, factor: float = 1.0) -> float:
+    return factor * 4 * b * h * nq * nk * d / t_ms / 1e9
+
+
+def rel_err(out: torch.Tensor, want: torch.Tensor) -> float:
+    return float((out.double() - want).norm() / want.norm().clamp_min(1e-30))
+
+
+def qkv(b: int, h: int, nq: int, nk: int, d: int, dtype: torch.dtype, grad: bool = False
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    q = torch.randn(b, h, nq, d, device=DEV, dtype=dtype, requires_grad=grad)
+    k = torch.randn(b, h, nk, d, device=DEV, dtype=dtype, requires_grad=grad)
+    v = torch.randn(b, h, nk, d, device=DEV, dtype=dtype, requires_grad=grad)
+    return q, k, v
+
+
+# ---------------------------------------------------------------------------------------------- check
+def part_check() -> None:
+    t0 = time.time()
+    results = parity.run_parity(ops=["attention"], devices=["cuda"])
+    rows = parity.summarize(results)
+    fails = [r for r in results if r.status == "FAIL"]
+    for r in fails:
+        print("PARITY FAIL", r.case.id, r.detail, flush=True)
+    RESULTS["parity"] = rows
+    for row in rows:
+        print(f"parity {row['backend']:8s} {row['dtype']:9s} samples={row['samples']:3d} skipped={row['skipped']:2d} "
+              f"max_err={row['max_error']:.2e} {row['status']}", flush=True)
+    SUMMARY.append(f"parity (registry samples on cuda): {len(results) - len(fails)}/{len(results)} ok or skipped, "
+                   f"{len(fails)} failed, {time.time() - t0:.0f}s")
+    # larger odd shapes, every head dim, forward and gradients, both backward modes
+    worst: dict[str, float] = {}
+    big = []
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        for d in (16, 32, 64, 128):
+            for causal, masked, nq, nk in ((False, False, 333, 333), (True, False, 517, 300), (False, True, 200, 777),
+                                           (True, True, 129, 129)):
+                for deterministic in (True, False) if dtype == torch.float16 else (True,):
+                    q, k, v = qkv(2, 3, nq, nk, d, dtype, grad=True)
+                    kpm = (torch.rand(2, nk, device=DEV) < 0.3) if masked else None
+                    out = kernels.attention(q, k, v, causal=causal, key_padding_mask=kpm, backend="triton",
+                                            deterministic=deterministic)
+                    do = torch.randn_like(out)
+                    grads = torch.autograd.grad(out, (q, k, v), do)
+                    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+                    want = ref.attention(q64, k64, v64, causal=causal, key_padding_mask=kpm)
+                    wgrads = torch.autograd.grad(want, (q64, k64, v64), do.double())
+                    errs = [rel_err(out, want)] + [rel_err(g, w) for g, w in zip(grads, wgrads)]
+                    key = str(dtype).removeprefix("torch.")
+                    worst[key] = max(worst.get(key, 0.0), *errs)
+                    big.append(dict(dtype=key, d=d, causal=causal, masked=masked, nq=nq, nk=nk,
+                                    deterministic=deterministic, rel_errors=errs))
+                    if not all(math.isfinite(e) and e < (2e-2 if dtype == torch.bfloat16 else 5e-3) for e in errs):
+                        print("BIG-SHAPE FAIL", big[-1], flush=True)
+    RESULTS["check_big"] = big
+    SUMMARY.append("relative L2 error vs float64 (out, dq, dk, dv; worst over shapes): "
+                   + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
+
+
+# ---------------------------------------------------------------------------------------------- sweep
+FWD_CANDIDATES = [FlashConfig(*c) for c in ((128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 3),
+                                             (64, 64, 4, 3), (64, 128, 4, 3), (128, 128, 4, 2), (64, 32, 4, 4),
+                                             (128, 64, 4, 4), (64, 64, 4, 2))]
+BWD_CANDIDATES = [FlashConfig(*c) for c in ((64, 64, 4, 2), (64, 64, 4, 3), (32, 64, 4, 2), (64, 128, 8, 2),
+                                             (128, 64, 8, 2), (32, 32, 4, 2), (64, 32, 4, 2), (32, 128, 4, 2))]
+SWEEP_SHAPES = [(16, 4, 4096, 16), (16, 4, 1024, 16), (16, 4, 1024, 32), (16, 4, 256, 32), (16, 4, 256, 64),
+                (16, 4, 64, 64), (32, 4, 1024, 32), (4, 16, 4096, 64), (4, 16, 4096, 128), (16, 4, 1024, 128)]
+
+
+def part_sweep() -> None:
+    rows: list[dict[str, Any]] = []
+    for b, h, n, d in SWEEP_SHAPES:
+        sweep_shape(b, h, n, d, rows)
+    RESULTS["sweep"] = rows
+
+
+def sweep_shape(b: int, h: int, n: int, d: int, rows: list[dict[str, Any]]) -> None:
+    q, k, v = qkv(b, h, n, n, d, torch.float16)
+    scale = 1 / math.sqrt(d)
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        want = F.scaled_dot_product_attention(q, k, v)
+    best = None
+    for cfg in FWD_CANDIDATES:
+        try:
+            o, _ = flash_forward(q, k, v, None, False, scale, False, config=cfg)
+            err = rel_err(o, want.double())
+            if not err < 5e-3:
+                print(f"sweep fwd {cfg} wrong: rel err {err:.2e}", flush=True)
+                continue
+            t = ms(lambda cfg=cfg: flash_forward(q, k, v, None, False, scale, False, config=cfg), rep=25)
+        except Exception as e:  # a tile that does not fit (shared memory, registers) is skipped
+            print(f"sweep fwd {(b, h, n, d)} {cfg}: {type(e).__name__} {str(e)[:120]}", flush=True)
+            continue
+        rows.append(dict(kind="fwd", shape=(b, h, n, d), cfg=cfg.__dict__, ms=t, tflops=tflops(b, h, n, n, d, t)))
+        if best is None or t < best[1]:
+            best = (cfg, t)
+    ref_t = {}
+    for name, be in SDPA_BACKENDS.items():
+        try:
+            with sdpa_kernel(be):
+                ref_t[name] = ms(lambda: F.scaled_dot_product_attention(q, k, v), rep=25)
+        except RuntimeError:
+            ref_t[name] = float("nan")
+    if best is not None:
+        line = (f"sweep fwd {(b, h, n, d)}: best {best[0]} {best[1] * 1e3:.1f}us "
+                f"{tflops(b, h, n, n, d, best[1]):.0f} TF/s; sdpa " +
+                " ".join(f"{k} {tflops(b, h, n, n, d, t):.0f}" for k, t in ref_t.items()))
+        print(line, flush=True)
+        SUMMARY.append(line)
+    # backward: both modes over the candidates
+    o, lse = flash_forward(q, k, v, None, False, scale, False)
+    do = torch.randn_like(o)
+    qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        so = F.scaled_dot_product_attention(qg, kg, vg)
+    wgrads = torch.autograd.grad(so, (qg, kg, vg), do, retain_graph=True)
+    t_flash_bwd = ms(lambda: torch.autograd.grad(so, (qg, kg, vg), do, retain_graph=True), rep=25)
+    for deterministic in (True, False):
+        bbest = None
+        for cfg in BWD_CANDIDATES:
+            try:
+                grads = flash_backward(do, q, k, v, o, lse, None, False, scale, deterministic, config=cfg)
+                errs = [rel_err(g, w.double()) for g, w in zip(grads, wgrads)]
+                if not max(errs) < 2e-2:
+                    print(f"sweep bwd {cfg} det={deterministic} wrong: {errs}", flush=True)
+                    continue
+                t = ms(lambda cfg=cfg, det=deterministic: flash_backward(
+                    do, q, k, v, o, lse, None, False, scale, det, config=cfg), rep=25)
+            except Exception as e:
+                print(f"sweep bwd {(b, h, n, d)} {cfg}: {type(e).__name__} {str(e)[:120]}", flush=True)
+                continue
+            rows.append(dict(kind="bwd", deterministic=deterministic, shape=(b, h, n, d), cfg=cfg.__dict__, ms=t,
+                             tflops=tflops(b, h, n, n, d, t, 2.5)))
+            if bbest is None or t < bbest[1]:
+                bbest = (cfg, t)
+        if bbest is not None:
+            line = (f"sweep bwd det={deterministic:d} {(b, h, n, d)}: best {bbest[0]} {bbest[1] * 1e3:.1f}us; "
+                    f"sdpa flash bwd {t_flash_bwd * 1e3:.1f}us -> ratio {t_flash_bwd / bbest[1]:.2f}x")
+            print(line, flush=True)
+            SUMMARY.append(line)
+
+
+# ---------------------------------------------------------------------------------------------- bench
+ANCHOR_SHAPES = [(32, 4, 1024, 32), (32, 4, 256, 64), (32, 4, 64, 64), (128, 4, 1024, 32), (4, 16, 4096, 64),
+                 (4, 16, 4096, 128), (2, 16, 16384, 128)]
+PLOT_N = [64, 128, 256, 512, 1024, 2048, 4096]
+
+
+def fwd_row(b: int, h: int, n: int, d: int, dtype: torch.dtype, backward: bool) -> dict[str, Any]:
+    q, k, v = qkv(b, h, n, n, d, dtype, grad=backward)
+    row: dict[str, Any] = dict(B=b, H=h, N=n, D=d, dtype=str(dtype).removeprefix("torch."))
+    with torch.no_grad():
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            want = F.scaled_dot_product_attention(q, k, v).double()
+        ours = kernels.attention(q, k, v)
+        assert rel_err(ours, want) < 2e-2, f"ours differs from SDPA at {row}"
+        row["ours_tflops"] = tflops(b, h, n, n, d, ms(lambda: kernels.attention(q, k, v)))
+        for name, be in SDPA_BACKENDS.items():
+            try:
+                with sdpa_kernel(be):
+                    row[f"{name}_tflops"] = tflops(b, h, n, n, d, ms(lambda: F.scaled_dot_product_attention(q, k, v)))
+            except RuntimeError:
+                row[f"{name}_tflops"] = None
+    if backward:
+        do = torch.randn(b, h, n, d, device=DEV, dtype=dtype)
+        o = kernels.attention(q, k, v, deterministic=True)
+        row["ours_bwd_ms"] = ms(lambda: torch.autograd.grad(o, (q, k, v), do, retain_graph=True))
+        o2 = kernels.attention(q, k, v, deterministic=False)
+        row["ours_bwd_atomic_ms"] = ms(lambda: torch.autograd.grad(o2, (q, k, v), do, retain_graph=True))
+        for name, be in SDPA_BACKENDS.items():
+            try:
+                with sdpa_kernel(be):
+                    so = F.scaled_dot_product_attention(q, k, v)
+                row[f"{name}_bwd_ms"] = ms(lambda so=so: torch.autograd.grad(so, (q, k, v), do, retain_graph=True))
+            except RuntimeError:
+                row[f"{name}_bwd_ms"] = None
+    return row
+
+
+def best_peer(row: dict[str, Any]) -> float:
+    return max(row.get(f"{k}_tflops") or 0.0 for k in SDPA_BACKENDS)
+
+
+def part_bench() -> None:
+    rows = []
+    for d in (16, 32, 64, 128):
+        for n in PLOT_N:
+            for dtype in (torch.float16, torch.bfloat16):
+                b = 16 if n >= 256 else 64
+                rows.append(fwd_row(b, 4, n, d, dtype, backward=dtype == torch.float16 and n in (256, 1024, 4096)))
+    RESULTS["curve"] = rows
+    anchors = [fwd_row(b, h, n, d, torch.float16, backward=True) for b, h, n, d in ANCHOR_SHAPES]
+    RESULTS["anchors"] = anchors
+    for r in anchors:
+        line = (f"anchor {(r['B'], r['H'], r['N'], r['D'])} fp16 fwd TF/s: ours {r['ours_tflops']:.0f} flash "
+                f"{r['flash_tflops'] or 0:.0f} cudnn {r['cudnn_tflops'] or 0:.0f} eff {r['efficient_tflops'] or 0:.0f}"
+                f" | bwd ms ours {r['ours_bwd_ms']:.3f} atomic {r['ours_bwd_atomic_ms']:.3f} flash "
+                f"{r['flash_bwd_ms'] or float('nan'):.3f}")
+        SUMMARY.append(line)
+    wins = sum(r["ours_tflops"] >= best_peer(r) for r in rows if r["D"] <= 64)
+    total = sum(1 for r in rows if r["D"] <= 64)
+    SUMMARY.append(f"forward, D<=64, N 64..4096, fp16/bf16: ours >= best SDPA backend in {wins}/{total} shapes")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 4, figsize=(18, 4.2), sharey=True)
+        for ax, d in zip(axes, (16, 32, 64, 128)):
+            sel = [r for r in rows if r["D"] == d and r["dtype"] == "float16"]
+            for key, style in (("ours", "o-"), ("flash", "s--"), ("cudnn", "^--"), ("efficient", "v:")):
+                ax.plot([r["N"] for r in sel], [r.get(f"{key}_tflops") or float("nan") for r in sel], style, label=key)
+            ax.set_xscale("log", base=2)
+            ax.set_title(f"head dim {d}, fp16, H=4")
+            ax.set_xlabel("N (tokens)")
+        axes[0].set_ylabel("TFLOP/s (4·B·H·N²·D / time)")
+        axes[0].legend()
+        fig.suptitle(f"attention forward on {RESULTS['device']}")
+        fig.tight_layout()
+        fig.savefig(os.path.join(OUT, "attention_tflops.png"), dpi=110)
+    except ImportError as e:
+        print("no plot:", e)
+
+
+# ---------------------------------------------------------------------------------------------- unet
+def part_unet() -> None:
+    from kernels import nn as knn
+    from pyimpl.unet import UNet
+
+    # bfloat16: the seed's model in fp32 under autocast, as the project's seed-UNet anchor runs it
+    torch.manual_seed(0)
+    res: dict[str, Any] = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            unet_dtype(UNet().to(DEV).eval(), dtype, res, knn)
+    RESULTS["unet"] = res
+
+
+def unet_dtype(model: Any, dtype: torch.dtype, res: dict[str, Any], knn: Any) -> None:
+    x = torch.randn(16, 3, 64, 64, device=DEV)
+    t = torch.full((16,), 500, device=DEV, dtype=torch.long)
+    with torch.no_grad():
+        want = model(x, t)
+        seed_ms = ms(lambda: model(x, t))
+        blocks = {f"sa{i}": getattr(model, f"sa{i}") for i in range(1, 7)}
+        inputs: dict[str, torch.Tensor] = {}
+        hooks = [m.register_forward_pre_hook(lambda mod, a, name=name: inputs.__setitem__(name, a[0]))
+                 for name, m in blocks.items()]
+        model(x, t)
+        for hk in hooks:
+            hk.remove()
+        per_block: dict[str, dict[str, float]] = {}
+        for name, blk in blocks.items():
+            xin = inputs[name]
+            n_tok = xin.shape[-1] * xin.shape[-2]
+            xs = blk.ln(xin.view(xin.shape[0], blk.channels, -1).swapaxes(1, 2))
+            mha = blk.mha
+            per_block[name] = dict(
+                tokens=n_tok, channels=blk.channels,
+                seed_mha_ms=ms(lambda mha=mha, xs=xs: mha(xs, xs, xs)),
+                sdpa_mha_ms=ms(lambda mha=mha, xs=xs: mha(xs, xs, xs, need_weights=False)),
+            )
+        report = knn.patch(model, drop_ins=["attention"], need_weights=False)
+        print(report, flush=True)
+        got = model(x, t)
+        err = rel_err(got, want.double())
+        patched_ms = ms(lambda: model(x, t))
+        for name, blk in blocks.items():
+            xin = inputs[name]
+            xs = blk.ln(xin.view(xin.shape[0], blk.channels, -1).swapaxes(1, 2))
+            pm = getattr(model, name).mha
+            per_block[name]["ours_mha_ms"] = ms(lambda pm=pm, xs=xs: pm(xs, xs, xs, need_weights=False))
+        knn.unpatch(model)
+    key = str(dtype).removeprefix("torch.")
+    res[key] = dict(seed_step_ms=seed_ms, patched_step_ms=patched_ms, rel_err=err, blocks=per_block)
+    tot = {k: sum(b[k] for b in per_block.values()) for k in ("seed_mha_ms", "sdpa_mha_ms", "ours_mha_ms")}
+    res[key]["total"] = tot
+    for name, b in per_block.items():
+        SUMMARY.append(f"unet {key} {name} N={b['tokens']} C={b['channels']}: seed(need_weights) "
+                       f"{b['seed_mha_ms'] * 1e3:.0f}us sdpa {b['sdpa_mha_ms'] * 1e3:.0f}us ours "
+                       f"{b['ours_mha_ms'] * 1e3:.0f}us")
+    SUMMARY.append(f"unet {key} six blocks: seed {tot['seed_mha_ms']:.3f}ms sdpa {tot['sdpa_mha_ms']:.3f}ms "
+                   f"ours {tot['ours_mha_ms']:.3f}ms; whole UNet forward B=16: seed {seed_ms:.2f}ms patched "
+                   f"{patched_ms:.2f}ms; rel err {err:.1e}")
+
+
+D128_CANDIDATES = [FlashConfig(*c) for c in ((64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 8, 3), (128, 64, 8, 2),
+                                             (128, 128, 8, 2), (64, 64, 8, 3), (128, 32, 8, 3), (64, 32, 4, 3))]
+
+
+def part_sweep128() -> None:
+    """More forward tiles at (4, 16, 4096, 128), the shape where cuDNN leads."""
+    b, h, n, d = 4, 16, 4096, 128
+    q, k, v = qkv(b, h, n, n, d, torch.float16)
+    scale = 1 / math.sqrt(d)
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        t_cudnn = ms(lambda: F.scaled_dot_product_attention(q, k, v))
+    for cfg in D128_CANDIDATES:
+        try:
+            t = ms(lambda cfg=cfg: flash_forward(q, k, v, None, False, scale, False, config=cfg))
+        except Exception as e:
+            print(f"sweep128 {cfg}: {type(e).__name__}", flush=True)
+            continue
+        SUMMARY.append(f"sweep128 {cfg}: {tflops(b, h, n, n, d, t):.0f} TF/s = {t_cudnn / t:.2f}x cuDNN "
+                       f"({tflops(b, h, n, n, d, t_cudnn):.0f})")
+
+
+PARTS = {"check": part_check, "sweep": part_sweep, "sweep128": part_sweep128, "bench": part_bench,
+         "unet": part_unet}
+
+if __name__ == "__main__":
+    for part in sys.argv[1:] or ["check", "bench", "unet"]:
+        t0 = time.time()
+        try:
+            PARTS[part]()
+        except Exception as e:  # report and carry on with the next part: the device time is spent anyway
+            import traceback
+
+            traceback.print_exc()
+            SUMMARY.append(f"{part}: FAILED {type(e).__name__}: {str(e)[:200]}")
+        SUMMARY.append(f"[{part} took {time.time() - t0:.0f}s]")
+        with open(os.path.join(OUT, "gpu_attention.json"), "w") as f:
+            json.dump(RESULTS, f, indent=1, default=str)
+    print("\n".join(SUMMARY))

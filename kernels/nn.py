@@ -104,6 +104,11 @@ def _drop_in_for(module: nn.Module) -> tuple[DropIn | None, str]:
     return None, ""
 
 
+def _children(parent: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every (name, child), a module registered under two names included (``named_children`` drops those)."""
+    return [(name, child) for name, child in parent._modules.items() if child is not None]
+
+
 def patch(model: nn.Module, *, drop_ins: Iterable[str] | None = None, skip: Iterable[str] = (),
           **options: Any) -> PatchReport:
     """Replace every supported submodule of ``model`` in place; return what was replaced and what not.
@@ -122,35 +127,37 @@ def patch(model: nn.Module, *, drop_ins: Iterable[str] | None = None, skip: Iter
     built: dict[int, nn.Module] = {}  # a module shared at several paths gets one replacement
     visited: set[int] = set()
     if type(model) in _DROP_INS:
-        report.kept.append(("", type(model).__qualname__, "the model itself cannot be replaced in place; build the "
+        report.kept.append(("", type(model).__name__, "the model itself cannot be replaced in place; build the "
                             "drop-in from it directly (e.g. kernels.nn.MultiheadAttention.from_torch(model))"))
 
     def replacement(path: str, child: nn.Module) -> nn.Module | None:
-        if id(child) in built:
-            return built[id(child)]
+        if id(child) in built:  # the same module under a second name
+            new = built[id(child)]
+            report.replaced.append((path, type(child).__name__, f"{type(new).__module__}.{type(new).__qualname__}"))
+            return new
         d, why = _drop_in_for(child)
         if d is None:
             if why:
-                report.kept.append((path, type(child).__qualname__, why))
+                report.kept.append((path, type(child).__name__, why))
             return None
         if wanted is not None and d.name not in wanted:
-            report.kept.append((path, type(child).__qualname__, f"drop-in {d.name!r} not in drop_ins"))
+            report.kept.append((path, type(child).__name__, f"drop-in {d.name!r} not in drop_ins"))
             return None
         if any(fnmatch.fnmatchcase(path, pattern) for pattern in patterns):
-            report.kept.append((path, type(child).__qualname__, "skipped by pattern"))
+            report.kept.append((path, type(child).__name__, "skipped by pattern"))
             return None
         reasons = d.reasons(child) if d.reasons is not None else []
         if reasons:
-            report.kept.append((path, type(child).__qualname__, "; ".join(reasons)))
+            report.kept.append((path, type(child).__name__, "; ".join(reasons)))
             return None
         new = d.factory(child, **options)
         _ORIGINALS[new] = child
         built[id(child)] = new
-        report.replaced.append((path, type(child).__qualname__, f"{type(new).__module__}.{type(new).__qualname__}"))
+        report.replaced.append((path, type(child).__name__, f"{type(new).__module__}.{type(new).__qualname__}"))
         return new
 
     def walk(parent: nn.Module, prefix: str) -> None:
-        for name, child in list(parent.named_children()):
+        for name, child in _children(parent):
             path = f"{prefix}.{name}" if prefix else name
             new = replacement(path, child)
             if new is not None:
@@ -171,7 +178,7 @@ def unpatch(model: nn.Module) -> int:
 
     def walk(parent: nn.Module) -> None:
         nonlocal restored
-        for name, child in list(parent.named_children()):
+        for name, child in _children(parent):
             original = _ORIGINALS.get(child)
             if original is not None:
                 setattr(parent, name, original)

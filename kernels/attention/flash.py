@@ -41,8 +41,6 @@ def forward_config(head_dim: int, n_q: int, n_k: int, dtype: torch.dtype) -> Fla
     """Forward tiles. On an H200, 64 x 64 tiles, 4 warps, 3 stages were the fastest of ten candidates
     at every measured shape (D 16..128, N 64..4096; docs/notes/attention-gpu.md). float32 tiles
     take twice the shared memory: fewer stages, and narrower key tiles at D = 128."""
-    if triton_interpret():
-        return _INTERPRET
     if dtype == torch.float32:
         return FlashConfig(64, 32, 4, 2) if head_dim == 128 else FlashConfig(64, 64, 4, 2)
     return FlashConfig(64, 64, 4, 3)
@@ -55,8 +53,6 @@ def use_atomic_dq(head_dim: int, n_q: int, deterministic: bool) -> bool:
 
 def backward_config(head_dim: int, n_q: int, n_k: int, dtype: torch.dtype, atomic: bool) -> FlashConfig:
     """Backward tiles (dK/dV pass and dQ pass), the fastest of eight candidates on an H200."""
-    if triton_interpret():
-        return _INTERPRET
     if dtype == torch.float32:
         return FlashConfig(32, 32, 4, 2) if head_dim == 128 else FlashConfig(32, 64, 4, 2)
     if atomic:
@@ -146,9 +142,10 @@ def flash_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding
     base-2 row log-sum-exp (B, H, Nq) fp32 that the backward pass needs."""
     b, h, n_q, d = q.shape
     n_k = k.shape[2]
-    cfg = config or forward_config(d, n_q, n_k, q.dtype)
-    if triton_interpret():
+    interpret = triton_interpret()
+    if interpret:
         interpreter_index_fix()
+    cfg = config or (_INTERPRET if interpret else forward_config(d, n_q, n_k, q.dtype))
     if out_bnhd:
         o = torch.empty((b, n_q, h, d), device=q.device, dtype=q.dtype).transpose(1, 2)
     else:
@@ -172,11 +169,12 @@ def flash_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
     b, h, n_q, d = q.shape
     n_k = k.shape[2]
     atomic = use_atomic_dq(d, n_q, deterministic)
-    cfg = config or backward_config(d, n_q, n_k, q.dtype, atomic)
-    if triton_interpret():
+    interpret = triton_interpret()
+    if interpret:
         interpreter_index_fix()
+    cfg = config or (_INTERPRET if interpret else backward_config(d, n_q, n_k, q.dtype, atomic))
     delta = torch.empty((b, h, n_q), device=q.device, dtype=torch.float32)
-    rows = _INTERPRET.block_m if triton_interpret() else 64
+    rows = _INTERPRET.block_m if interpret else 64
     kt.attention_bwd_delta_kernel[(triton.cdiv(n_q, rows), b * h)](
         o, do, delta, *_strides(o), *_strides(do), h, n_q, HEAD_DIM=d, BLOCK_M=rows,
     )

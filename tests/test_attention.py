@@ -1,0 +1,183 @@
+"""Attention: dispatch and reasons, layouts, masks and dead rows, NaN/Inf, determinism, random shapes
+(CPU, Triton under the interpreter) and, with the ``gpu`` marker, larger shapes and O(N) memory."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kernels
+from kernels.registry import triton_interpret
+from pyimpl import attention as ref
+
+TRITON_CPU = pytest.mark.skipif(not triton_interpret() and not torch.cuda.is_available(),
+                                reason="Triton runs on the CPU only under TRITON_INTERPRET=1")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _qkv(b: int, h: int, nq: int, nk: int, d: int, seed: int, dtype: torch.dtype = torch.float32,
+         device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(s, generator=g).to(device, dtype)  # type: ignore[return-value]
+                 for s in ((b, h, nq, d), (b, h, nk, d), (b, h, nk, d)))
+
+
+def _f64(*xs: torch.Tensor) -> list[torch.Tensor]:
+    return [x.detach().double().requires_grad_(x.requires_grad) for x in xs]
+
+
+def test_cpu_dispatch_runs_sdpa_and_explains_the_triton_backend() -> None:
+    q, k, v = _qkv(1, 2, 5, 5, 16, 0)
+    text = kernels.explain("attention", q, k, v)
+    assert "-> runs 'sdpa'" in text
+    assert "triton" in text and "device=cpu" in text
+
+
+def test_reasons_name_the_head_dim_and_fall_back() -> None:
+    q, k, v = _qkv(1, 2, 5, 5, 24, 1)
+    reasons = kernels.get_op("attention").backends["triton"].reasons((q, k, v), {}, forced=True)
+    assert "head_dim=24: supported 16, 32, 64, 128" in reasons
+    with pytest.raises(ValueError, match="head_dim=24: supported 16, 32, 64, 128"):
+        kernels.attention(q, k, v, backend="triton")
+    out = kernels.attention(q, k, v)  # automatic dispatch falls back quietly
+    torch.testing.assert_close(out.double(), ref.attention(*_f64(q, k, v)), atol=1e-5, rtol=1e-5)
+
+
+def test_forced_triton_rejects_float64_and_negative_scale_with_reasons() -> None:
+    q, k, v = _qkv(1, 1, 4, 4, 16, 2, torch.float64)
+    with pytest.raises(ValueError, match="dtype=float64: supported float16, bfloat16, float32"):
+        kernels.attention(q, k, v, backend="triton")
+    q, k, v = _qkv(1, 1, 4, 4, 16, 2)
+    why = kernels.get_op("attention").backends["triton"].reasons((q, k, v), {"scale": -0.5}, forced=True)
+    assert "scale=-0.5: supported > 0" in why
+
+
+def test_mixed_devices_are_refused_by_dispatch() -> None:
+    q, _, v = _qkv(1, 1, 4, 4, 16, 3)
+    with pytest.raises(ValueError, match="different devices"):
+        kernels.attention(q, torch.zeros(1, 1, 4, 16, device="meta"), v)
+
+
+@pytest.mark.parametrize("backend", ["reference", "sdpa", pytest.param("triton", marks=TRITON_CPU)])
+def test_bnhd_layout_matches_bhnd_and_returns_bnhd(backend: str) -> None:
+    q, k, v = _qkv(2, 3, 19, 23, 16, 4)
+    want = kernels.attention(q, k, v, backend="reference")
+    got = kernels.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), layout="bnhd", backend=backend)
+    assert got.shape == (2, 19, 3, 16)
+    torch.testing.assert_close(got.transpose(1, 2), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["reference", "sdpa", pytest.param("triton", marks=TRITON_CPU)])
+def test_rows_that_see_no_key_are_zero_with_zero_gradients(backend: str) -> None:
+    q, k, v = (x.requires_grad_() for x in _qkv(2, 2, 9, 17, 16, 5))
+    kpm = torch.zeros(2, 17, dtype=torch.bool)
+    kpm[0] = True  # batch 0 sees nothing
+    kpm[1, :3] = True  # with causal, rows 0..2 of batch 1 see nothing
+    out = kernels.attention(q, k, v, causal=True, key_padding_mask=kpm, backend=backend)
+    assert torch.equal(out[0], torch.zeros_like(out[0]))
+    assert torch.equal(out[1, :, :3], torch.zeros_like(out[1, :, :3]))
+    assert out[1, :, 3:].abs().sum() > 0
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), torch.randn_like(out))
+    assert torch.equal(dq[0], torch.zeros_like(dq[0])) and torch.equal(dk[0], torch.zeros_like(dk[0]))
+    assert torch.equal(dq[1, :, :3], torch.zeros_like(dq[1, :, :3]))
+    assert torch.isfinite(dq).all() and torch.isfinite(dk).all() and torch.isfinite(dv).all()
+
+
+def test_causal_is_top_left_aligned_like_sdpa() -> None:
+    for nq, nk in ((5, 9), (9, 5)):
+        q, k, v = _qkv(1, 2, nq, nk, 16, 6, torch.float64)
+        want = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        torch.testing.assert_close(ref.attention(q, k, v, causal=True), want)
+
+
+@TRITON_CPU
+@pytest.mark.parametrize("where", ["k", "v"])
+def test_triton_propagates_inf_like_the_reference(where: str) -> None:
+    q, k, v = _qkv(1, 2, 20, 20, 16, 7, device=DEVICE)
+    target = k if where == "k" else v
+    target[0, 1, 7, 3] = float("inf")
+    target[0, 0, 2, 5] = -float("inf")
+    got = kernels.attention(q, k, v, backend="triton").double().cpu()
+    want = ref.attention(*(x.double().cpu() for x in (q, k, v)))
+    assert torch.equal(torch.isnan(got), torch.isnan(want))
+    finite = torch.isfinite(want)
+    assert torch.equal(got[~finite & ~torch.isnan(want)], want[~finite & ~torch.isnan(want)])
+    torch.testing.assert_close(got[finite], want[finite], atol=5e-3, rtol=5e-3)
+
+
+@TRITON_CPU
+def test_deterministic_backward_is_bitwise_repeatable_and_matches_the_atomic_one() -> None:
+    q, k, v = (x.requires_grad_() for x in _qkv(1, 2, 37, 29, 16, 8, device=DEVICE))
+    do = torch.randn(1, 2, 37, 16, device=DEVICE)
+    grads = []
+    for deterministic in (True, True, False):
+        out = kernels.attention(q, k, v, causal=True, deterministic=deterministic, backend="triton")
+        grads.append(torch.autograd.grad(out, (q, k, v), do))
+    assert all(torch.equal(a, b) for a, b in zip(grads[0], grads[1]))
+    for a, b in zip(grads[0], grads[2]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@TRITON_CPU
+@settings(max_examples=10)
+@given(b=st.integers(1, 2), h=st.integers(1, 3), nq=st.integers(1, 40), nk=st.integers(1, 40),
+       d=st.sampled_from([16, 32]), causal=st.booleans(), masked=st.booleans(), bnhd=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_triton_matches_the_reference_on_random_shapes(b: int, h: int, nq: int, nk: int, d: int, causal: bool,
+                                                      masked: bool, bnhd: bool, seed: int) -> None:
+    q, k, v = (x.requires_grad_() for x in _qkv(b, h, nq, nk, d, seed))
+    kpm = (torch.rand(b, nk, generator=torch.Generator().manual_seed(seed)) < 0.3) if masked else None
+    layout = "bnhd" if bnhd else "bhnd"
+    args = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)) if bnhd else (q, k, v)
+    out = kernels.attention(*args, causal=causal, key_padding_mask=kpm, layout=layout, backend="triton")
+    q64, k64, v64 = _f64(q, k, v)
+    args64 = (q64.transpose(1, 2), k64.transpose(1, 2), v64.transpose(1, 2)) if bnhd else (q64, k64, v64)
+    want = ref.attention(*args64, causal=causal, key_padding_mask=kpm, layout=layout)
+    torch.testing.assert_close(out.double(), want, atol=1e-5, rtol=1e-5)
+    do = torch.randn_like(out)
+    for g, w in zip(torch.autograd.grad(out, (q, k, v), do), torch.autograd.grad(want, (q64, k64, v64), do.double())):
+        torch.testing.assert_close(g.double(), w, atol=1e-4, rtol=1e-4)
+
+
+def test_default_scale_is_one_over_sqrt_head_dim() -> None:
+    assert ref.default_scale(64, None) == 1 / 8
+    q, k, v = _qkv(1, 1, 6, 6, 16, 9, torch.float64)
+    torch.testing.assert_close(ref.attention(q, k, v), ref.attention(q, k, v, scale=1 / math.sqrt(16)))
+
+
+# --------------------------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("d", [16, 32, 64, 128])
+@pytest.mark.parametrize("causal,masked,deterministic", [(False, False, False), (True, True, True),
+                                                         (False, True, False), (True, False, True)])
+def test_gpu_larger_shapes_forward_and_backward(dtype: torch.dtype, d: int, causal: bool, masked: bool,
+                                                deterministic: bool) -> None:
+    q, k, v = (x.requires_grad_() for x in _qkv(2, 3, 517, 301, d, d, dtype, "cuda"))
+    kpm = (torch.rand(2, 301, device="cuda") < 0.3) if masked else None
+    out = kernels.attention(q, k, v, causal=causal, key_padding_mask=kpm, deterministic=deterministic)
+    assert kernels.get_op("attention").ordered[0].name == "triton"
+    q64, k64, v64 = _f64(q, k, v)
+    want = ref.attention(q64, k64, v64, causal=causal, key_padding_mask=kpm)
+    do = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    wgrads = torch.autograd.grad(want, (q64, k64, v64), do.double())
+    tol = 2e-2 if dtype == torch.bfloat16 else 5e-3
+    for got, w in zip((out, *grads), (want, *wgrads)):
+        assert float((got.double() - w).norm() / w.norm()) < tol
+
+
+@pytest.mark.gpu
+def test_gpu_memory_is_linear_in_n() -> None:
+    q, k, v = _qkv(1, 4, 16384, 16384, 64, 10, torch.float16, "cuda")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    kernels.attention(q, k, v)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    assert extra < 4 * 16384 * 64 * 2 * 2  # the output and the row statistics; N x N would be 2 GiB

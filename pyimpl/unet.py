@@ -314,6 +314,7 @@ def train_step(
     ema: EMA | None = None,
     ema_model: nn.Module | None = None,
     q_sample: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    step_start_ema: int = 2000,
 ) -> float:
     """One step of the seed's training loop; returns the loss.
 
@@ -321,7 +322,8 @@ def train_step(
     x_t = sqrt(alpha_hat[t]) x0 + sqrt(1 - alpha_hat[t]) eps (``noise_images``), loss = MSE(eps, model(x_t, t)).
     With ``labels`` (conditional model) the labels are dropped with probability ``label_drop`` as the
     seed does for classifier-free guidance. ``q_sample(x0, t, noise, alpha_hat)`` replaces the noising
-    (e.g. a fused kernel); default is the formula above in PyTorch.
+    (e.g. a fused kernel); default is the formula above in PyTorch. With ``ema`` and ``ema_model``
+    the EMA steps after the update (averaging from step ``step_start_ema`` on).
     """
     n = images.shape[0]
     dev = images.device
@@ -342,5 +344,5 @@ def train_step(
     loss.backward()
     optimizer.step()
     if ema is not None and ema_model is not None:
-        ema.step_ema(ema_model, model)
+        ema.step_ema(ema_model, model, step_start_ema)
     return float(loss.item())

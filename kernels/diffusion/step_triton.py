@@ -22,12 +22,14 @@ it is passed in) and writes x_prev once: for a step with passed-in noise, 4 tens
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from pyimpl.diffusion.philox import NOISE_BLOCK, NOISE_QUARTER, noise_counters
 from pyimpl.diffusion.schedule import Schedule
@@ -36,6 +38,8 @@ from pyimpl.diffusion.steps import PREDICTION_TYPES, VARIANCE_TYPES, check_step_
 __all__ = ["ddim_step_triton", "ddpm_seed_step_triton", "ddpm_step_triton", "q_sample_triton"]
 
 _MAX_GRID_Y = 65535
+# Box-Muller flavour on the GPU (see _noise_tile); the interpreter always runs 0.
+RNG_MODE_GPU = 1
 _NOISE_NONE, _NOISE_TENSOR, _NOISE_PHILOX, _NOISE_PHILOX_STATE = 0, 1, 2, 3
 
 
@@ -56,12 +60,34 @@ def _load(ptr, offs, mask):
 
 
 @triton.jit
-def _noise_tile(z_ptr, zoffs, mask, seed, counter, NOISE: tl.constexpr, Q: tl.constexpr):
-    """The (Q, 4) noise tile: loaded, or four Philox normals per counter (columns n1, n2, n3, n4)."""
+def _box_muller_fast(u1, u2, FAST_LOG: tl.constexpr):
+    """Triton's pair_uniform_to_normal with the hardware approximations of sin / cos (and log):
+    the angle is taken in [-pi, pi), where sin.approx / cos.approx are accurate to 2**-20.9, and
+    cos(2 pi u - pi) = -cos(2 pi u), sin(2 pi u - pi) = -sin(2 pi u) restore the same numbers."""
+    u1 = tl.maximum(1.0e-7, u1)
+    th = 6.283185307179586 * u2 - 3.141592653589793
+    if FAST_LOG:
+        r = tl.sqrt(-2.0 * libdevice.fast_logf(u1))
+    else:
+        r = tl.sqrt(-2.0 * tl.log(u1))
+    return -r * libdevice.fast_cosf(th), -r * libdevice.fast_sinf(th)
+
+
+@triton.jit
+def _noise_tile(z_ptr, zoffs, mask, seed, counter, NOISE: tl.constexpr, Q: tl.constexpr, RNG: tl.constexpr):
+    """The (Q, 4) noise tile: loaded, or four Philox normals per counter (columns n1, n2, n3, n4).
+
+    RNG 0: ``tl.randn4x`` (precise libdevice log / sin / cos; what the interpreter runs);
+    1: hardware sin / cos approximations; 2: also the hardware log. Same Philox stream in all three."""
     if NOISE == 1:
         return _load(z_ptr, zoffs, mask)
     else:
-        n1, n2, n3, n4 = tl.randn4x(seed, counter)
+        if RNG == 0:
+            n1, n2, n3, n4 = tl.randn4x(seed, counter)
+        else:
+            u1, u2, u3, u4 = tl.rand4x(seed, counter)
+            n1, n2 = _box_muller_fast(u1, u2, RNG == 2)
+            n3, n4 = _box_muller_fast(u3, u4, RNG == 2)
         return tl.reshape(tl.join(tl.join(n1, n3), tl.join(n2, n4)), (Q, 4))
 
 
@@ -109,6 +135,7 @@ def _q_sample_kernel(
     xs0, xs1, xs2, xs3, zs0, zs1, zs2, zs3,
     seed, offset,
     NOISE: tl.constexpr, WRITE_NOISE: tl.constexpr, FLAT: tl.constexpr, Q: tl.constexpr, ITERS: tl.constexpr,
+    RNG: tl.constexpr,
 ):
     blk = tl.program_id(0).to(tl.int64)
     nblk = tl.cdiv(M, 4 * Q)
@@ -127,7 +154,7 @@ def _q_sample_kernel(
         ah = _gather(ac_ptr, t, T)
         x = _load(x_ptr, _offsets(b64, i, c, xs0, xs1, xs2, xs3, d2, d3, j0, FLAT), mask)
         z = _noise_tile(z_ptr, _offsets(b64, i, c, zs0, zs1, zs2, zs3, d2, d3, j0, FLAT), mask, sd,
-                        off + (b64 * nblk + blk) * Q + i, NOISE, Q)
+                        off + (b64 * nblk + blk) * Q + i, NOISE, Q, RNG)
         out = tl.sqrt(ah) * x + tl.sqrt(1.0 - ah) * z
         tl.store(out_ptr + b64 * M + jj, out.to(out_ptr.dtype.element_ty), mask=mask)
         if WRITE_NOISE:
@@ -141,6 +168,7 @@ def _seed_step_kernel(
     xs0, xs1, xs2, xs3, ms0, ms1, ms2, ms3, us0, us1, us2, us3, zs0, zs1, zs2, zs3,
     w, seed, offset,
     NOISE: tl.constexpr, HAS_UNCOND: tl.constexpr, FLAT: tl.constexpr, Q: tl.constexpr, ITERS: tl.constexpr,
+    RNG: tl.constexpr,
 ):
     blk = tl.program_id(0).to(tl.int64)
     nblk = tl.cdiv(M, 4 * Q)
@@ -166,7 +194,7 @@ def _seed_step_kernel(
         eps = _load(mo_ptr, _offsets(b64, i, c, ms0, ms1, ms2, ms3, d2, d3, j0, FLAT), mask)
         eps = _guide(eps, unc_ptr, _offsets(b64, i, c, us0, us1, us2, us3, d2, d3, j0, FLAT), mask, w, HAS_UNCOND)
         z = _noise_tile(z_ptr, _offsets(b64, i, c, zs0, zs1, zs2, zs3, d2, d3, j0, FLAT), mask, sd,
-                        off + (b64 * nblk + blk) * Q + i, NOISE, Q)
+                        off + (b64 * nblk + blk) * Q + i, NOISE, Q, RNG)
         out = c_x * (x - c_eps * eps) + tl.where(t > 1, sigma * z, 0.0)
         tl.store(out_ptr + b64 * M + jj, out.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -179,6 +207,7 @@ def _ddpm_kernel(
     w, clip_range, seed, offset,
     NOISE: tl.constexpr, HAS_UNCOND: tl.constexpr, PRED: tl.constexpr, VAR: tl.constexpr, CLIP: tl.constexpr,
     X0_ONLY: tl.constexpr, WRITE_X0: tl.constexpr, FLAT: tl.constexpr, Q: tl.constexpr, ITERS: tl.constexpr,
+    RNG: tl.constexpr,
 ):
     blk = tl.program_id(0).to(tl.int64)
     nblk = tl.cdiv(M, 4 * Q)
@@ -236,7 +265,7 @@ def _ddpm_kernel(
                     frac = (v + 1.0) / 2.0
                     std = tl.exp(0.5 * (frac * tl.log(cur_beta) + (1.0 - frac) * tl.log(var)))
             z = _noise_tile(z_ptr, _offsets(b64, i, c, zs0, zs1, zs2, zs3, d2, d3, j0, FLAT), mask, sd,
-                            off + (b64 * nblk + blk) * Q + i, NOISE, Q)
+                            off + (b64 * nblk + blk) * Q + i, NOISE, Q, RNG)
             out = out + tl.where(t > 0, std * z, 0.0)
             tl.store(out_ptr + b64 * M + jj, out.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -250,6 +279,7 @@ def _ddim_kernel(
     NOISE: tl.constexpr, HAS_UNCOND: tl.constexpr, PRED: tl.constexpr, CLIP: tl.constexpr,
     USE_CLIPPED: tl.constexpr, X0_ONLY: tl.constexpr, WRITE_X0: tl.constexpr, FLAT: tl.constexpr,
     Q: tl.constexpr, ITERS: tl.constexpr,
+    RNG: tl.constexpr,
 ):
     blk = tl.program_id(0).to(tl.int64)
     nblk = tl.cdiv(M, 4 * Q)
@@ -294,7 +324,7 @@ def _ddim_kernel(
             out = tl.sqrt(app) * x0 + tl.sqrt(1.0 - app - std * std) * eps
             if NOISE != 0:
                 z = _noise_tile(z_ptr, _offsets(b64, i, c, zs0, zs1, zs2, zs3, d2, d3, j0, FLAT), mask, sd,
-                                off + (b64 * nblk + blk) * Q + i, NOISE, Q)
+                                off + (b64 * nblk + blk) * Q + i, NOISE, Q, RNG)
                 out = out + std * z
             tl.store(out_ptr + b64 * M + jj, out.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -345,6 +375,10 @@ def _layout(shape: torch.Size, tensors: list[torch.Tensor | None]) -> tuple[_Lay
 
 def _grid(lay: _Layout) -> tuple[int, int]:
     return (max(1, triton.cdiv(lay.M, NOISE_BLOCK)), max(1, min(lay.n, _MAX_GRID_Y)))
+
+
+def _rng_mode() -> int:
+    return 0 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") else RNG_MODE_GPU
 
 
 def _iters(lay: _Layout) -> int:
@@ -411,7 +445,8 @@ def q_sample_triton(
             nz.state if nz.state is not None else a.t,
             lay.n, lay.M, lay.d2, lay.d3, schedule.num_train_timesteps, _grid(lay)[1],
             *lay.strides[0], *lay.strides[1], nz.seed, nz.offset,
-            NOISE=nz.mode, WRITE_NOISE=write_noise, FLAT=lay.flat, Q=NOISE_QUARTER, ITERS=_iters(lay))
+            NOISE=nz.mode, WRITE_NOISE=write_noise, FLAT=lay.flat, Q=NOISE_QUARTER,
+            ITERS=_iters(lay), RNG=_rng_mode())
     if not return_noise:
         return out
     return out, (zout if write_noise else noise.to(x0.dtype) if noise is not None else zout)
@@ -445,7 +480,8 @@ def ddpm_seed_step_triton(
             lay.n, lay.M, lay.d2, lay.d3, schedule.num_train_timesteps, _grid(lay)[1],
             *lay.strides[0], *lay.strides[1], *lay.strides[2], *lay.strides[3],
             float(guidance_scale), nz.seed, nz.offset,
-            NOISE=nz.mode, HAS_UNCOND=unc is not None, FLAT=lay.flat, Q=NOISE_QUARTER, ITERS=_iters(lay))
+            NOISE=nz.mode, HAS_UNCOND=unc is not None, FLAT=lay.flat, Q=NOISE_QUARTER,
+            ITERS=_iters(lay), RNG=_rng_mode())
     return out
 
 
@@ -532,7 +568,8 @@ def ddpm_step_triton(
             float(guidance_scale), float(clip_sample_range), nz.seed, nz.offset,
             NOISE=nz.mode, HAS_UNCOND=unc is not None, PRED=PREDICTION_TYPES.index(prediction_type),
             VAR=VARIANCE_TYPES.index(variance_type), CLIP=clip, X0_ONLY=x0_only,
-            WRITE_X0=x0_buf is not None and not x0_only, FLAT=lay.flat, Q=NOISE_QUARTER, ITERS=_iters(lay))
+            WRITE_X0=x0_buf is not None and not x0_only, FLAT=lay.flat, Q=NOISE_QUARTER,
+            ITERS=_iters(lay), RNG=_rng_mode())
 
     s = _threshold_pass(launch, sample, dynamic_thresholding_ratio, sample_max_value) if thresholding else None
     _launch_with_x0(launch, pred_original_out, sample, s)
@@ -596,7 +633,8 @@ def ddim_step_triton(
             nz.seed, nz.offset,
             NOISE=nz.mode, HAS_UNCOND=unc is not None, PRED=PREDICTION_TYPES.index(prediction_type), CLIP=clip,
             USE_CLIPPED=bool(use_clipped_model_output), X0_ONLY=x0_only,
-            WRITE_X0=x0_buf is not None and not x0_only, FLAT=lay.flat, Q=NOISE_QUARTER, ITERS=_iters(lay))
+            WRITE_X0=x0_buf is not None and not x0_only, FLAT=lay.flat, Q=NOISE_QUARTER,
+            ITERS=_iters(lay), RNG=_rng_mode())
 
     s = _threshold_pass(launch, sample, dynamic_thresholding_ratio, sample_max_value) if thresholding else None
     _launch_with_x0(launch, pred_original_out, sample, s)

@@ -30,9 +30,21 @@ def _shape(t: torch.Tensor) -> str:
     return "(" + ", ".join(str(s) for s in t.shape) + ")"
 
 
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def check_attention_args(q: Any, k: Any, v: Any, key_padding_mask: Any, layout: str, scale: Any
                          ) -> tuple[int, int, int, int, int]:
     """Validate the arguments every backend shares; return ``(B, H, Nq, Nk, D)``."""
+    if key_padding_mask is None and scale is None and isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) \
+            and isinstance(v, torch.Tensor) and q.dim() == k.dim() == v.dim() == 4 and q.dtype == k.dtype == v.dtype \
+            and q.dtype in _FLOATS and q.device == k.device == v.device:
+        # the common case, checked in one pass (dispatch validates once per backend it asks)
+        n_axis, h_axis = (2, 1) if layout == "bhnd" else (1, 2) if layout == "bnhd" else (0, 0)
+        qs, ks, vs = q.shape, k.shape, v.shape
+        if n_axis and qs[0] == ks[0] == vs[0] and qs[h_axis] == ks[h_axis] == vs[h_axis] \
+                and qs[3] == ks[3] == vs[3] and ks[n_axis] == vs[n_axis]:
+            return qs[0], qs[h_axis], qs[n_axis], ks[n_axis], qs[3]
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r}: supported 'bhnd' (B, H, N, D) or 'bnhd' (B, N, H, D)")
     dims = "(B, H, N, D)" if layout == "bhnd" else "(B, N, H, D)"

@@ -9,6 +9,7 @@ SDPA. ``kernels.explain("attention", q, k, v)`` prints the decision.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 from collections.abc import Callable
 from typing import Any
@@ -149,6 +150,7 @@ def _as_bhnd(layout: str, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(x.transpose(1, 2) for x in xs) if layout == "bnhd" else xs
 
 
+@functools.cache
 def _triton_unavailable() -> str | None:
     return None if importlib.util.find_spec("triton") is not None else "triton is not installed (pip install triton)"
 

@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <atomic>
 #include <cmath>
 #include <exception>
@@ -178,20 +179,62 @@ struct PackedNode {
 // Mean over trees of the leaf class fractions: rows in parallel blocks, every tree per block.
 // With inbag (n_trees, n_samples), tree t is skipped for sample i where inbag[t, i] > 0 (the
 // out-of-bag estimate); the second result counts the trees used per row.
-py::tuple predict_proba(Arr<float> X, Arr<std::int32_t> feature, Arr<float> threshold, Arr<std::int32_t> child,
-                        Arr<float> value, Arr<std::int64_t> node_offsets, Arr<std::int64_t> leaf_offsets,
-                        int n_threads, std::optional<Arr<std::int32_t>> inbag) {
+py::tuple predict_proba(Arr<float> X, py::array feature, py::array threshold, py::array child, Arr<float> value,
+                        Arr<std::int64_t> node_offsets, Arr<std::int64_t> leaf_offsets, int n_threads,
+                        std::optional<Arr<std::int32_t>> inbag) {
   require(X.ndim() == 2 && value.ndim() == 2, "X and value must be 2-D");
   const std::int64_t n = X.shape(0), F = X.shape(1), C = value.shape(1);
   const std::int64_t T = node_offsets.shape(0) - 1;
   require(T >= 1 && leaf_offsets.shape(0) == T + 1, "node_offsets / leaf_offsets length");
+  require(F >= 1, "X must have at least one feature");
+  require(py::isinstance<py::array_t<std::int32_t>>(feature) && py::isinstance<py::array_t<float>>(threshold) &&
+              py::isinstance<py::array_t<std::int32_t>>(child),
+          "feature, threshold, child must be int32, float32, int32");
+  require(feature.ndim() == 1 && threshold.ndim() == 1 && child.ndim() == 1, "node arrays must be 1-D");
   const std::int64_t n_nodes = feature.shape(0);
   require(threshold.shape(0) == n_nodes && child.shape(0) == n_nodes && node_offsets.data()[T] == n_nodes,
           "node arrays must have one length");
-  for (std::int64_t k = 0; k < n_nodes; ++k) {
-    require(feature.data()[k] < F, "a node splits on a feature X does not have");
-  }
   if (inbag) require(inbag->ndim() == 2 && inbag->shape(0) == T && inbag->shape(1) == n, "inbag must be (n_trees, n)");
+  std::vector<PackedNode> copy;
+  if (n_nodes > 0) {
+    auto fe = feature.unchecked<std::int32_t, 1>();
+    auto th = threshold.unchecked<float, 1>();
+    auto ch = child.unchecked<std::int32_t, 1>();
+    copy.resize(n_nodes);
+    for (std::int64_t k = 0; k < n_nodes; ++k) copy[k] = {fe(k), th(k), ch(k)};
+  }
+  // Structure checks (a model file is data, not trusted code): children after their parent and
+  // inside the tree, leaves inside the tree's leaf rows, features inside X.
+  for (std::int64_t t = 0; t < T; ++t) {
+    const std::int64_t n0 = node_offsets.data()[t], n1 = node_offsets.data()[t + 1];
+    const std::int64_t leaves = leaf_offsets.data()[t + 1] - leaf_offsets.data()[t];
+    require(n0 < n1 && n1 <= n_nodes && leaves >= 1 && leaf_offsets.data()[t + 1] <= value.shape(0),
+            "node_offsets / leaf_offsets must increase and stay inside the arrays");
+    for (std::int64_t k = 0; k < n1 - n0; ++k) {
+      const PackedNode& nd = copy[n0 + k];
+      if (nd.feature >= 0) {
+        require(nd.feature < F, "X has " + std::to_string(F) + " features, but a node splits on feature " +
+                                    std::to_string(nd.feature));
+        require(nd.child > k && nd.child + 1 < n1 - n0, "a node's children must follow it inside its tree");
+      } else {
+        require(nd.child >= 0 && nd.child < leaves, "a leaf's value row must be inside its tree's rows");
+      }
+    }
+  }
+  // Traversal form: a leaf k becomes {feature 0, threshold +inf, child k}, so a step from it stays
+  // on it and every step is the same branch-free update; leaf_row keeps its value row.
+  std::vector<std::int32_t> leaf_row(n_nodes, -1);
+  for (std::int64_t t = 0; t < T; ++t) {
+    const std::int64_t n0 = node_offsets.data()[t], n1 = node_offsets.data()[t + 1];
+    for (std::int64_t k = 0; k < n1 - n0; ++k) {
+      PackedNode& nd = copy[n0 + k];
+      if (nd.feature < 0) {
+        leaf_row[n0 + k] = nd.child;
+        nd = {0, std::numeric_limits<float>::infinity(), static_cast<std::int32_t>(k)};
+      }
+    }
+  }
+  const PackedNode* nodes = copy.data();
   py::array_t<double> proba({n, C});
   py::array_t<std::int64_t> used(n);
   const float* x = X.data();
@@ -202,49 +245,43 @@ py::tuple predict_proba(Arr<float> X, Arr<std::int32_t> feature, Arr<float> thre
   std::int64_t* cnt = used.mutable_data();
   // Blocks of rows, each run through every tree in turn: a few blocks per thread, large enough
   // that a tree's nodes are reused by many rows while they are in cache.
-  constexpr int kLanes = 8;
+  constexpr int kLanes = 16;
   const std::int64_t per_thread = (n + 4 * std::max(1, n_threads) - 1) / (4 * std::max(1, n_threads));
-  const std::int64_t kBlock = std::clamp<std::int64_t>(per_thread, 256, 4096);
+  const std::int64_t kBlock = std::clamp<std::int64_t>(per_thread, 256, 512);
   const std::int64_t n_blocks = (n + kBlock - 1) / kBlock;
   {
     py::gil_scoped_release release;
-    // One 12-byte record per node: a visit touches one cache line, not three arrays.
-    std::vector<PackedNode> nodes(n_nodes);
-    for (std::int64_t k = 0; k < n_nodes; ++k) {
-      nodes[k] = {feature.data()[k], threshold.data()[k], child.data()[k]};
-    }
     const float* val = value.data();
     parallel_for(n_blocks, n_threads, [&](std::int64_t blk) {
       const std::int64_t r0 = blk * kBlock, r1 = std::min(n, r0 + kBlock);
       std::fill(out + r0 * C, out + r1 * C, 0.0);
       std::fill(cnt + r0, cnt + r1, 0);
       for (std::int64_t t = 0; t < T; ++t) {
-        const PackedNode* tn = nodes.data() + no[t];
+        const PackedNode* tn = nodes + no[t];
         const float* tv = val + lo[t] * C;
-        // kLanes rows descend together: their node loads are independent, so cache misses overlap.
+        const std::int32_t* tl = leaf_row.data() + no[t];
+        // kLanes rows step down together, branch-free, until a whole step moves none of them:
+        // independent loads overlap their cache misses and no direction is mispredicted.
         for (std::int64_t g = r0; g < r1; g += kLanes) {
           const int lanes = static_cast<int>(std::min<std::int64_t>(kLanes, r1 - g));
-          const PackedNode* nd[kLanes];
+          std::int32_t at[kLanes] = {};
           const float* row[kLanes];
-          for (int j = 0; j < lanes; ++j) {
-            nd[j] = tn;
-            row[j] = x + (g + j) * F;
-          }
-          bool moving = true;
-          while (moving) {
-            moving = false;
-            for (int j = 0; j < lanes; ++j) {
-              const PackedNode* q = nd[j];
-              if (q->feature >= 0) {
-                nd[j] = tn + q->child + (row[j][q->feature] > q->threshold ? 1 : 0);
-                moving = true;
-              }
+          for (int j = 0; j < kLanes; ++j) row[j] = x + (g + std::min(j, lanes - 1)) * F;
+          bool moved = true;
+          while (moved) {
+            std::int32_t any = 0;
+            for (int j = 0; j < kLanes; ++j) {
+              const PackedNode& q = tn[at[j]];
+              const std::int32_t next = q.child + (row[j][q.feature] > q.threshold ? 1 : 0);
+              any |= next ^ at[j];
+              at[j] = next;
             }
+            moved = any != 0;
           }
           for (int j = 0; j < lanes; ++j) {
             const std::int64_t r = g + j;
             if (ib && ib[t * n + r] > 0) continue;
-            const float* leaf = tv + static_cast<std::int64_t>(nd[j]->child) * C;
+            const float* leaf = tv + static_cast<std::int64_t>(tl[at[j]]) * C;
             double* o = out + r * C;
             for (std::int64_t c = 0; c < C; ++c) o[c] += leaf[c];
             ++cnt[r];

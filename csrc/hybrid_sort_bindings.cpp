@@ -18,15 +18,17 @@ void run(py::array& values, py::array& indices) {
   T* v = static_cast<T*>(values.mutable_data());
   I* idx = static_cast<I*>(indices.mutable_data());
   const std::ptrdiff_t n = values.shape(0);
+  thread_local mk::HybridSorter sorter;  // keeps its radix buffers between calls
   py::gil_scoped_release release;
-  mk::hybrid_sort<T, I>(v, idx, n);
+  sorter.sort<T, I>(v, idx, n);
 }
 
 template <class T>
 void dispatch_index(py::array& values, py::array& indices) {
-  if (py::isinstance<py::array_t<std::int64_t>>(indices)) {
+  const char kind = indices.dtype().kind();
+  if (kind == 'i' && indices.itemsize() == 8) {
     run<T, std::int64_t>(values, indices);
-  } else if (py::isinstance<py::array_t<std::int32_t>>(indices)) {
+  } else if (kind == 'i' && indices.itemsize() == 4) {
     run<T, std::int32_t>(values, indices);
   } else {
     throw py::type_error("indices.dtype: supported int32, int64");
@@ -39,13 +41,16 @@ void hybrid_sort(py::array values, py::array indices) {
   if (values.shape(0) > 1 && (values.strides(0) != values.itemsize() || indices.strides(0) != indices.itemsize()))
     throw py::value_error("values and indices must be contiguous");
   if (!values.writeable() || !indices.writeable()) throw py::value_error("values and indices must be writeable");
-  if (py::isinstance<py::array_t<float>>(values)) {
+  // dtype by kind and size: cheaper than isinstance checks, which build dtype objects per call
+  const char kind = values.dtype().kind();
+  const auto size = values.itemsize();
+  if (kind == 'f' && size == 4) {
     dispatch_index<float>(values, indices);
-  } else if (py::isinstance<py::array_t<double>>(values)) {
+  } else if (kind == 'f' && size == 8) {
     dispatch_index<double>(values, indices);
-  } else if (py::isinstance<py::array_t<std::int32_t>>(values)) {
+  } else if (kind == 'i' && size == 4) {
     dispatch_index<std::int32_t>(values, indices);
-  } else if (py::isinstance<py::array_t<std::int64_t>>(values)) {
+  } else if (kind == 'i' && size == 8) {
     dispatch_index<std::int64_t>(values, indices);
   } else {
     throw py::type_error("values.dtype: supported float32, float64, int32, int64");

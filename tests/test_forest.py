@@ -307,3 +307,22 @@ def test_import_and_fit_without_scikit_learn() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_corrupt_model_files_are_refused(tmp_path: Path) -> None:
+    X, y = load_iris(return_X_y=True)
+    est = RandomForestClassifier(3, random_state=0).fit(X, y)
+    path = tmp_path / "forest.npz"
+    est.save(path)
+    with np.load(path) as z:
+        arrays = dict(z)
+    child = arrays["child"].copy()
+    child[0] = 0  # the root's children would be itself: a cycle
+    np.savez(tmp_path / "cycle.npz", **{**arrays, "child": child})
+    with pytest.raises(ValueError, match="do not describe trees"):
+        RandomForestClassifier.load(tmp_path / "cycle.npz")
+    feature = arrays["feature"].copy()
+    feature[0] = 99
+    with pytest.raises(ValueError, match="splits on feature 99"):
+        kernels.forest.forest_predict_proba(X.astype(np.float32), feature, arrays["threshold"], arrays["child"],
+                                            arrays["value"], arrays["node_offsets"], arrays["leaf_offsets"])

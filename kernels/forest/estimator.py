@@ -77,6 +77,7 @@ _SPARK_TO_SKLEARN = dict(numTrees="n_estimators", maxDepth="max_depth", maxBins=
                          featureSubsetStrategy="max_features", subsamplingRate="max_samples",
                          minInstancesPerNode="min_samples_leaf", minInfoGain="min_info_gain", seed="random_state")
 _Model = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+NODE_DTYPE = np.dtype([("feature", np.int32), ("threshold", np.float32), ("child", np.int32)])
 _MODEL_ARRAYS = ("feature", "threshold", "child", "value", "node_offsets", "leaf_offsets")
 
 
@@ -332,8 +333,7 @@ class RandomForestClassifier(_Mixin, _Base):
         return self
 
     def _set_model(self, model: dict[str, np.ndarray], n_jobs: int) -> None:
-        for k in _MODEL_ARRAYS:
-            setattr(self, f"{k}_", np.ascontiguousarray(model[k]))
+        self._set_arrays(model)
         imp = np.asarray(model["importance"], dtype=np.float64)
         totals = imp.sum(axis=1)
         grown = totals > 0
@@ -345,12 +345,44 @@ class RandomForestClassifier(_Mixin, _Base):
             self.feature_importances_ = np.zeros(imp.shape[1])
         self._n_jobs_fit = n_jobs
 
-    def _arrays(self) -> _Model:
-        """(feature, threshold, child, value, node_offsets, leaf_offsets) of the fitted trees."""
-        if not hasattr(self, "feature_"):
+    def _set_arrays(self, model: Any) -> None:
+        """Keep (feature, threshold, child) as the fields of one packed 12-byte record per node,
+        the layout the C++ prediction walks without copying."""
+        nodes = np.empty(np.asarray(model["feature"]).shape[0], dtype=NODE_DTYPE)
+        for k in ("feature", "threshold", "child"):
+            nodes[k] = model[k]
+        self.nodes_ = nodes
+        self.value_ = np.ascontiguousarray(model["value"], dtype=np.float32)
+        self.node_offsets_ = np.ascontiguousarray(model["node_offsets"], dtype=np.int64)
+        self.leaf_offsets_ = np.ascontiguousarray(model["leaf_offsets"], dtype=np.int64)
+
+    @property
+    def feature_(self) -> np.ndarray:
+        """Split feature per node over all trees (-1 at leaves); tree t is node_offsets_[t:t+2]."""
+        return self._fitted_nodes()["feature"]
+
+    @property
+    def threshold_(self) -> np.ndarray:
+        """Split threshold per node: ``x <= threshold`` goes to the left child."""
+        return self._fitted_nodes()["threshold"]
+
+    @property
+    def child_(self) -> np.ndarray:
+        """Left child per internal node (the right one follows it); row of value_ per leaf."""
+        return self._fitted_nodes()["child"]
+
+    def _fitted_nodes(self) -> np.ndarray:
+        if not hasattr(self, "nodes_"):
             raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
                                  "appropriate arguments before using this estimator.")
-        return (self.feature_, self.threshold_, self.child_, self.value_, self.node_offsets_, self.leaf_offsets_)
+        nodes: np.ndarray = self.nodes_
+        return nodes
+
+    def _arrays(self) -> _Model:
+        """(feature, threshold, child, value, node_offsets, leaf_offsets) of the fitted trees."""
+        nodes = self._fitted_nodes()
+        return (nodes["feature"], nodes["threshold"], nodes["child"], self.value_, self.node_offsets_,
+                self.leaf_offsets_)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Mean over trees of the class fractions of the leaf each row reaches: (n, n_classes)."""
@@ -373,12 +405,12 @@ class RandomForestClassifier(_Mixin, _Base):
     @property
     def n_nodes_(self) -> int:
         """Nodes over all trees."""
-        return int(self._arrays()[0].shape[0])
+        return int(self._fitted_nodes().shape[0])
 
     @property
     def model_nbytes_(self) -> int:
         """Bytes of the fitted node and leaf arrays (the model's memory)."""
-        return int(sum(a.nbytes for a in self._arrays()))
+        return int(self.nodes_.nbytes + self.value_.nbytes + self.node_offsets_.nbytes + self.leaf_offsets_.nbytes)
 
     # ------------------------------------------------------------------ persistence
 
@@ -396,7 +428,7 @@ class RandomForestClassifier(_Mixin, _Base):
         header = dict(format="kernels.forest.RandomForestClassifier", version=FORMAT_VERSION, params=json_params,
                       skipped_params=skipped, n_features_in=int(self.n_features_in_),
                       oob_score=getattr(self, "oob_score_", None))
-        payload: dict[str, Any] = dict(zip(_MODEL_ARRAYS, arrays))
+        payload: dict[str, Any] = {k: np.ascontiguousarray(a) for k, a in zip(_MODEL_ARRAYS, arrays)}
         payload["classes"] = self.classes_
         payload["feature_importances"] = self.feature_importances_
         payload["header"] = np.array(json.dumps(header))
@@ -414,15 +446,42 @@ class RandomForestClassifier(_Mixin, _Base):
                 raise ValueError(f"{path}: format version {header.get('version')}; this library reads "
                                  f"{FORMAT_VERSION}")
             est = cls(**header["params"])
-            for k in _MODEL_ARRAYS:
-                setattr(est, f"{k}_", np.ascontiguousarray(z[k]))
+            model = {k: z[k] for k in _MODEL_ARRAYS}
             est.classes_ = z["classes"]
             est.feature_importances_ = z["feature_importances"]
         est.n_classes_ = int(est.classes_.shape[0])
         est.n_features_in_ = int(header["n_features_in"])
+        check_model(model, est.n_features_in_, est.n_classes_)
+        est._set_arrays(model)
         if header.get("oob_score") is not None:
             est.oob_score_ = float(header["oob_score"])
         return est
+
+
+def check_model(model: dict[str, np.ndarray], n_features: int, n_classes: int) -> None:
+    """Reject node arrays that are not a forest (a model file is data): dtypes, lengths, children
+    after their parent inside their tree, leaf rows inside their tree, features < n_features."""
+    want = dict(feature="i", threshold="f", child="i", value="f", node_offsets="i", leaf_offsets="i")
+    for k, kind in want.items():
+        if model[k].dtype.kind != kind:
+            raise ValueError(f"model array {k!r} has dtype {model[k].dtype}; expected kind {kind!r}")
+    feature, child = model["feature"].astype(np.int64), model["child"].astype(np.int64)
+    no, lo = model["node_offsets"], model["leaf_offsets"]
+    n = feature.shape[0]
+    if (model["threshold"].shape != (n,) or child.shape != (n,) or model["value"].ndim != 2
+            or model["value"].shape[1] != n_classes or no.shape != lo.shape or no.shape[0] < 2 or no[0] != 0
+            or no[-1] != n or lo[0] != 0 or lo[-1] != model["value"].shape[0] or (np.diff(no) < 1).any()
+            or (np.diff(lo) < 1).any()):
+        raise ValueError("model arrays have inconsistent shapes or offsets")
+    tree = np.repeat(np.arange(no.shape[0] - 1), np.diff(no))
+    local = np.arange(n) - no[tree]
+    size, leaves = np.diff(no)[tree], np.diff(lo)[tree]
+    inner = feature >= 0
+    ok_inner = (feature < n_features) & (child > local) & (child + 1 < size)
+    ok_leaf = (feature == -1) & (child >= 0) & (child < leaves)
+    if not np.where(inner, ok_inner, ok_leaf).all():
+        raise ValueError("model arrays do not describe trees (a child outside its tree, a leaf row outside "
+                         "value, or a feature outside X)")
 
 
 def _jsonable(v: Any) -> bool:

@@ -411,7 +411,7 @@ def _check_predict(X: np.ndarray, feature: np.ndarray) -> None:
     if not isinstance(X, np.ndarray) or X.ndim != 2:
         raise ValueError(f"X must be a 2-D array, got shape {np.shape(X)}")
     if feature.size and int(feature.max()) >= X.shape[1]:
-        raise ValueError(f"X has {X.shape[1]} features, but the trees split on feature {int(feature.max())}")
+        raise ValueError(f"X has {X.shape[1]} features, but a node splits on feature {int(feature.max())}")
 
 
 def _predict_reference(X: np.ndarray, feature: np.ndarray, threshold: np.ndarray, child: np.ndarray,

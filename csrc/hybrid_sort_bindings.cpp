@@ -1,7 +1,7 @@
 // Python binding of the hybrid sort (hybrid_sort.hpp): contiguous 1-D values of float32/64 or
-// int32/64 with int32/64 indices, sorted in place with the GIL released. The Python wrapper
-// (kernels/sort/ops.py) validates arguments and handles strided ranges; these checks guard
-// direct calls.
+// int32/64 with int32/64 indices, sorted in place (the GIL released from 4096 elements). The
+// Python wrapper (kernels/sort/ops.py) validates arguments and handles strided ranges; these
+// checks guard direct calls.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -19,6 +19,10 @@ void run(py::array& values, py::array& indices) {
   I* idx = static_cast<I*>(indices.mutable_data());
   const std::ptrdiff_t n = values.shape(0);
   thread_local mk::HybridSorter sorter;  // keeps its radix buffers between calls
+  if (n < 4096) {  // releasing and retaking the GIL would cost more than the sort
+    sorter.sort<T, I>(v, idx, n);
+    return;
+  }
   py::gil_scoped_release release;
   sorter.sort<T, I>(v, idx, n);
 }

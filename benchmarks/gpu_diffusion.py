@@ -101,14 +101,16 @@ def noise_accuracy() -> dict[str, Any]:
     sched = make_schedule(device=DEV)
     zeros = torch.zeros(8, 3, 128, 128, device=DEV)
     want = philox_normal(8, 3 * 128 * 128, 123, 2**33 + 5).reshape(zeros.shape)
+    want7 = philox_normal(8, 3 * 128 * 128, 123, 2**33 + 5, rounds=7).reshape(zeros.shape)
     res: dict[str, Any] = {}
-    default_mode = st.RNG_MODE_GPU
-    for mode in (0, 1, 2):
-        st.RNG_MODE_GPU = mode
+    defaults = (st.RNG_MODE_GPU, st.PHILOX_ROUNDS)
+    for mode, rounds in ((0, 10), (1, 10), (2, 10), (2, 7)):
+        st.RNG_MODE_GPU, st.PHILOX_ROUNDS = mode, rounds
         _, z = st.q_sample_triton(zeros, 999, sched, seed=123, offset=2**33 + 5, return_noise=True)
-        diff = (z.cpu() - want).abs()
-        res[f"rng{mode}"] = {"max_abs_diff": float(diff.max()), "mean": float(z.mean()), "std": float(z.std())}
-    st.RNG_MODE_GPU = default_mode
+        diff = (z.cpu() - (want if rounds == 10 else want7)).abs()
+        res[f"rng{mode}_r{rounds}"] = {"max_abs_diff": float(diff.max()), "mean": float(z.mean()),
+                                       "std": float(z.std())}
+    st.RNG_MODE_GPU, st.PHILOX_ROUNDS = defaults
     return res
 
 
@@ -161,11 +163,12 @@ def _big_row(dt: torch.dtype, copy_gbps: float) -> dict[str, Any]:
         off[0] += 1
         return st.ddpm_seed_step_triton(eps, t, x, sched, seed=7, offset=off[0])
 
-    default_mode = st.RNG_MODE_GPU
-    for mode in (0, 1, 2):  # Box-Muller flavours: precise, fast sin/cos, fast sin/cos/log
-        st.RNG_MODE_GPU = mode
-        row[f"ours_philox_rng{mode}_ms"] = bench(ours_philox, rep=100)
-    st.RNG_MODE_GPU = default_mode
+    defaults = (st.RNG_MODE_GPU, st.PHILOX_ROUNDS, st.NUM_WARPS)
+    # Box-Muller flavour (0 precise, 1 fast sin/cos, 2 fast sin/cos/log) x Philox rounds x warps
+    for mode, rounds, warps in ((0, 10, 4), (1, 10, 4), (2, 10, 4), (2, 10, 8), (1, 7, 4), (2, 7, 4), (2, 7, 8)):
+        st.RNG_MODE_GPU, st.PHILOX_ROUNDS, st.NUM_WARPS = mode, rounds, warps
+        row[f"ours_philox_rng{mode}_r{rounds}_w{warps}_ms"] = bench(ours_philox, rep=100)
+    st.RNG_MODE_GPU, st.PHILOX_ROUNDS, st.NUM_WARPS = defaults
     row["ours_philox_ms"] = bench(ours_philox, rep=100)
     row["ours_noise_in_ms"] = bench(lambda: st.ddpm_seed_step_triton(eps, t, x, sched, z), rep=100)
     row["ours_ddpm_philox_ms"] = bench(lambda: st.ddpm_step_triton(eps, t, x, sched, seed=3, offset=5), rep=100)
@@ -299,6 +302,7 @@ def main() -> None:
     save()
     print("\n== summary (ms) ==")
     for row in RES.get("big", {}).get("rows", []):
+        print({k: round(v, 4) for k, v in row.items() if k.startswith("ours_philox_rng")})
         print(f"{row['dtype']:>8} {row['MiB_per_tensor']:.0f}MiB eager {row['eager_ms']:.3f} "
               f"compiled {row['compiled_ms']:.3f} anchor {row['anchor_triton_ms']:.3f} "
               f"ours {row['ours_philox_ms']:.3f} "

@@ -302,3 +302,13 @@ def test_sampler_on_gpu_matches_cpu_reference_loop(graph: bool) -> None:
     got = sample(model, 3, schedule=s, seed=2, progress=False, output="float", cuda_graph=graph)
     again = sample(model, 3, schedule=s, seed=2, progress=False, output="float", cuda_graph=not graph)
     torch.testing.assert_close(got, again, atol=1e-4, rtol=1e-4)
+
+
+def test_cpu_demo_runs_tiny(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from kernels.diffusion.demo import load_digits_tensor, main
+
+    x, y = load_digits_tensor()
+    assert x.shape == (1797, 1, 8, 8) and float(x.min()) == -1.0 and float(x.max()) == 1.0 and int(y.max()) == 9
+    out = main(["--max-steps", "2", "--method", "ddim", "--steps", "2", "--per-digit", "1", "--width", "4",
+                "--out", str(tmp_path / "digits.png")])
+    assert out.stat().st_size > 0

@@ -25,7 +25,7 @@ from pyimpl.diffusion import make_schedule
 from pyimpl.unet import EMA, UNetConditional, train_step
 
 
-def load_digits_tensor(image_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+def load_digits_tensor(image_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's bundled digits as (n, 1, S, S) floats in [-1, 1] and their labels."""
     from sklearn.datasets import load_digits
 

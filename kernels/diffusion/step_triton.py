@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from pyimpl.diffusion.philox import NOISE_BLOCK, NOISE_QUARTER, noise_counters
+from pyimpl.diffusion.philox import NOISE_BLOCK, NOISE_QUARTER, PHILOX_ROUNDS, noise_counters
 from pyimpl.diffusion.schedule import Schedule
 from pyimpl.diffusion.steps import PREDICTION_TYPES, VARIANCE_TYPES, check_step_args, threshold_scale
 
@@ -40,6 +40,7 @@ __all__ = ["ddim_step_triton", "ddpm_seed_step_triton", "ddpm_step_triton", "q_s
 _MAX_GRID_Y = 65535
 # Box-Muller flavour on the GPU (see _noise_tile); the interpreter always runs 0.
 RNG_MODE_GPU = 1
+NUM_WARPS = 4
 _NOISE_NONE, _NOISE_TENSOR, _NOISE_PHILOX, _NOISE_PHILOX_STATE = 0, 1, 2, 3
 
 
@@ -74,7 +75,8 @@ def _box_muller_fast(u1, u2, FAST_LOG: tl.constexpr):
 
 
 @triton.jit
-def _noise_tile(z_ptr, zoffs, mask, seed, counter, NOISE: tl.constexpr, Q: tl.constexpr, RNG: tl.constexpr):
+def _noise_tile(z_ptr, zoffs, mask, seed, counter, NOISE: tl.constexpr, Q: tl.constexpr, RNG: tl.constexpr,
+                ROUNDS: tl.constexpr):
     """The (Q, 4) noise tile: loaded, or four Philox normals per counter (columns n1, n2, n3, n4).
 
     RNG 0: ``tl.randn4x`` (precise libdevice log / sin / cos; what the interpreter runs);
@@ -83,9 +85,9 @@ def _noise_tile(z_ptr, zoffs, mask, seed, counter, NOISE: tl.constexpr, Q: tl.co
         return _load(z_ptr, zoffs, mask)
     else:
         if RNG == 0:
-            n1, n2, n3, n4 = tl.randn4x(seed, counter)
+            n1, n2, n3, n4 = tl.randn4x(seed, counter, ROUNDS)
         else:
-            u1, u2, u3, u4 = tl.rand4x(seed, counter)
+            u1, u2, u3, u4 = tl.rand4x(seed, counter, ROUNDS)
             n1, n2 = _box_muller_fast(u1, u2, RNG == 2)
             n3, n4 = _box_muller_fast(u3, u4, RNG == 2)
         return tl.reshape(tl.join(tl.join(n1, n3), tl.join(n2, n4)), (Q, 4))
@@ -135,7 +137,7 @@ def _q_sample_kernel(
     xs0, xs1, xs2, xs3, zs0, zs1, zs2, zs3,
     seed, offset,
     NOISE: tl.constexpr, WRITE_NOISE: tl.constexpr, FLAT: tl.constexpr, Q: tl.constexpr, ITERS: tl.constexpr,
-    RNG: tl.constexpr,
+    RNG: tl.constexpr, ROUNDS: tl.constexpr,
 ):
     blk = tl.program_id(0).to(tl.int64)
     nblk = tl.cdiv(M, 4 * Q)
@@ -154,7 +156,7 @@ def _q_sample_kernel(
         ah = _gather(ac_ptr, t, T)
         x = _load(x_ptr, _offsets(b64, i, c, xs0, xs1, xs2, xs3, d2, d3, j0, FLAT), mask)
         z = _noise_tile(z_ptr, _offsets(b64, i, c, zs0, zs1, zs2, zs3, d2, d3, j0, FLAT), mask, sd,
-                        off + (b64 * nblk + blk) * Q + i, NOISE, Q, RNG)
+                        off + (b64 * nblk + blk) * Q + i, NOISE, Q, RNG, ROUNDS)
         out = tl.sqrt(ah) * x + tl.sqrt(1.0 - ah) * z
         tl.store(out_ptr + b64 * M + jj, out.to(out_ptr.dtype.element_ty), mask=mask)
         if WRITE_NOISE:
@@ -168,7 +170,7 @@ def _seed_step_kernel(
     xs0, xs1, xs2, xs3, ms0, ms1, ms2, ms3, us0, us1, us2, us3, zs0, zs1, zs2, zs3,
     w, seed, offset,
     NOISE: tl.constexpr, HAS_UNCOND: tl.constexpr, FLAT: tl.constexpr, Q: tl.constexpr, ITERS: tl.constexpr,
-    RNG: tl.constexpr,
+    RNG: tl.constexpr, ROUNDS: tl.constexpr,
 ):
     blk = tl.program_id(0).to(tl.int64)
     nblk = tl.cdiv(M, 4 * Q)
@@ -194,7 +196,7 @@ def _seed_step_kernel(
         eps = _load(mo_ptr, _offsets(b64, i, c, ms0, ms1, ms2, ms3, d2, d3, j0, FLAT), mask)
         eps = _guide(eps, unc_ptr, _offsets(b64, i, c, us0, us1, us2, us3, d2, d3, j0, FLAT), mask, w, HAS_UNCOND)
         z = _noise_tile(z_ptr, _offsets(b64, i, c, zs0, zs1, zs2, zs3, d2, d3, j0, FLAT), mask, sd,
-                        off + (b64 * nblk + blk) * Q + i, NOISE, Q, RNG)
+                        off + (b64 * nblk + blk) * Q + i, NOISE, Q, RNG, ROUNDS)
         out = c_x * (x - c_eps * eps) + tl.where(t > 1, sigma * z, 0.0)
         tl.store(out_ptr + b64 * M + jj, out.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -207,7 +209,7 @@ def _ddpm_kernel(
     w, clip_range, seed, offset,
     NOISE: tl.constexpr, HAS_UNCOND: tl.constexpr, PRED: tl.constexpr, VAR: tl.constexpr, CLIP: tl.constexpr,
     X0_ONLY: tl.constexpr, WRITE_X0: tl.constexpr, FLAT: tl.constexpr, Q: tl.constexpr, ITERS: tl.constexpr,
-    RNG: tl.constexpr,
+    RNG: tl.constexpr, ROUNDS: tl.constexpr,
 ):
     blk = tl.program_id(0).to(tl.int64)
     nblk = tl.cdiv(M, 4 * Q)
@@ -265,7 +267,7 @@ def _ddpm_kernel(
                     frac = (v + 1.0) / 2.0
                     std = tl.exp(0.5 * (frac * tl.log(cur_beta) + (1.0 - frac) * tl.log(var)))
             z = _noise_tile(z_ptr, _offsets(b64, i, c, zs0, zs1, zs2, zs3, d2, d3, j0, FLAT), mask, sd,
-                            off + (b64 * nblk + blk) * Q + i, NOISE, Q, RNG)
+                            off + (b64 * nblk + blk) * Q + i, NOISE, Q, RNG, ROUNDS)
             out = out + tl.where(t > 0, std * z, 0.0)
             tl.store(out_ptr + b64 * M + jj, out.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -279,7 +281,7 @@ def _ddim_kernel(
     NOISE: tl.constexpr, HAS_UNCOND: tl.constexpr, PRED: tl.constexpr, CLIP: tl.constexpr,
     USE_CLIPPED: tl.constexpr, X0_ONLY: tl.constexpr, WRITE_X0: tl.constexpr, FLAT: tl.constexpr,
     Q: tl.constexpr, ITERS: tl.constexpr,
-    RNG: tl.constexpr,
+    RNG: tl.constexpr, ROUNDS: tl.constexpr,
 ):
     blk = tl.program_id(0).to(tl.int64)
     nblk = tl.cdiv(M, 4 * Q)
@@ -324,7 +326,7 @@ def _ddim_kernel(
             out = tl.sqrt(app) * x0 + tl.sqrt(1.0 - app - std * std) * eps
             if NOISE != 0:
                 z = _noise_tile(z_ptr, _offsets(b64, i, c, zs0, zs1, zs2, zs3, d2, d3, j0, FLAT), mask, sd,
-                                off + (b64 * nblk + blk) * Q + i, NOISE, Q, RNG)
+                                off + (b64 * nblk + blk) * Q + i, NOISE, Q, RNG, ROUNDS)
                 out = out + std * z
             tl.store(out_ptr + b64 * M + jj, out.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -446,7 +448,7 @@ def q_sample_triton(
             lay.n, lay.M, lay.d2, lay.d3, schedule.num_train_timesteps, _grid(lay)[1],
             *lay.strides[0], *lay.strides[1], nz.seed, nz.offset,
             NOISE=nz.mode, WRITE_NOISE=write_noise, FLAT=lay.flat, Q=NOISE_QUARTER,
-            ITERS=_iters(lay), RNG=_rng_mode())
+            ITERS=_iters(lay), RNG=_rng_mode(), ROUNDS=PHILOX_ROUNDS, num_warps=NUM_WARPS)
     if not return_noise:
         return out
     return out, (zout if write_noise else noise.to(x0.dtype) if noise is not None else zout)
@@ -481,7 +483,7 @@ def ddpm_seed_step_triton(
             *lay.strides[0], *lay.strides[1], *lay.strides[2], *lay.strides[3],
             float(guidance_scale), nz.seed, nz.offset,
             NOISE=nz.mode, HAS_UNCOND=unc is not None, FLAT=lay.flat, Q=NOISE_QUARTER,
-            ITERS=_iters(lay), RNG=_rng_mode())
+            ITERS=_iters(lay), RNG=_rng_mode(), ROUNDS=PHILOX_ROUNDS, num_warps=NUM_WARPS)
     return out
 
 
@@ -569,7 +571,7 @@ def ddpm_step_triton(
             NOISE=nz.mode, HAS_UNCOND=unc is not None, PRED=PREDICTION_TYPES.index(prediction_type),
             VAR=VARIANCE_TYPES.index(variance_type), CLIP=clip, X0_ONLY=x0_only,
             WRITE_X0=x0_buf is not None and not x0_only, FLAT=lay.flat, Q=NOISE_QUARTER,
-            ITERS=_iters(lay), RNG=_rng_mode())
+            ITERS=_iters(lay), RNG=_rng_mode(), ROUNDS=PHILOX_ROUNDS, num_warps=NUM_WARPS)
 
     s = _threshold_pass(launch, sample, dynamic_thresholding_ratio, sample_max_value) if thresholding else None
     _launch_with_x0(launch, pred_original_out, sample, s)
@@ -634,7 +636,7 @@ def ddim_step_triton(
             NOISE=nz.mode, HAS_UNCOND=unc is not None, PRED=PREDICTION_TYPES.index(prediction_type), CLIP=clip,
             USE_CLIPPED=bool(use_clipped_model_output), X0_ONLY=x0_only,
             WRITE_X0=x0_buf is not None and not x0_only, FLAT=lay.flat, Q=NOISE_QUARTER,
-            ITERS=_iters(lay), RNG=_rng_mode())
+            ITERS=_iters(lay), RNG=_rng_mode(), ROUNDS=PHILOX_ROUNDS, num_warps=NUM_WARPS)
 
     s = _threshold_pass(launch, sample, dynamic_thresholding_ratio, sample_max_value) if thresholding else None
     _launch_with_x0(launch, pred_original_out, sample, s)

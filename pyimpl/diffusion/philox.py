@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["NOISE_BLOCK", "NOISE_QUARTER", "noise_counters", "philox_normal"]
+__all__ = ["NOISE_BLOCK", "NOISE_QUARTER", "PHILOX_ROUNDS", "noise_counters", "philox_normal"]
 
 NOISE_QUARTER = 512
+PHILOX_ROUNDS = 10  # Random123's default; 7 is the fewest that pass BigCrush (Salmon et al. 2011)
 NOISE_BLOCK = 4 * NOISE_QUARTER
 _M32 = 0xFFFFFFFF
 _ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
@@ -42,12 +43,12 @@ def _mul_hi_lo(a: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return hi & _M32, low & _M32
 
 
-def _philox4x32(c0: torch.Tensor, c1: torch.Tensor, seed: int) -> list[torch.Tensor]:
+def _philox4x32(c0: torch.Tensor, c1: torch.Tensor, seed: int, rounds: int) -> list[torch.Tensor]:
     k0 = seed & _M32
     k1 = (seed >> 32) & _M32
     c2 = torch.zeros_like(c0)
     c3 = torch.zeros_like(c0)
-    for _ in range(10):
+    for _ in range(rounds):
         hi_b, lo_b = _mul_hi_lo(_ROUND_B, c2)
         hi_a, lo_a = _mul_hi_lo(_ROUND_A, c0)
         c0, c2 = hi_b ^ c1 ^ k0, hi_a ^ c3 ^ k1
@@ -71,7 +72,7 @@ def _box_muller(u1: torch.Tensor, u2: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 def philox_normal(n: int, per_sample: int, seed: int, offset: int = 0,
-                  device: str | torch.device | None = None) -> torch.Tensor:
+                  device: str | torch.device | None = None, rounds: int = PHILOX_ROUNDS) -> torch.Tensor:
     """(n, per_sample) float32 standard normals, the same numbers the kernels draw for (seed, offset)."""
     if not 0 <= seed < 2**63:
         raise ValueError(f"seed={seed}: must lie in [0, 2**63)")
@@ -82,7 +83,7 @@ def philox_normal(n: int, per_sample: int, seed: int, offset: int = 0,
     b = torch.arange(n, dtype=torch.int64)[:, None]
     counter = offset + (b * blocks + j // NOISE_BLOCK) * NOISE_QUARTER + (j % NOISE_BLOCK) // 4
     quarter = j % 4
-    r = _philox4x32(counter & _M32, counter >> 32, seed)
+    r = _philox4x32(counter & _M32, counter >> 32, seed, rounds)
     n1, n2 = _box_muller(_uniform(r[0]), _uniform(r[1]))
     n3, n4 = _box_muller(_uniform(r[2]), _uniform(r[3]))
     out = torch.where(quarter == 0, n1, torch.where(quarter == 1, n2, torch.where(quarter == 2, n3, n4)))

@@ -296,7 +296,7 @@ def test_sampler_cfg_ddim_uint8_and_png(tmp_path) -> None:  # type: ignore[no-un
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("graph", [False, True])
-def test_sampler_on_gpu_matches_cpu_reference_loop(graph: bool) -> None:
+def test_sampler_graph_replay_equals_the_plain_loop_on_gpu(graph: bool) -> None:
     model = _tiny().cuda()
     s = ref.make_schedule(num_train_timesteps=20)
     got = sample(model, 3, schedule=s, seed=2, progress=False, output="float", cuda_graph=graph)

@@ -30,8 +30,8 @@ def _inputs(b: int) -> dict[str, torch.Tensor]:
         return torch.randn(*shape, generator=g).to(DEV, DTYPE)
 
     s = SIZE
-    return dict(x=rnd(b, C, s, s), r=rnd(b, C, s, s), e=rnd(b, C), w=(torch.rand(C, generator=g) + 0.5).to(DEV),
-                bias=torch.randn(C, generator=g).to(DEV), tok=rnd(b, s * s, C), att=rnd(b, s * s, C),
+    return dict(x=rnd(b, C, s, s), r=rnd(b, C, s, s), e=rnd(b, C), w=(torch.rand(C, generator=g) + 0.5).to(DEV, DTYPE),
+                bias=torch.randn(C, generator=g).to(DEV, DTYPE), tok=rnd(b, s * s, C), att=rnd(b, s * s, C),
                 xu=rnd(b, C, s // 2, s // 2).contiguous(memory_format=torch.channels_last),
                 sk=rnd(b, C, s, s).contiguous(memory_format=torch.channels_last))
 

@@ -15,7 +15,6 @@ fused kernel has one formula to match:
   returns the token tensor too, since the block adds it back after the attention.
 - ``add_layer_norm``: the feed-forward's input, ``s = attention + tokens`` and ``LayerNorm(C)(s)``;
   returns both (``s`` is added back after the feed-forward).
-- ``linear_gelu``: the feed-forward's first ``Linear`` and its ``GELU``: ``gelu(x W^T + b)``.
 - ``upsample_concat``: ``Up``'s bilinear 2x upsampling (``align_corners=True``) and
   ``torch.cat([skip, up(x)], dim=1)``.
 
@@ -39,7 +38,6 @@ __all__ = [
     "check_upsample_concat_args",
     "gelu",
     "group_norm_act",
-    "linear_gelu",
     "tokens_layer_norm",
     "upsample_concat",
 ]
@@ -194,20 +192,6 @@ def add_layer_norm(
     check_add_layer_norm_args(x, residual, weight, bias, eps)
     s = x + residual
     return s, F.layer_norm(s, (x.shape[-1],), weight, bias, eps)
-
-
-def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``gelu(x W^T + b)``: ``nn.Linear(K, M)`` then the exact ``nn.GELU()``; x: (..., K), weight: (M, K)."""
-    _check_float("x", x)
-    _check_float("weight", weight)
-    if weight.dim() != 2 or x.dim() < 1 or x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"weight.shape={tuple(weight.shape)}: expected (M, K) with K = x.shape[-1] = "
-                         f"{x.shape[-1] if x.dim() else None}")
-    if bias is not None:
-        _check_float("bias", bias)
-        if tuple(bias.shape) != (weight.shape[0],):
-            raise ValueError(f"bias.shape={tuple(bias.shape)}: expected ({weight.shape[0]},)")
-    return gelu(F.linear(x, weight, bias))
 
 
 def check_upsample_concat_args(x: torch.Tensor, skip: torch.Tensor) -> None:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
+import kernels.nn
 from kernels.fused import group_norm_triton
 from kernels.fused.modules import (
     FusedDoubleConv,
@@ -19,7 +20,6 @@ from kernels.fused.modules import (
     FusedSelfAttention,
     FusedUp,
     double_conv_reasons,
-    fuse_seed_blocks,
 )
 from kernels.registry import triton_interpret
 from pyimpl import fused as ref
@@ -28,6 +28,7 @@ from pyimpl.unet import DoubleConv, SelfAttention, UNet, Up
 needs_triton = pytest.mark.skipif(not (torch.cuda.is_available() or triton_interpret()),
                                   reason="Triton needs CUDA or TRITON_INTERPRET=1")
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
+OURS_ON_TRITON = dict.fromkeys(["group_norm_act", "tokens_layer_norm", "add_layer_norm", "upsample_concat"], "triton")
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -97,22 +98,36 @@ def _tiny_unet(seed: int = 0) -> UNet:
     return UNet(c_in=1, c_out=1, time_dim=32, image_size=8, base_channels=8)
 
 
-def test_fuse_seed_blocks_swaps_every_block_and_keeps_the_state_dict() -> None:
+def _patch(model: nn.Module, **options: object) -> kernels.nn.PatchReport:
+    return kernels.nn.patch(model, **options)
+
+
+def test_patch_swaps_every_block_and_unpatch_restores_them() -> None:
     model = _tiny_unet()
-    keys = list(model.state_dict())
-    report = fuse_seed_blocks(model)
-    fused = [name for name, _, what in report if what == "fused"]
-    assert sorted(fused) == sorted(["inc", "down1", "down2", "down3", "sa1", "sa2", "sa3", "sa4", "sa5", "sa6",
-                                    "bot1", "bot2", "bot3", "up1", "up2", "up3"])
+    keys, names = list(model.state_dict()), [n for n, _ in model.named_modules()]
+    originals = {n: type(m) for n, m in model.named_modules()}
+    report = _patch(model)
+    fused = {path for path, _, new in report.replaced if new.startswith("kernels.fused.")}
+    blocks = {"inc", "down1", "down2", "down3", "sa1", "sa2", "sa3", "sa4", "sa5", "sa6", "bot1", "bot2", "bot3",
+              "up1", "up2", "up3"}
+    inner = {f"down{i}.maxpool_conv.{j}" for i in (1, 2, 3) for j in (1, 2)} | {
+        f"up{i}.conv.{j}" for i in (1, 2, 3) for j in (0, 1)}
+    assert fused == blocks | inner
+    assert {path for path, _, new in report.replaced if new == "kernels.nn.MultiheadAttention"} == {
+        f"sa{i}.mha" for i in range(1, 7)}
     assert list(model.state_dict()) == keys
     assert isinstance(model.up1, FusedUp) and isinstance(model.up1.conv[0], FusedDoubleConv)
-    assert isinstance(model.down2, FusedDown) and isinstance(model.sa3, FusedSelfAttention)
+    assert isinstance(model.down2, FusedDown) and isinstance(model.down2.maxpool_conv[2], FusedDoubleConv)
+    assert isinstance(model.sa3, FusedSelfAttention) and isinstance(model.sa3.mha, kernels.nn.MultiheadAttention)
+    kernels.nn.unpatch(model)
+    assert [n for n, _ in model.named_modules()] == names
+    assert {n: type(m) for n, m in model.named_modules()} == originals
 
 
 def test_unsupported_blocks_are_left_with_their_reason() -> None:
     model = _tiny_unet()
     model.bot2.double_conv[2] = nn.GELU(approximate="tanh")
-    report = {name: what for name, _, what in fuse_seed_blocks(model)}
+    report = {path: why for path, _, why in _patch(model).kept}
     assert isinstance(model.bot2, DoubleConv)
     assert "approximate='none'" in report["bot2"]
     assert double_conv_reasons(nn.Linear(2, 2)) == [
@@ -126,7 +141,7 @@ def test_patched_unet_matches_unpatched(dtype: torch.dtype, tol: float) -> None:
     """Patched vs unpatched outputs, relative L2 error (CPU: the references run; bf16 by autocast)."""
     model = _tiny_unet()
     patched = copy.deepcopy(model)
-    fuse_seed_blocks(patched)
+    _patch(patched)
     x = torch.randn(3, 1, 8, 8, generator=_gen(4))
     t = torch.tensor([1, 500, 999])
     with torch.no_grad():
@@ -143,12 +158,12 @@ def test_patched_unet_forward_and_gradients_on_triton() -> None:
     output and every parameter's gradient against the unpatched model (fp32)."""
     model = _tiny_unet().to(DEV)
     patched = copy.deepcopy(model)
-    fuse_seed_blocks(patched)
+    _patch(patched)
     x = torch.randn(2, 1, 8, 8, generator=_gen(5)).to(DEV)
     t = torch.tensor([3, 700], device=DEV)
     want = model(x, t)
     want.square().mean().backward()
-    with kernels.use_backend("triton"):
+    with kernels.use_backend(**OURS_ON_TRITON):
         got = patched(x, t)
         got.square().mean().backward()
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
@@ -181,14 +196,14 @@ def _train(model: nn.Module, images: torch.Tensor, steps: int, seed: int, batch:
 
 
 def test_patched_training_follows_the_unpatched_loss_curve() -> None:
-    """30 AdamW steps on scikit-learn's 8x8 digits: the patched model (references on the CPU) tracks
+    """20 AdamW steps on scikit-learn's 8x8 digits: the patched model (references on the CPU) tracks
     the unpatched loss curve far closer than a different data/noise seed does."""
     images = _digits(256)
-    base = _train(_tiny_unet(), images, 30, seed=0)
+    base = _train(_tiny_unet(), images, 20, seed=0)
     patched = _tiny_unet()
-    fuse_seed_blocks(patched)
-    fused = _train(patched, images, 30, seed=0)
-    other = _train(_tiny_unet(), images, 30, seed=1)
+    _patch(patched)
+    fused = _train(patched, images, 20, seed=0)
+    other = _train(_tiny_unet(), images, 20, seed=1)
     gap = max(abs(a - b) for a, b in zip(base, fused))
     noise = max(abs(a - b) for a, b in zip(base, other))
     assert sum(base[-5:]) < sum(base[:5]), "the unpatched model did not learn"
@@ -201,9 +216,9 @@ def test_patched_training_steps_on_triton() -> None:
     images = _digits(4).to(DEV)
     base = _tiny_unet().to(DEV)
     patched = copy.deepcopy(base)
-    fuse_seed_blocks(patched)
+    _patch(patched)
     want = _train(base, images, 2, seed=0, batch=2)
-    with kernels.use_backend("triton"):
+    with kernels.use_backend(**OURS_ON_TRITON):
         got = _train(patched, images, 2, seed=0, batch=2)
     assert max(abs(a - b) for a, b in zip(want, got)) < 1e-4
 
@@ -233,7 +248,7 @@ def test_patched_seed_unet_on_cuda(dtype: torch.dtype, tol: float) -> None:
     torch.manual_seed(0)
     model = UNet().cuda().eval()
     patched = copy.deepcopy(model)
-    fuse_seed_blocks(patched)
+    _patch(patched)
     x = torch.randn(4, 3, 64, 64, device="cuda")
     t = torch.tensor([1, 250, 500, 999], device="cuda")
     with torch.no_grad():

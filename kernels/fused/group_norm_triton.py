@@ -29,6 +29,7 @@ gradient dz.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -69,26 +70,54 @@ def _stats_kernel(X, MEAN_P, M2_P, L, NCHUNK, CHUNK: tl.constexpr, BLOCK: tl.con
 
 
 @triton.jit
-def _gelu(z):
-    return 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
+def _erf_fast(x):
+    # Abramowitz & Stegun 7.1.26: |error| <= 1.5e-7, a third of libdevice's erff instructions
+    a = tl.abs(x)
+    t = 1.0 / (1.0 + 0.3275911 * a)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    r = 1.0 - poly * tl.exp(-a * a)
+    return tl.where(x < 0, -r, r)
+
+
+@triton.jit
+def _finish(y, e, R, r_off, m, HAS_R: tl.constexpr, HAS_E: tl.constexpr, GELU: tl.constexpr,
+            FAST_ERF: tl.constexpr):
+    """act(y + residual) + e: everything after the affine map (e: the embedding values)."""
+    if HAS_R:
+        y = y + tl.load(R + r_off, mask=m, other=0.0).to(tl.float32)
+    if GELU:
+        z = y * 0.7071067811865476
+        if FAST_ERF:
+            y = 0.5 * y * (1.0 + _erf_fast(z))
+        else:
+            y = 0.5 * y * (1.0 + tl.math.erf(z))
+    if HAS_E:
+        y = y + e
+    return y
+
+
+MODE_NCHW, MODE_NCHW_PLANE, MODE_NHWC_TILE, MODE_NHWC = 0, 1, 2, 3
 
 
 @triton.jit
 def _apply_kernel(X, Y, W, B, R, E, MEAN_P, M2_P, MEAN, RSTD,
                   L, NCHUNK, G, eps,
                   CHUNK: tl.constexpr, HW: tl.constexpr, CPG: tl.constexpr, C: tl.constexpr,
-                  CHANNELS_LAST: tl.constexpr,
+                  MODE: tl.constexpr,
                   HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr, HAS_E: tl.constexpr,
-                  GELU: tl.constexpr, NCHUNK_P2: tl.constexpr, BLOCK: tl.constexpr):
+                  GELU: tl.constexpr, FAST_ERF: tl.constexpr, NCHUNK_P2: tl.constexpr, BLOCK: tl.constexpr):
+    # MODE 0: NCHW, channel per element; 1: NCHW with every tile inside one channel plane (scalar
+    # weights per tile); 2: channels-last with C | BLOCK ([BLOCK / C, C] tiles, weights loaded once
+    # per program); 3: channels-last, channel per element.
     row = tl.program_id(0).to(tl.int64)
-    chunk = tl.program_id(1)
+    chunk = NCHUNK - 1 - tl.program_id(1)  # reverse of the stats pass: the last chunks read are in L2
     # merge the row's chunk statistics (every program of the row does it: a few hundred floats)
     k = tl.arange(0, NCHUNK_P2)
     km = k < NCHUNK
     cmean = tl.load(MEAN_P + row * NCHUNK + k, mask=km, other=0.0)
     cm2 = tl.load(M2_P + row * NCHUNK + k, mask=km, other=0.0)
     cnt = tl.where(km, tl.minimum(CHUNK, L - k * CHUNK), 0).to(tl.float32)
-    lf = L.to(tl.float32)
+    lf = L * 1.0  # L may arrive as a constexpr (Triton specializes 1)
     mean = tl.sum(cnt * cmean, axis=0) / lf
     dm = tl.where(km, cmean - mean, 0.0)
     m2 = tl.sum(cm2 + cnt * dm * dm, axis=0)
@@ -99,26 +128,65 @@ def _apply_kernel(X, Y, W, B, R, E, MEAN_P, M2_P, MEAN, RSTD,
     n = row // G
     g = row % G
     start = chunk * CHUNK
-    for i in range(0, CHUNK, BLOCK):
-        o = start + i + tl.arange(0, BLOCK)
-        m = (o < L) & (i + tl.arange(0, BLOCK) < CHUNK)
-        x = tl.load(X + row * L + o, mask=m, other=0.0).to(tl.float32)
-        if CHANNELS_LAST:
-            c = o % C
-        else:
-            c = g * CPG + o // HW
-        y = (x - mean) * rstd
+    base = row * L
+    if MODE == 2:
+        cols = tl.arange(0, C)
+        a = tl.full([C], 1.0, tl.float32) * rstd
         if HAS_W:
-            y = y * tl.load(W + c, mask=m, other=1.0).to(tl.float32)
+            a = a * tl.load(W + cols).to(tl.float32)
+        sh = 0.0
         if HAS_B:
-            y = y + tl.load(B + c, mask=m, other=0.0).to(tl.float32)
-        if HAS_R:
-            y = y + tl.load(R + row * L + o, mask=m, other=0.0).to(tl.float32)
-        if GELU:
-            y = _gelu(y)
+            sh = tl.load(B + cols).to(tl.float32)[None, :]
+        e = 0.0
         if HAS_E:
-            y = y + tl.load(E + n * C + c, mask=m, other=0.0).to(tl.float32)
-        tl.store(Y + row * L + o, y.to(Y.dtype.element_ty), mask=m)
+            e = tl.load(E + n * C + cols).to(tl.float32)[None, :]
+        rows = tl.arange(0, BLOCK // C)
+        for i in range(0, CHUNK, BLOCK):
+            local = i + rows[:, None] * C + cols[None, :]
+            o = start + local
+            m = (o < L) & (local < CHUNK)
+            x = tl.load(X + base + o, mask=m, other=0.0).to(tl.float32)
+            y = _finish((x - mean) * a[None, :] + sh, e, R, base + o, m, HAS_R, HAS_E, GELU, FAST_ERF)
+            tl.store(Y + base + o, y.to(Y.dtype.element_ty), mask=m)
+    elif MODE == 1:
+        for i in range(0, CHUNK, BLOCK):
+            local = i + tl.arange(0, BLOCK)
+            o = start + local
+            m = (o < L) & (local < CHUNK)
+            x = tl.load(X + base + o, mask=m, other=0.0).to(tl.float32)
+            c = g * CPG + (start + i) // HW
+            a = rstd
+            if HAS_W:
+                a = a * tl.load(W + c).to(tl.float32)
+            sh = 0.0
+            if HAS_B:
+                sh = tl.load(B + c).to(tl.float32)
+            e = 0.0
+            if HAS_E:
+                e = tl.load(E + n * C + c).to(tl.float32)
+            y = _finish((x - mean) * a + sh, e, R, base + o, m, HAS_R, HAS_E, GELU, FAST_ERF)
+            tl.store(Y + base + o, y.to(Y.dtype.element_ty), mask=m)
+    else:
+        for i in range(0, CHUNK, BLOCK):
+            local = i + tl.arange(0, BLOCK)
+            o = start + local
+            m = (o < L) & (local < CHUNK)
+            x = tl.load(X + base + o, mask=m, other=0.0).to(tl.float32)
+            if MODE == 3:
+                c = o % C
+            else:
+                c = g * CPG + o // HW
+            a = tl.full([BLOCK], 1.0, tl.float32) * rstd
+            if HAS_W:
+                a = a * tl.load(W + c, mask=m, other=1.0).to(tl.float32)
+            sh = 0.0
+            if HAS_B:
+                sh = tl.load(B + c, mask=m, other=0.0).to(tl.float32)
+            e = 0.0
+            if HAS_E:
+                e = tl.load(E + n * C + c, mask=m, other=0.0).to(tl.float32)
+            y = _finish((x - mean) * a + sh, e, R, base + o, m, HAS_R, HAS_E, GELU, FAST_ERF)
+            tl.store(Y + base + o, y.to(Y.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -229,6 +297,25 @@ def _bwd_tiles(c: int, hw: int, channels_last: bool, device: torch.device) -> tu
     return max(1, min(triton.next_power_of_2(c), budget // bp)), bp
 
 
+@dataclass
+class ForwardConfig:
+    """Launch parameters of the forward kernels: elements per tile, warps per program, and the
+    A&S erf (|error| <= 1.5e-7) instead of libdevice's in the GELU."""
+
+    block: int = 4096
+    warps: int = 8
+    fast_erf: bool = True
+
+
+FORWARD_CONFIG = ForwardConfig()  # CUDA; benchmarks/gpu_fused.py sweeps it (docs/notes/fused-gpu.md)
+
+
+def _mode(channels_last: bool, c: int, hw: int, block: int) -> int:
+    if channels_last:
+        return MODE_NHWC_TILE if c & (c - 1) == 0 and block % c == 0 else MODE_NHWC
+    return MODE_NCHW_PLANE if hw % block == 0 else MODE_NCHW
+
+
 def group_norm_act_forward(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None,
                            bias: torch.Tensor | None, eps: float, residual: torch.Tensor | None,
                            emb: torch.Tensor | None, gelu: bool) -> ForwardResult:
@@ -248,15 +335,15 @@ def group_norm_act_forward(x: torch.Tensor, num_groups: int, weight: torch.Tenso
         mean.fill_(float("nan"))
         rstd.fill_(float("nan"))
         return y, mean, rstd, x, residual, channels_last
-    block = 2048 if x.device.type == "cuda" else 1024
-    block = min(block, triton.next_power_of_2(length))
+    cfg = FORWARD_CONFIG if x.device.type == "cuda" else ForwardConfig(block=1024, warps=4)
+    block = min(cfg.block, triton.next_power_of_2(length))
     nchunk = max(1, min(-(-_target_programs(x.device) // rows), -(-length // block), 1024))
     chunk = -(-length // (nchunk * block)) * block
     nchunk = -(-length // chunk)
     mean_p = torch.empty(rows, nchunk, device=x.device, dtype=torch.float32)
     m2_p = torch.empty_like(mean_p)
     grid = (rows, nchunk)
-    warps = 8 if block >= 2048 else 4
+    warps = cfg.warps
     _stats_kernel[grid](x, mean_p, m2_p, length, nchunk, CHUNK=chunk, BLOCK=block, num_warps=warps)
     dummy = x
     e = emb.contiguous() if emb is not None else None
@@ -264,9 +351,9 @@ def group_norm_act_forward(x: torch.Tensor, num_groups: int, weight: torch.Tenso
         x, y, weight if weight is not None else dummy, bias if bias is not None else dummy,
         residual if residual is not None else dummy, e if e is not None else dummy,
         mean_p, m2_p, mean, rstd, length, nchunk, num_groups, float(eps),
-        CHUNK=chunk, HW=hw, CPG=c // num_groups, C=c, CHANNELS_LAST=channels_last,
+        CHUNK=chunk, HW=hw, CPG=c // num_groups, C=c, MODE=_mode(channels_last, c, hw, block),
         HAS_W=weight is not None, HAS_B=bias is not None, HAS_R=residual is not None, HAS_E=emb is not None,
-        GELU=gelu, NCHUNK_P2=triton.next_power_of_2(nchunk), BLOCK=block, num_warps=warps,
+        GELU=gelu, FAST_ERF=cfg.fast_erf, NCHUNK_P2=triton.next_power_of_2(nchunk), BLOCK=block, num_warps=warps,
     )
     return y, mean, rstd, x, residual, channels_last
 

@@ -41,7 +41,7 @@ def _ln_fwd_kernel(X, R, S, Y, W, B, MEAN, RSTD, NTOK, C,
     tl.store(S + out, x.to(S.dtype.element_ty), mask=mask)
     # statistics of the stored s (rounded to its dtype), as LayerNorm applied to s would see it
     xf = x.to(S.dtype.element_ty).to(tl.float32)
-    cf = C.to(tl.float32)
+    cf = C * 1.0  # C may arrive as a constexpr (Triton specializes 1)
     mean = tl.sum(xf, axis=1) / cf
     d = tl.where(mask, xf - mean[:, None], 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=1) / cf + eps)
@@ -76,7 +76,7 @@ def _ln_bwd_kernel(S, DY, DS, W, MEAN, RSTD, DX, PW, PB, NTOK, C, sdb, sdn, sdc,
         dxhat = dy * tl.load(W + c, mask=cm, other=0.0).to(tl.float32)
     else:
         dxhat = dy
-    cf = C.to(tl.float32)
+    cf = C * 1.0  # C may arrive as a constexpr (Triton specializes 1)
     c1 = tl.sum(dxhat * xhat, axis=1)[:, None] / cf
     c2 = tl.sum(dxhat, axis=1)[:, None] / cf
     dx = rstd * (dxhat - c2 - xhat * c1)

@@ -1,6 +1,8 @@
 """Drop-in modules for the seed's UNet blocks (``pyimpl.unet``: DoubleConv, Down, Up, SelfAttention)
-that run the fused ops. Each keeps the original's submodules under the same names, so parameters
-are shared with the module it replaces (``from_module``) and ``state_dict`` keys are unchanged.
+that run the fused ops. Each is a second view of the block it replaces (``from_module``): it shares
+the block's submodules and parameters, so ``state_dict`` keys and weights are the block's, and
+``kernels.nn.patch`` (``kernels.fused.drop_ins`` registers them) swaps the inner DoubleConvs and
+the attention of a fused block as well.
 
 - ``FusedDoubleConv``: conv, GroupNorm+GELU (one fused pass), conv, GroupNorm(+residual+GELU)(+emb).
 - ``FusedDown``: max-pool, two fused DoubleConvs; the time embedding is added by the last one's
@@ -15,7 +17,6 @@ Which backend runs is the dispatcher's choice per call: Triton for CUDA tensors,
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, cast
 
 import torch
@@ -24,14 +25,12 @@ from torch import nn
 from kernels.fused.ops import add_layer_norm, group_norm_act, tokens_layer_norm, upsample_concat
 
 __all__ = [
-    "DROP_INS",
     "FusedDoubleConv",
     "FusedDown",
     "FusedSelfAttention",
     "FusedUp",
     "double_conv_reasons",
     "down_reasons",
-    "fuse_seed_blocks",
     "self_attention_reasons",
     "up_reasons",
 ]
@@ -71,28 +70,53 @@ def double_conv_reasons(m: nn.Module) -> list[str]:
     return out
 
 
-class FusedDoubleConv(nn.Module):
+class _BlockView(nn.Module):
+    """A drop-in that is a second view of a live block: it shares the block's submodule, parameter
+    and buffer dictionaries, so parameters, ``state_dict`` keys, device and dtype are the block's,
+    and a submodule that ``kernels.nn.patch`` swaps inside the block (its attention, its inner
+    DoubleConvs) is swapped here too (and put back by ``unpatch``)."""
+
+    ATTRIBUTES: tuple[str, ...] = ()
+
+    @classmethod
+    def _view(cls, m: nn.Module) -> Any:
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new._modules = m._modules
+        new._parameters = m._parameters
+        new._buffers = m._buffers
+        new.training = m.training
+        for name in cls.ATTRIBUTES:
+            setattr(new, name, getattr(m, name))
+        return new
+
+
+def _double_conv(block: nn.Module, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    """Run a DoubleConv child, fused or not, adding ``emb`` (N, C) after it."""
+    if isinstance(block, FusedDoubleConv):
+        return block(x, emb=emb)
+    return block(x) + emb[:, :, None, None]
+
+
+class FusedDoubleConv(_BlockView):
     """The seed's ``DoubleConv`` with each GroupNorm fused with what follows it.
 
     ``forward(x, emb=None)``: ``emb`` (N, C_out) is added after the block (what ``Down`` / ``Up`` do).
     """
 
-    def __init__(self, double_conv: nn.Sequential, residual: bool) -> None:
-        super().__init__()
-        self.double_conv = double_conv
-        self.residual = residual
+    ATTRIBUTES = ("residual",)
+    residual: bool
 
     @classmethod
     def from_module(cls, m: nn.Module) -> FusedDoubleConv:
-        if isinstance(m, FusedDoubleConv):
-            return m
         why = double_conv_reasons(m)
         if why:
             raise ValueError(f"{type(m).__name__} cannot be fused: " + "; ".join(why))
-        return cls(_child(m, "double_conv"), bool(_child(m, "residual")))
+        out: FusedDoubleConv = cls._view(m)
+        return out
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
-        conv1, gn1, _, conv2, gn2 = self.double_conv
+        conv1, gn1, _, conv2, gn2 = _child(self, "double_conv")
         h = group_norm_act(conv1(x), *_gn(gn1), activation="gelu")
         h = conv2(h)
         if self.residual:
@@ -115,26 +139,21 @@ def down_reasons(m: nn.Module) -> list[str]:
     return [f"maxpool_conv[{i}]: {w}" for i in (1, 2) for w in double_conv_reasons(seq[i])] + _emb_reasons(m)
 
 
-class FusedDown(nn.Module):
-    """The seed's ``Down``: the time embedding is added inside the last GroupNorm pass."""
-
-    def __init__(self, maxpool_conv: nn.Sequential, emb_layer: nn.Module) -> None:
-        super().__init__()
-        self.maxpool_conv = maxpool_conv
-        self.emb_layer = emb_layer
+class FusedDown(_BlockView):
+    """The seed's ``Down``: the time embedding is added inside the last GroupNorm pass (when that
+    DoubleConv is fused too, as ``kernels.nn.patch`` does)."""
 
     @classmethod
     def from_module(cls, m: nn.Module) -> FusedDown:
         why = down_reasons(m)
         if why:
             raise ValueError(f"{type(m).__name__} cannot be fused: " + "; ".join(why))
-        pool, dc1, dc2 = _child(m, "maxpool_conv")
-        seq = nn.Sequential(pool, FusedDoubleConv.from_module(dc1), FusedDoubleConv.from_module(dc2))
-        return cls(seq, _child(m, "emb_layer"))
+        out: FusedDown = cls._view(m)
+        return out
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        pool, dc1, dc2 = self.maxpool_conv
-        return dc2(dc1(pool(x)), emb=self.emb_layer(t))
+        pool, dc1, dc2 = _child(self, "maxpool_conv")
+        return _double_conv(dc2, dc1(pool(x)), _child(self, "emb_layer")(t))
 
 
 def up_reasons(m: nn.Module) -> list[str]:
@@ -150,28 +169,20 @@ def up_reasons(m: nn.Module) -> list[str]:
     return out + [f"conv[{i}]: {w}" for i in (0, 1) for w in double_conv_reasons(seq[i])] + _emb_reasons(m)
 
 
-class FusedUp(nn.Module):
+class FusedUp(_BlockView):
     """The seed's ``Up``: upsample and concatenation in one pass, the embedding in the last GroupNorm."""
-
-    def __init__(self, up: nn.Module, conv: nn.Sequential, emb_layer: nn.Module) -> None:
-        super().__init__()
-        self.up = up
-        self.conv = conv
-        self.emb_layer = emb_layer
 
     @classmethod
     def from_module(cls, m: nn.Module) -> FusedUp:
         why = up_reasons(m)
         if why:
             raise ValueError(f"{type(m).__name__} cannot be fused: " + "; ".join(why))
-        dc1, dc2 = _child(m, "conv")
-        return cls(_child(m, "up"), nn.Sequential(FusedDoubleConv.from_module(dc1), FusedDoubleConv.from_module(dc2)),
-                   _child(m, "emb_layer"))
+        out: FusedUp = cls._view(m)
+        return out
 
     def forward(self, x: torch.Tensor, skip_x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        dc1, dc2 = self.conv
-        h = upsample_concat(x, skip_x)
-        return dc2(dc1(h), emb=self.emb_layer(t))
+        dc1, dc2 = _child(self, "conv")
+        return _double_conv(dc2, dc1(upsample_concat(x, skip_x)), _child(self, "emb_layer")(t))
 
 
 def self_attention_reasons(m: nn.Module) -> list[str]:
@@ -193,66 +204,27 @@ def self_attention_reasons(m: nn.Module) -> list[str]:
     return out
 
 
-class FusedSelfAttention(nn.Module):
+class FusedSelfAttention(_BlockView):
     """The seed's ``SelfAttention`` block with its layout change and norms fused."""
 
-    def __init__(self, channels: int, size: int, mha: nn.Module, ln: nn.LayerNorm, ff_self: nn.Sequential) -> None:
-        super().__init__()
-        self.channels = channels
-        self.size = size
-        self.mha = mha
-        self.ln = ln
-        self.ff_self = ff_self
+    ATTRIBUTES = ("channels", "size")
+    channels: int
+    size: int
 
     @classmethod
     def from_module(cls, m: nn.Module) -> FusedSelfAttention:
         why = self_attention_reasons(m)
         if why:
             raise ValueError(f"{type(m).__name__} cannot be fused: " + "; ".join(why))
-        return cls(*(_child(m, k) for k in ("channels", "size", "mha", "ln", "ff_self")))
+        out: FusedSelfAttention = cls._view(m)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ff_ln, lin1, act, lin2 = self.ff_self
-        tokens, x_ln = tokens_layer_norm(x, self.ln.weight, self.ln.bias, self.ln.eps)
-        attention, _ = self.mha(x_ln, x_ln, x_ln, need_weights=False)
+        ln = cast(nn.LayerNorm, _child(self, "ln"))
+        ff_ln, lin1, act, lin2 = _child(self, "ff_self")
+        tokens, x_ln = tokens_layer_norm(x, ln.weight, ln.bias, ln.eps)
+        attention, _ = _child(self, "mha")(x_ln, x_ln, x_ln, need_weights=False)
         norm = cast(nn.LayerNorm, ff_ln)
         s, h = add_layer_norm(attention, tokens, norm.weight, norm.bias, norm.eps)
         out = lin2(act(lin1(h))) + s
         return out.swapaxes(2, 1).view(-1, self.channels, x.shape[-2], x.shape[-1])
-
-
-# The seed's block classes (matched by name, so the seed's own ddpm.py modules, pyimpl.unet and
-# copies of it qualify), each with why an instance cannot be fused and how to build its drop-in.
-DROP_INS: dict[str, tuple[Callable[[nn.Module], list[str]], Callable[[nn.Module], nn.Module]]] = {
-    "DoubleConv": (double_conv_reasons, FusedDoubleConv.from_module),
-    "Down": (down_reasons, FusedDown.from_module),
-    "Up": (up_reasons, FusedUp.from_module),
-    "SelfAttention": (self_attention_reasons, FusedSelfAttention.from_module),
-}
-
-
-def fuse_seed_blocks(model: nn.Module) -> list[tuple[str, str, str]]:
-    """Swap the seed's blocks inside ``model`` (in place) for their fused drop-ins, sharing parameters.
-
-    Returns ``(qualified name, class, 'fused' or the reasons it was left)`` for every candidate.
-    """
-    report: list[tuple[str, str, str]] = []
-
-    def visit(parent: nn.Module, prefix: str) -> None:
-        for name, child in list(parent.named_children()):
-            qual = f"{prefix}{name}"
-            entry = DROP_INS.get(type(child).__name__)
-            if entry is None:
-                visit(child, qual + ".")
-                continue
-            reasons, build = entry
-            why = reasons(child)
-            if why:
-                report.append((qual, type(child).__name__, "; ".join(why)))
-                visit(child, qual + ".")
-                continue
-            setattr(parent, name, build(child))
-            report.append((qual, type(child).__name__, "fused"))
-
-    visit(model, "")
-    return report

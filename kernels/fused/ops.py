@@ -88,6 +88,8 @@ GN_SAMPLES = [
     _gn_sample("strided GroupNorm(2) (2,4,5,6)", (2, 4, 5, 6), 2, seed=6, layout="strided"),
     _gn_sample("no affine, 3-D (2,4,37)", (2, 4, 37), 4, affine=False, seed=7),
     _gn_sample("chunked rows (2,3,33,31)", (2, 3, 33, 31), 1, residual=True, seed=8),
+    _gn_sample("whole-plane tiles (1,2,32,32)+emb", (1, 2, 32, 32), 1, emb=True, residual=True, seed=12),
+    _gn_sample("channels-last odd C (2,6,3,5)+emb", (2, 6, 3, 5), 1, emb=True, layout="channels_last", seed=13),
     _gn_sample("mean 300 (2,3,11,13)", (2, 3, 11, 13), 1, offset=300.0, seed=9, dtypes=("float32", "float64")),
     _gn_sample("NaN in group 0 (2,4,3,3)", (2, 4, 3, 3), 2, nan=True, grad=False, seed=10),
     _gn_sample("empty batch (0,4,3,3)", (0, 4, 3, 3), 2, residual=True, emb=True, seed=11),

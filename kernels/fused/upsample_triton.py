@@ -42,8 +42,8 @@ def _upsample_concat_kernel(X, S, OUT, CS, CX, H, W,
     if cb < NCB_S:
         c = cb * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
         m = wm & (c < CS)
-        v = tl.load(S + b * ssb + c * ssc + oh * ssh + ow * ssw, mask=m)
-        tl.store(OUT + b * sob + c * soc + oh * soh + ow * sow, v, mask=m)
+        copied = tl.load(S + b * ssb + c * ssc + oh * ssh + ow * ssw, mask=m)
+        tl.store(OUT + b * sob + c * soc + oh * soh + ow * sow, copied, mask=m)
     else:
         c = (cb - NCB_S) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
         m = wm & (c < CX)

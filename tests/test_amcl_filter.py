@@ -13,8 +13,7 @@ import pytest
 from PIL import Image
 
 import kernels
-from kernels.amcl import AmclParameters, OccupancyMap, ParticleFilter, Scan
-from kernels.amcl import demo, draw, evaluate
+from kernels.amcl import AmclParameters, OccupancyMap, ParticleFilter, Scan, demo, draw, evaluate
 from kernels.amcl.simulator import SimulatedRun, generate_map, simulate
 
 NAV2_DEFAULTS = dict(min_particles=500, max_particles=2000, pf_err=0.05, update_min_d=0.25, update_min_a=0.2,
@@ -87,12 +86,12 @@ def test_update_gating_as_nav2(floor: OccupancyMap, run: SimulatedRun) -> None:
     odom = np.array([1.0, 1.0, 0.0])
     assert pf.update(odom, scan)  # the first scan always updates
     before = pf.poses.copy()
-    assert not pf.update(odom + [0.2, -0.2, 0.15], scan)  # under update_min_d / update_min_a
+    assert not pf.update(odom + np.array([0.2, -0.2, 0.15]), scan)  # under update_min_d / update_min_a
     np.testing.assert_array_equal(pf.poses, before)
-    assert pf.update(odom + [0.0, 0.26, 0.0], scan)  # |dy| > 0.25
-    assert pf.update(odom + [0.0, 0.26, 0.21], scan)  # |dθ| > 0.2
+    assert pf.update(odom + np.array([0.0, 0.26, 0.0]), scan)  # |dy| > 0.25
+    assert pf.update(odom + np.array([0.0, 0.26, 0.21]), scan)  # |dθ| > 0.2
     pf.force_update = True
-    assert pf.update(odom + [0.0, 0.26, 0.21], scan)
+    assert pf.update(odom + np.array([0.0, 0.26, 0.21]), scan)
     assert pf.updates == 4
 
 
@@ -125,7 +124,7 @@ def test_same_seed_same_run_on_numba_and_reference(floor: OccupancyMap, run: Sim
 @pytest.mark.parametrize("model", ["differential", "omni"])
 @pytest.mark.parametrize("laser", ["likelihood_field", "likelihood_field_prob", "beam"])
 def test_tracking_accuracy(floor: OccupancyMap, run: SimulatedRun, model: str, laser: str) -> None:
-    make = lambda: ParticleFilter(floor, random_seed=5, robot_model_type=model, laser_model_type=laser,  # noqa: E731
+    make = lambda: ParticleFilter(floor, random_seed=5, robot_model_type=model, laser_model_type=laser,
                                   do_beamskip=True, **SMALL)
     s = evaluate.track(run, make).summary()
     assert s["pos_median"] < 0.12 and s["pos_p95"] < 0.35, s
@@ -136,7 +135,7 @@ def test_global_localization_converges(floor: OccupancyMap) -> None:
     found = 0
     for seed in (11, 12):
         run = simulate(floor, 120, seed=seed, beams=120)
-        make = lambda: ParticleFilter(floor, random_seed=seed, max_particles=6000, min_particles=300,  # noqa: B023,E731
+        make = lambda: ParticleFilter(floor, random_seed=seed, max_particles=6000, min_particles=300,  # noqa: B023
                                       update_min_d=0.1, update_min_a=0.1, recovery_alpha_slow=0.001,
                                       recovery_alpha_fast=0.1)
         res = evaluate.global_localization(run, make)

@@ -13,7 +13,6 @@ from PIL import Image
 from kernels.amcl import OccupancyMap, amcl_distance_map, amcl_ray_cast, load_map, save_map
 from kernels.amcl.map_io import read_grid
 from kernels.amcl.ops import sample_map
-from pyimpl.amcl import maps
 
 SHARED_MAPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "maps"
 
@@ -113,7 +112,7 @@ def test_missing_and_broken_files(tmp_path: Path) -> None:
 
 
 def test_occupancy_map_checks_its_arguments() -> None:
-    with pytest.raises(ValueError, match="resolution=0.0"):
+    with pytest.raises(ValueError, match=r"resolution=0\.0"):
         OccupancyMap(np.zeros((2, 2), np.int8), 0.0)
     with pytest.raises(ValueError, match="values must be -1"):
         OccupancyMap(np.full((2, 2), 5, np.int8), 0.1)

@@ -44,7 +44,7 @@ def test_motion_without_noise_applies_odometry_in_each_particles_frame(backend: 
     odom_old = np.array([1.0, 2.0, 0.5])
     step = np.array([0.3, 0.1, 0.2])  # forward, left, turn in the robot frame
     c, s = math.cos(odom_old[2]), math.sin(odom_old[2])
-    odom_new = odom_old + [c * step[0] - s * step[1], s * step[0] + c * step[1], step[2]]
+    odom_new = odom_old + np.array([c * step[0] - s * step[1], s * step[0] + c * step[1], step[2]])
     delta = odom_new - odom_old
     poses = np.array([[0.0, 0.0, 0.0], [5.0, -1.0, 2.0], [-3.0, 4.0, -3.0]])
     out = amcl_motion(poses, odom_new, delta, np.zeros(5), np.random.default_rng(0).standard_normal((3, 3)),
@@ -135,7 +135,7 @@ def test_likelihood_field_formula_and_ignored_beams(room, backend: str) -> None:
                                  backend=backend)
     assert more[0] == one[0]
     # a laser mounted 0.2 m ahead sees the map as from a pose 0.2 m ahead
-    fwd = truth + [0.2 * math.cos(truth[2]), 0.2 * math.sin(truth[2]), 0.0]
+    fwd = truth + np.array([0.2 * math.cos(truth[2]), 0.2 * math.sin(truth[2]), 0.0])
     a = amcl_likelihood_field(pose, ranges, bearings, dist, *m.geometry, 1.0, 5.0, 0.5, 0.5, 0.2,
                               np.array([0.2, 0.0, 0.0]), backend=backend)
     b = amcl_likelihood_field(fwd[None], ranges, bearings, dist, *m.geometry, 1.0, 5.0, 0.5, 0.5, 0.2, np.zeros(3),
@@ -231,12 +231,14 @@ def test_resampling_is_linear_in_n() -> None:
         poses = np.stack([rng.normal(0, 3, n), rng.normal(0, 3, n), rng.uniform(-3, 3, n)], 1)
         args = (poses, rng.random(n), rng.random(n), np.ones(n), np.zeros((n, 3)), 0.0, n, n, 0.05, 2.326, BINS)
         amcl_kld_resample(*args)  # compiled / warm
-        t = time.perf_counter()
-        for _ in range(3):
+        best = math.inf
+        for _ in range(5):
+            t = time.perf_counter()
             amcl_kld_resample(*args)
-        times[n] = (time.perf_counter() - t) / 3
+            best = min(best, time.perf_counter() - t)
+        times[n] = best
     assert times[50000] < 0.25  # nav2's O(N²) scan takes over a second here
-    assert times[50000] < 40 * times[5000]  # 10x the particles: about 10x the time, not 100x
+    assert times[50000] < 40 * times[5000]  # 10x the particles: 10-20x the time (log N, caches), not 100x
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -246,8 +248,8 @@ def test_clusters_wrap_theta_at_pi(backend: str) -> None:
     th = np.arctan2(np.sin(math.pi + rng.normal(0, 0.1, n)), np.cos(math.pi + rng.normal(0, 0.1, n)))
     poses = np.stack([rng.normal(3, 0.1, n), rng.normal(3, 0.1, n), th], 1)
     w = np.full(n, 1.0 / n)
-    _, cw, cm, _, _, _ = amcl_cluster_stats(poses, w, BINS, True, backend=backend)
-    assert len(cw) == 1 and abs(angle_diff(cm[0, 2], math.pi)) < 0.05
+    _, cw, means, _, _, _ = amcl_cluster_stats(poses, w, BINS, True, backend=backend)
+    assert len(cw) == 1 and abs(angle_diff(means[0, 2], math.pi)) < 0.05
     _, cw_nav2, _, _, _, _ = amcl_cluster_stats(poses, w, BINS, False, backend=backend)
     assert len(cw_nav2) == 2  # nav2: the ±π seam splits one heading into two clusters
 
@@ -259,7 +261,7 @@ def test_cluster_covariance_is_normalised_by_cluster_weight(backend: str) -> Non
     b = np.stack([rng.normal(9, 0.1, 700), rng.normal(9, 0.1, 700), rng.normal(-1.0, 0.01, 700)], 1)
     poses = np.concatenate([a, b])
     w = np.full(1000, 1e-3)
-    labels, cw, cm, cc, _, _ = amcl_cluster_stats(poses, w, BINS, backend=backend)
+    labels, cw, _, cc, _, _ = amcl_cluster_stats(poses, w, BINS, backend=backend)
     small = int(labels[0])
     assert cw[small] == pytest.approx(0.3)
     var_theta = 1 - abs(np.mean(np.exp(1j * a[:, 2])))
@@ -275,7 +277,7 @@ def test_cluster_covariance_far_from_the_origin(backend: str) -> None:
     rng = np.random.default_rng(8)
     poses = np.stack([1e5 + rng.normal(0, 0.01, 500), -2e5 + rng.normal(0, 0.01, 500), np.zeros(500)], 1)
     w = np.full(500, 1 / 500)
-    _, _, _, _, mean, cov = amcl_cluster_stats(poses, w, BINS, backend=backend)
+    *_, cov = amcl_cluster_stats(poses, w, BINS, backend=backend)
     exact = np.cov((poses[:, :2] - poses[:, :2].mean(0)).T, bias=True)
     np.testing.assert_allclose(cov[:2, :2], exact, rtol=1e-6)
     nav2 = (w[:, None] * poses[:, :1] ** 2).sum() - ((w * poses[:, 0]).sum()) ** 2  # E[x²] - E[x]²

@@ -169,51 +169,44 @@ def cluster_labels_numba(poses: np.ndarray, bin_size: np.ndarray, wrap: bool) ->
 
 
 @njit(cache=True)
-def _group_stats(poses: np.ndarray, weights: np.ndarray, labels: np.ndarray, c: int,
-                 all_particles: bool) -> tuple[float, np.ndarray, np.ndarray]:
+def _moments(poses: np.ndarray, weights: np.ndarray, group: np.ndarray, n_groups: int,
+             uniform: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per group g: Σw, means (x, y, circular θ), covariances (centred x-y, -2·log R for θ), with
+    w = 1 for the groups whose weights are all zero. Two passes over the particles."""
     n = poses.shape[0]
-    total = 0.0
+    sums = np.zeros((n_groups, 5))  # Σw, Σw·x, Σw·y, Σw·cos θ, Σw·sin θ
     for p in range(n):
-        if all_particles or labels[p] == c:
-            total += weights[p]
-    uniform = not total > 0
-    weight = 0.0 if uniform else total
-    sw = 0.0
-    sx = 0.0
-    sy = 0.0
-    sc = 0.0
-    ss = 0.0
+        g = group[p]
+        w = 1.0 if uniform[g] else weights[p]
+        sums[g, 0] += w
+        sums[g, 1] += w * poses[p, 0]
+        sums[g, 2] += w * poses[p, 1]
+        sums[g, 3] += w * math.cos(poses[p, 2])
+        sums[g, 4] += w * math.sin(poses[p, 2])
+    mean = np.zeros((n_groups, 3))
+    for g in range(n_groups):
+        mean[g, 0] = sums[g, 1] / sums[g, 0]
+        mean[g, 1] = sums[g, 2] / sums[g, 0]
+        mean[g, 2] = math.atan2(sums[g, 4], sums[g, 3])
+    second = np.zeros((n_groups, 3))  # Σw·dx², Σw·dx·dy, Σw·dy²
     for p in range(n):
-        if all_particles or labels[p] == c:
-            w = 1.0 if uniform else weights[p]
-            sw += w
-            sx += w * poses[p, 0]
-            sy += w * poses[p, 1]
-            sc += w * math.cos(poses[p, 2])
-            ss += w * math.sin(poses[p, 2])
-    mean = np.zeros(3)
-    cov = np.zeros((3, 3))
-    mean[0] = sx / sw
-    mean[1] = sy / sw
-    mean[2] = math.atan2(ss, sc)
-    cxx = 0.0
-    cxy = 0.0
-    cyy = 0.0
-    for p in range(n):
-        if all_particles or labels[p] == c:
-            w = 1.0 if uniform else weights[p]
-            dx = poses[p, 0] - mean[0]
-            dy = poses[p, 1] - mean[1]
-            cxx += w * dx * dx
-            cxy += w * dx * dy
-            cyy += w * dy * dy
-    cov[0, 0] = cxx / sw
-    cov[0, 1] = cxy / sw
-    cov[1, 0] = cxy / sw
-    cov[1, 1] = cyy / sw
-    r = min(math.sqrt(sc * sc + ss * ss) / sw, 1.0)
-    cov[2, 2] = -2.0 * math.log(r) if r > 0 else math.inf
-    return weight, mean, cov
+        g = group[p]
+        w = 1.0 if uniform[g] else weights[p]
+        dx = poses[p, 0] - mean[g, 0]
+        dy = poses[p, 1] - mean[g, 1]
+        second[g, 0] += w * dx * dx
+        second[g, 1] += w * dx * dy
+        second[g, 2] += w * dy * dy
+    cov = np.zeros((n_groups, 3, 3))
+    for g in range(n_groups):
+        sw = sums[g, 0]
+        cov[g, 0, 0] = second[g, 0] / sw
+        cov[g, 0, 1] = second[g, 1] / sw
+        cov[g, 1, 0] = second[g, 1] / sw
+        cov[g, 1, 1] = second[g, 2] / sw
+        r = min(math.sqrt(sums[g, 3] * sums[g, 3] + sums[g, 4] * sums[g, 4]) / sw, 1.0)
+        cov[g, 2, 2] = -2.0 * math.log(r) if r > 0 else math.inf
+    return sums[:, 0].copy(), mean, cov
 
 
 @njit(cache=True)
@@ -224,24 +217,20 @@ def cluster_stats_numba(poses: np.ndarray, weights: np.ndarray, bin_size: np.nda
     n_clusters = 0
     for p in range(n):
         n_clusters = max(n_clusters, labels[p] + 1)
-    cw = np.zeros(n_clusters)
-    cm = np.zeros((n_clusters, 3))
-    cc = np.zeros((n_clusters, 3, 3))
-    if n_clusters <= 64:
-        for c in range(n_clusters):
-            cw[c], cm[c], cc[c] = _group_stats(poses, weights, labels, c, False)
-    else:  # many clusters: one pass per cluster would be O(N·C); gather members first
-        order = np.argsort(labels, kind="mergesort")
-        start = 0
-        for c in range(n_clusters):
-            stop = start
-            while stop < n and labels[order[stop]] == c:
-                stop += 1
-            idx = order[start:stop]
-            cw[c], cm[c], cc[c] = _group_stats(poses[idx], weights[idx], labels[idx], c, False)
-            start = stop
-    if n > 0:
-        _, mean, cov = _group_stats(poses, weights, labels, 0, True)
-    else:
-        mean, cov = np.zeros(3), np.zeros((3, 3))
-    return labels, cw, cm, cc, mean, cov
+    totals = np.zeros(n_clusters)
+    for p in range(n):
+        totals[labels[p]] += weights[p]
+    uniform = np.empty(n_clusters, np.bool_)
+    for c in range(n_clusters):
+        uniform[c] = not totals[c] > 0
+    cw, cm, cc = _moments(poses, weights, labels, n_clusters, uniform)
+    for c in range(n_clusters):
+        if uniform[c]:
+            cw[c] = 0.0
+    if n == 0:
+        return labels, cw, cm, cc, np.zeros(3), np.zeros((3, 3))
+    total = 0.0
+    for p in range(n):
+        total += weights[p]
+    _, mean, cov = _moments(poses, weights, np.zeros(n, np.int64), 1, np.array([not total > 0]))
+    return labels, cw, cm, cc, mean[0].copy(), cov[0].copy()

@@ -6,8 +6,8 @@ parabolas (columns, then rows), O(cells); then d = res·sqrt(d²) within int(max
 ``max_dist`` beyond, the values of ``pyimpl.amcl.maps.distance_map`` (O(cells·r²)). Reads the
 int8 grid once and writes one float64 per cell.
 
-ray_cast: nav2's ``map_calc_range`` Bresenham walk per ray, serial or with the poses in parallel
-(prange); a ray reads at most range / res + 2 cells.
+ray_cast: nav2's ``map_calc_range`` Bresenham walk per ray over a range of poses, GIL released so
+``ops`` can split the poses over threads; a ray reads at most range / res + 2 cells.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 _FAR = 1e20  # "no obstacle" in the squared transform, as in Felzenszwalb's reference code
 
@@ -109,23 +109,11 @@ def calc_range(state: np.ndarray, resolution: float, origin_x: float, origin_y: 
             error -= deltax
 
 
-@njit(cache=True)
-def ray_cast_serial(state: np.ndarray, resolution: float, origin_x: float, origin_y: float, poses: np.ndarray,
-                    bearings: np.ndarray, max_range: float) -> np.ndarray:
-    out = np.empty((poses.shape[0], bearings.shape[0]))
-    for k in range(poses.shape[0]):
+@njit(cache=True, nogil=True)
+def ray_cast_range(start: int, stop: int, out: np.ndarray, state: np.ndarray, resolution: float, origin_x: float,
+                   origin_y: float, poses: np.ndarray, bearings: np.ndarray, max_range: float) -> None:
+    """Ranges of poses ``start:stop`` along every bearing into ``out`` (GIL released)."""
+    for k in range(start, stop):
         for m in range(bearings.shape[0]):
             out[k, m] = calc_range(state, resolution, origin_x, origin_y, poses[k, 0], poses[k, 1],
                                    poses[k, 2] + bearings[m], max_range)
-    return out
-
-
-@njit(cache=True, parallel=True)
-def ray_cast_parallel(state: np.ndarray, resolution: float, origin_x: float, origin_y: float, poses: np.ndarray,
-                      bearings: np.ndarray, max_range: float) -> np.ndarray:
-    out = np.empty((poses.shape[0], bearings.shape[0]))
-    for k in prange(poses.shape[0]):
-        for m in range(bearings.shape[0]):
-            out[k, m] = calc_range(state, resolution, origin_x, origin_y, poses[k, 0], poses[k, 1],
-                                   poses[k, 2] + bearings[m], max_range)
-    return out

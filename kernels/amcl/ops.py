@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import itertools
 import math
+import os
+import weakref
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from types import ModuleType
 from typing import Any
@@ -25,12 +29,41 @@ GRID = ("int8",)
 CLOSE = {"*": Tolerance(atol=1e-12, rtol=1e-12)}
 
 
-PARALLEL_MIN_WORK = 16384  # particle-beams (or rays) below which waking the thread pool does not pay
+PARALLEL_MIN_WORK = 16384  # particle-beams (or rays) below which handing work to threads does not pay
+_THREADS = [int(os.environ.get("KERNELS_AMCL_THREADS", "0")) or (os.cpu_count() or 1)]
+_POOL: list[ThreadPoolExecutor | None] = [None]
 
 
-def _parallel(work: int, forced: bool) -> bool:
-    """The prange variant for ``work`` units: always when forced, else when big enough to repay it."""
-    return forced or work >= PARALLEL_MIN_WORK
+def set_threads(n: int) -> None:
+    """Threads the sensor models and ray casting split big calls over (default: the CPU count,
+    or ``KERNELS_AMCL_THREADS``); 1 runs everything on the calling thread."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n={n!r}: expected an integer >= 1")
+    _THREADS[0] = n
+    pool, _POOL[0] = _POOL[0], None
+    if pool is not None:
+        pool.shutdown(wait=True)
+
+
+def get_threads() -> int:
+    return _THREADS[0]
+
+
+def _launch(kernel: Callable[..., None], n: int, work: int, force_parallel: bool, *args: Any) -> None:
+    """Run ``kernel(start, stop, *args)`` over 0..n: inline when the work is small or one thread is
+    set, else in equal chunks on the pool (the kernels release the GIL and write disjoint rows)."""
+    threads = min(_THREADS[0], n)
+    if threads <= 1 or not (force_parallel or work >= PARALLEL_MIN_WORK):
+        kernel(0, n, *args)
+        return
+    pool = _POOL[0]
+    if pool is None:
+        pool = _POOL[0] = ThreadPoolExecutor(max_workers=_THREADS[0], thread_name_prefix="amcl")
+    bounds = np.linspace(0, n, threads + 1).astype(np.int64)
+    futures = [pool.submit(kernel, int(a), int(b), *args) for a, b in itertools.pairwise(bounds[1:])]
+    kernel(0, int(bounds[1]), *args)
+    for f in futures:
+        f.result()
 
 
 def numba_unavailable() -> str | None:
@@ -157,21 +190,23 @@ def _ray_cast_ref(state: np.ndarray, resolution: float, origin_x: float, origin_
 def _ray_cast(state: np.ndarray, resolution: float, origin_x: float, origin_y: float, poses: np.ndarray,
               bearings: np.ndarray, max_range: float, force_parallel: bool) -> np.ndarray:
     _check_ray_args(poses, bearings, max_range)
-    mod = _numba("maps")
-    fn = mod.ray_cast_parallel if _parallel(len(poses) * len(bearings), force_parallel) else mod.ray_cast_serial
-    return fn(np.ascontiguousarray(state, np.int8), float(resolution), float(origin_x), float(origin_y),
-              _f64(poses), _f64(bearings), float(max_range))
+    poses, bearings = _f64(poses), _f64(bearings)
+    out = np.empty((len(poses), len(bearings)))
+    _launch(_numba("maps").ray_cast_range, len(poses), len(poses) * len(bearings), force_parallel, out,
+            np.ascontiguousarray(state, np.int8), float(resolution), float(origin_x), float(origin_y), poses,
+            bearings, float(max_range))
+    return out
 
 
 def ray_cast_numba(state: np.ndarray, resolution: float, origin_x: float, origin_y: float, poses: np.ndarray,
                    bearings: np.ndarray, max_range: float) -> np.ndarray:
-    """nav2's Bresenham ``map_calc_range`` for every (pose, bearing); poses in parallel when many."""
+    """nav2's Bresenham ``map_calc_range`` for every (pose, bearing); poses split over threads when many."""
     return _ray_cast(state, resolution, origin_x, origin_y, poses, bearings, max_range, False)
 
 
 def ray_cast_numba_parallel(state: np.ndarray, resolution: float, origin_x: float, origin_y: float,
                             poses: np.ndarray, bearings: np.ndarray, max_range: float) -> np.ndarray:
-    """``ray_cast_numba`` always on the thread pool (prange over poses), whatever the size."""
+    """``ray_cast_numba`` always split over the threads, whatever the size."""
     return _ray_cast(state, resolution, origin_x, origin_y, poses, bearings, max_range, True)
 
 
@@ -250,7 +285,7 @@ LF_PARAMS = dict(max_dist=1.0, z_hit=0.5, z_rand=0.5, sigma_hit=0.2)
 
 
 def _lf(n: int, n_beams: int, seed: int, laser: tuple[float, float, float] = (0.0, 0.0, 0.0),
-        prob: dict[str, Any] | None = None, near: bool = False) -> Make:
+        prob: dict[str, Any] | None = None, near: bool = False, read_only: bool = False) -> Make:
     def make(device: str, dtype: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
         m = sample_map(seed=seed)
         poses = _poses(m, n, seed, off_map=True)
@@ -258,6 +293,7 @@ def _lf(n: int, n_beams: int, seed: int, laser: tuple[float, float, float] = (0.
             poses = np.array([0.9, 0.8, 0.3]) + np.random.default_rng(seed).normal(0, 0.05, (n, 3))
         ranges, bearings = _scan(n_beams, seed)
         dist = maps.distance_map(m.state, m.resolution, LF_PARAMS["max_dist"])
+        dist.setflags(write=not read_only)
         args = (poses, ranges, bearings, dist, *m.geometry, LF_PARAMS["max_dist"], 4.0, LF_PARAMS["z_hit"],
                 LF_PARAMS["z_rand"], LF_PARAMS["sigma_hit"], np.array(laser))
         return args, dict(prob or {})
@@ -271,22 +307,55 @@ def _check_lf(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarray, laser
     return poses, ranges, bearings, laser_pose
 
 
+_TABLES: dict[tuple[Any, ...], tuple[weakref.ref[np.ndarray], np.ndarray]] = {}
+
+
+def _field_table(dist: np.ndarray, key: tuple[Any, ...], log_sum: bool) -> np.ndarray | None:
+    """The per-cell pz³ / log pz table for a read-only distance map (built once, kept while the
+    map lives); None for a writable map, which could change under a cached table."""
+    if dist.flags.writeable or dist.dtype != np.float64 or not dist.flags.c_contiguous:
+        return None
+    full = (id(dist), dist.shape, log_sum, *key)
+    hit = _TABLES.get(full)
+    if hit is not None and hit[0]() is dist:
+        return hit[1]
+    z_hit, z_rand, sigma_hit, range_max = key
+    table = _numba("sensors").field_table(dist, z_hit, z_rand, sigma_hit, range_max, log_sum)
+    for k in [k for k, (ref, _) in _TABLES.items() if ref() is None]:
+        del _TABLES[k]
+    _TABLES[full] = (weakref.ref(dist), table)
+    return table
+
+
 def _likelihood_field(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarray, dist: np.ndarray,
                       resolution: float, origin_x: float, origin_y: float, max_dist: float, range_max: float,
                       z_hit: float, z_rand: float, sigma_hit: float, laser_pose: np.ndarray, log_sum: bool,
                       force_parallel: bool) -> np.ndarray:
     poses, ranges, bearings, laser_pose = _check_lf(poses, ranges, bearings, laser_pose, range_max)
     mod = _numba("sensors")
-    fn = (mod.likelihood_field_parallel if _parallel(len(poses) * len(ranges), force_parallel)
-          else mod.likelihood_field_serial)
-    return fn(poses, ranges, bearings, _f64(dist), float(resolution), float(origin_x), float(origin_y),
-              float(max_dist), float(range_max), float(z_hit), float(z_rand), float(sigma_hit), laser_pose, log_sum)
+    d = _f64(dist)
+    key = (float(z_hit), float(z_rand), float(sigma_hit), float(range_max))
+    n, work = len(poses), len(poses) * len(ranges)
+    cx, cy, zr, denom, bx, by = mod.field_setup(d, ranges, bearings, float(resolution), float(origin_x),
+                                                float(origin_y), float(range_max), float(z_rand), float(sigma_hit))
+    out = np.empty(n)
+    table = _field_table(d, key, log_sum)
+    if table is None and work * 4 > d.size:  # one exp per cell beats one per beam
+        table = mod.field_table(d, *key, log_sum)
+    if table is not None:
+        off = mod.field_table(np.full((1, 1), float(max_dist)), *key, log_sum)[0, 0]
+        _launch(mod.likelihood_table_range, n, work, force_parallel, out, poses, ranges, bx, by, table, off, cx, cy,
+                float(resolution), float(range_max), laser_pose, log_sum)
+    else:
+        _launch(mod.likelihood_field_range, n, work, force_parallel, out, poses, ranges, bx, by, d, cx, cy,
+                float(resolution), float(max_dist), float(range_max), float(z_hit), zr, denom, laser_pose, log_sum)
+    return out
 
 
 def likelihood_field_numba(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarray, dist: np.ndarray,
                            resolution: float, origin_x: float, origin_y: float, max_dist: float, range_max: float,
                            z_hit: float, z_rand: float, sigma_hit: float, laser_pose: np.ndarray) -> np.ndarray:
-    """nav2's likelihood field (p = 1 + Σ pz³); particles in parallel when there are many."""
+    """nav2's likelihood field (p = 1 + Σ pz³); particles split over threads when there are many."""
     return _likelihood_field(poses, ranges, bearings, dist, resolution, origin_x, origin_y, max_dist, range_max,
                              z_hit, z_rand, sigma_hit, laser_pose, False, False)
 
@@ -295,7 +364,7 @@ def likelihood_field_numba_parallel(poses: np.ndarray, ranges: np.ndarray, beari
                                     resolution: float, origin_x: float, origin_y: float, max_dist: float,
                                     range_max: float, z_hit: float, z_rand: float, sigma_hit: float,
                                     laser_pose: np.ndarray) -> np.ndarray:
-    """``likelihood_field_numba`` always on the thread pool."""
+    """``likelihood_field_numba`` always split over the threads."""
     return _likelihood_field(poses, ranges, bearings, dist, resolution, origin_x, origin_y, max_dist, range_max,
                              z_hit, z_rand, sigma_hit, laser_pose, False, True)
 
@@ -312,6 +381,8 @@ def _lf_errors(extra: dict[str, Any]) -> list[ErrorSample]:
 
 LF_SAMPLES = [
     Sample("N=37 B=61 NaN/inf/max beams", _lf(37, 61, 0)),
+    Sample("N=3 B=11 (exp per beam)", _lf(3, 11, 8)),
+    Sample("N=97 B=45 read-only map (cached table)", _lf(97, 45, 9, read_only=True)),
     Sample("N=64 B=17 laser offset", _lf(64, 17, 1, laser=(0.2, -0.05, 0.3))),
     Sample("N=0 B=9", _lf(0, 9, 2)),
     Sample("N=5 B=0", _lf(5, 0, 3)),
@@ -341,11 +412,19 @@ def _likelihood_field_prob(poses: np.ndarray, ranges: np.ndarray, bearings: np.n
                                  z_hit, z_rand, sigma_hit, laser_pose, True, force_parallel)
     poses, ranges, bearings, laser_pose = _check_lf(poses, ranges, bearings, laser_pose, range_max)
     mod = _numba("sensors")
-    fn = (mod.likelihood_field_beamskip_parallel if _parallel(len(poses) * len(ranges), force_parallel)
-          else mod.likelihood_field_beamskip_serial)
-    return fn(poses, ranges, bearings, _f64(dist), float(resolution), float(origin_x), float(origin_y),
-              float(max_dist), float(range_max), float(z_hit), float(z_rand), float(sigma_hit), laser_pose,
-              float(beam_skip_distance), float(beam_skip_threshold), float(beam_skip_error_threshold))
+    d = _f64(dist)
+    n, nb = len(poses), len(ranges)
+    cx, cy, zr, denom, bx, by = mod.field_setup(d, ranges, bearings, float(resolution), float(origin_x),
+                                                float(origin_y), float(range_max), float(z_rand), float(sigma_hit))
+    logs = np.zeros((n, nb))
+    near = np.zeros((n, nb), np.bool_)
+    _launch(mod.beamskip_logs_range, n, n * nb, force_parallel, logs, near, poses, ranges, bx, by, d, cx, cy,
+            float(resolution), float(max_dist), float(range_max), float(z_hit), zr, denom, laser_pose,
+            float(beam_skip_distance))
+    keep = mod.skip_mask(near, float(beam_skip_threshold), float(beam_skip_error_threshold))
+    out = np.empty(n)
+    _launch(mod.masked_exp_range, n, n * nb, force_parallel, out, logs, keep)
+    return out
 
 
 def likelihood_field_prob_numba(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarray, dist: np.ndarray,
@@ -354,7 +433,7 @@ def likelihood_field_prob_numba(poses: np.ndarray, ranges: np.ndarray, bearings:
                                 laser_pose: np.ndarray, do_beamskip: bool = False, converged: bool = False,
                                 beam_skip_distance: float = 0.5, beam_skip_threshold: float = 0.3,
                                 beam_skip_error_threshold: float = 0.9) -> np.ndarray:
-    """nav2's likelihood_field_prob (p = exp Σ log pz, beam skipping when converged); parallel when big."""
+    """nav2's likelihood_field_prob (p = exp Σ log pz, beam skipping when converged); threads when big."""
     return _likelihood_field_prob(poses, ranges, bearings, dist, resolution, origin_x, origin_y, max_dist, range_max,
                                   z_hit, z_rand, sigma_hit, laser_pose, do_beamskip, converged, beam_skip_distance,
                                   beam_skip_threshold, beam_skip_error_threshold, False)
@@ -367,7 +446,7 @@ def likelihood_field_prob_numba_parallel(poses: np.ndarray, ranges: np.ndarray, 
                                          converged: bool = False, beam_skip_distance: float = 0.5,
                                          beam_skip_threshold: float = 0.3,
                                          beam_skip_error_threshold: float = 0.9) -> np.ndarray:
-    """``likelihood_field_prob_numba`` always on the thread pool."""
+    """``likelihood_field_prob_numba`` always split over the threads."""
     return _likelihood_field_prob(poses, ranges, bearings, dist, resolution, origin_x, origin_y, max_dist, range_max,
                                   z_hit, z_rand, sigma_hit, laser_pose, do_beamskip, converged, beam_skip_distance,
                                   beam_skip_threshold, beam_skip_error_threshold, True)
@@ -413,19 +492,20 @@ def _beam_model(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarray, sta
                 z_rand: float, sigma_hit: float, lambda_short: float, laser_pose: np.ndarray,
                 force_parallel: bool) -> np.ndarray:
     poses, ranges, bearings, laser_pose = _check_lf(poses, ranges, bearings, laser_pose, range_max)
-    mod = _numba("sensors")
-    # a beam walks up to range / res cells: parallel pays off sooner than for the likelihood field
-    fn = mod.beam_model_parallel if _parallel(8 * len(poses) * len(ranges), force_parallel) else mod.beam_model_serial
-    return fn(poses, ranges, bearings, np.ascontiguousarray(state, np.int8), float(resolution), float(origin_x),
-              float(origin_y), float(range_max), float(z_hit), float(z_short), float(z_max), float(z_rand),
-              float(sigma_hit), float(lambda_short), laser_pose)
+    out = np.empty(len(poses))
+    # a beam walks up to range / res cells: threads pay off sooner than for the likelihood field
+    _launch(_numba("sensors").beam_model_range, len(poses), 8 * len(poses) * len(ranges), force_parallel, out, poses,
+            ranges, bearings, np.ascontiguousarray(state, np.int8), float(resolution), float(origin_x),
+            float(origin_y), float(range_max), float(z_hit), float(z_short), float(z_max), float(z_rand),
+            float(sigma_hit), float(lambda_short), laser_pose)
+    return out
 
 
 def beam_model_numba(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarray, state: np.ndarray,
                      resolution: float, origin_x: float, origin_y: float, range_max: float, z_hit: float,
                      z_short: float, z_max: float, z_rand: float, sigma_hit: float, lambda_short: float,
                      laser_pose: np.ndarray) -> np.ndarray:
-    """nav2's beam model (ray-cast expected ranges, p = 1 + Σ pz³); parallel when big."""
+    """nav2's beam model (ray-cast expected ranges, p = 1 + Σ pz³); threads when big."""
     return _beam_model(poses, ranges, bearings, state, resolution, origin_x, origin_y, range_max, z_hit, z_short,
                        z_max, z_rand, sigma_hit, lambda_short, laser_pose, False)
 
@@ -434,7 +514,7 @@ def beam_model_numba_parallel(poses: np.ndarray, ranges: np.ndarray, bearings: n
                               resolution: float, origin_x: float, origin_y: float, range_max: float, z_hit: float,
                               z_short: float, z_max: float, z_rand: float, sigma_hit: float, lambda_short: float,
                               laser_pose: np.ndarray) -> np.ndarray:
-    """``beam_model_numba`` always on the thread pool."""
+    """``beam_model_numba`` always split over the threads."""
     return _beam_model(poses, ranges, bearings, state, resolution, origin_x, origin_y, range_max, z_hit, z_short,
                        z_max, z_rand, sigma_hit, lambda_short, laser_pose, True)
 

@@ -40,7 +40,6 @@ def compile_all() -> dict[str, float]:
         "motion": lambda: ops.motion_numba(poses, np.zeros(3), np.full(3, 0.1), np.full(5, 0.2), np.zeros((2, 3))),
         "likelihood_field": lambda: ops.likelihood_field_numba(*lf),
         "likelihood_field (parallel)": lambda: ops.likelihood_field_numba_parallel(*lf),
-        "likelihood_field_prob": lambda: ops.likelihood_field_prob_numba(*lf),
         "likelihood_field_prob beam skip": lambda: ops.likelihood_field_prob_numba(*lf, do_beamskip=True,
                                                                                    converged=True),
         "likelihood_field_prob (parallel)": lambda: ops.likelihood_field_prob_numba_parallel(

@@ -106,8 +106,9 @@ class ParticleFilter:
         self.free_cells = occupancy_map.free_cells()
         self.distance: np.ndarray | None = None
         if p.laser_model_type != "beam":
-            self.distance = np.asarray(self.kernels["distance_map"](occupancy_map.state, occupancy_map.resolution,
-                                                                     p.laser_likelihood_max_dist))
+            self.distance = np.array(self.kernels["distance_map"](occupancy_map.state, occupancy_map.resolution,
+                                                                   p.laser_likelihood_max_dist))
+            self.distance.setflags(write=False)  # fixed for the filter's life: kernels may cache tables of it
         self.poses = np.zeros((0, 3))
         self.weights = np.zeros(0)
         self.w_slow = self.w_fast = 0.0

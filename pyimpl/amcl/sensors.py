@@ -4,7 +4,7 @@ multiplied by, given one scan (already subsampled to the beams the model uses).
 Every model places the laser on the particle (``coord_add(laser_pose, pose)``) and, per beam of
 range r and bearing b, looks at the map from there:
 
-- likelihood_field: end point e = pose + r·(cos(θ+b), sin(θ+b)); z = distance map at e
+- likelihood_field: end point e = pose + R(θ)·r·(cos b, sin b); z = distance map at e
   (``max_dist`` off the map); pz = z_hit·exp(-z²/(2σ²)) + z_rand / range_max;
   p = 1 + Σ pz³ (nav2's ad-hoc combination). Max-range (r ≥ range_max) and NaN beams are ignored.
 - likelihood_field_prob: the same pz, combined as p = exp(Σ log pz). With ``do_beamskip`` on a
@@ -63,11 +63,15 @@ def check_scan_args(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarray,
 def _endpoint_cells(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarray, shape: tuple[int, int],
                     resolution: float, origin_x: float, origin_y: float,
                     laser_pose: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cell (i, j) of every beam's end point (N, B) and whether it lies on the map."""
+    """Cell (i, j) of every beam's end point (N, B) and whether it lies on the map.
+
+    End point: the laser-frame point r·(cos b, sin b) rotated by the laser's heading θ and moved
+    to its position (the same point as pose + r·(cos(θ+b), sin(θ+b)), without a sincos per beam)."""
     lp = coord_add(laser_pose, poses)
-    ang = lp[:, 2:3] + bearings[None, :]
-    hx = lp[:, 0:1] + ranges[None, :] * np.cos(ang)
-    hy = lp[:, 1:2] + ranges[None, :] * np.sin(ang)
+    bx, by = ranges * np.cos(bearings), ranges * np.sin(bearings)
+    c, s = np.cos(lp[:, 2:3]), np.sin(lp[:, 2:3])
+    hx = lp[:, 0:1] + c * bx[None, :] - s * by[None, :]
+    hy = lp[:, 1:2] + s * bx[None, :] + c * by[None, :]
     h, w = shape
     fi, fj = world_to_cell(hx, hy, w, h, resolution, origin_x, origin_y)
     valid = (fi >= 0) & (fi < w) & (fj >= 0) & (fj < h)

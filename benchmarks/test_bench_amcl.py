@@ -3,13 +3,15 @@
 Cases (60 beams, likelihood field unless named; particles in a tracking cloud on a real ROS map
 when ../shared/data/maps is present, else on a generated floor):
 - motion: N = 2000, 10 000, 50 000
-- sensor: likelihood_field, likelihood_field_prob, beam at N = 2000, 10 000; 1 vs all threads
+- sensor: likelihood_field, likelihood_field_prob, beam at N = 2000, 10 000; 1 thread vs all
+  (``kernels.amcl.ops.set_threads``)
 - beams: N = 10 000 with 15 .. 240 beams (how time grows with beams)
 - resample: fixed N = 2000, 10 000, 50 000 draws; nav2's sampler (a linear scan of the cumulative
   weights per draw) compiled with Numba as the peer, so the difference is the algorithm alone
 - update: a whole filter update (motion + sensor + resample + clusters) at fixed N = 2000, 10 000:
   ours (likelihood field and beam model), the reference filter, and nav2's C core (beam model)
-- compile: a fresh process compiling every kernel (empty cache) and one loading them from the cache
+- compile: a fresh process (``python -m kernels.amcl.warmup``: Python, ``import kernels`` with its
+  torch import, then every AMCL kernel) with an empty Numba cache, and one loading from the cache
 Every case verifies its output against the reference before timing.
 """
 
@@ -39,6 +41,7 @@ from kernels.amcl import (
     amcl_motion,
     amcl_ray_cast,
     load_map,
+    ops,
 )
 from kernels.amcl.evaluate import NavAmclPeer, peer_unavailable
 from kernels.amcl.simulator import generate_map, simulate
@@ -81,16 +84,16 @@ def _scan(beams: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _threads(fn: Callable[[], Any], n: int) -> Callable[[], Any]:
     def run() -> Any:
-        prev = numba.get_num_threads()
-        numba.set_num_threads(n)
+        prev = ops.get_threads()
+        ops.set_threads(n)
         try:
             return fn()
         finally:
-            numba.set_num_threads(prev)
+            ops.set_threads(prev)
     return run
 
 
-ALL = numba.config.NUMBA_NUM_THREADS
+ALL = ops.get_threads()
 
 
 # -- motion -----------------------------------------------------------------------------------------
@@ -272,5 +275,5 @@ def test_amcl_compile(bench, quick, cache: str) -> None:  # type: ignore[no-unty
         return (), {}
 
     bench(lambda: subprocess.run(cmd, env=env, check=True, capture_output=True), suite="amcl_compile",
-          case=f"{cache} cache", series="compile", impl=f"numba ({cache} cache)", role="ours", setup=fresh,
-          rounds=3 if cache == "cold" else 5)
+          case=f"{cache} cache", series="compile", impl=f"python -m kernels.amcl.warmup ({cache} cache)", role="ours",
+          setup=fresh, rounds=3 if cache == "cold" else 5)

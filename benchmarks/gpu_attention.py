@@ -352,8 +352,34 @@ def part_sweep128() -> None:
                        f"({tflops(b, h, n, n, d, t_cudnn):.0f})")
 
 
-PARTS = {"check": part_check, "sweep": part_sweep, "sweep128": part_sweep128, "bench": part_bench,
-         "unet": part_unet}
+def part_overhead() -> None:
+    """Where the time of a small call goes: raw launcher, backend function, dispatch, SDPA (fp16, N = 64)."""
+    import cProfile
+    import io
+    import pstats
+
+    from kernels.attention.ops import attention_triton
+
+    q, k, v = qkv(16, 4, 64, 64, torch.float16)
+    with torch.no_grad():
+        for name, fn in (("raw flash_forward", lambda: flash_forward(q, k, v, None, False, 0.125, False)),
+                         ("backend fn", lambda: attention_triton(q, k, v)),
+                         ("kernels.attention forced", lambda: kernels.attention(q, k, v, backend="triton")),
+                         ("kernels.attention", lambda: kernels.attention(q, k, v)),
+                         ("sdpa", lambda: F.scaled_dot_product_attention(q, k, v))):
+            SUMMARY.append(f"overhead {name}: {ms(fn) * 1e3:.1f} us")
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(2000):
+            kernels.attention(q, k, v)
+        prof.disable()
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(18)
+    print(text.getvalue()[-4000:], flush=True)
+
+
+PARTS = {"overhead": part_overhead, "check": part_check, "sweep": part_sweep, "sweep128": part_sweep128,
+         "bench": part_bench, "unet": part_unet}
 
 if __name__ == "__main__":
     for part in sys.argv[1:] or ["check", "bench", "unet"]:

@@ -188,15 +188,21 @@ def test_patched_seed_unet_gives_the_same_output() -> None:
             torch.testing.assert_close(model(x, t), want, atol=1e-5, rtol=1e-4)
 
 
-def test_patched_model_composes_with_torch_compile() -> None:
+@pytest.mark.parametrize("backend", ["sdpa", pytest.param("triton", marks=pytest.mark.skipif(
+    not triton_interpret(), reason="Triton on the CPU needs TRITON_INTERPRET=1"))])
+def test_patched_model_composes_with_torch_compile(backend: str) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(Block()).eval()
     x = torch.randn(2, 9, 32)
     want = model(x)
+    grad_want = torch.autograd.grad(model(x.requires_grad_()).sum(), x)[0]
     knn.patch(model)
     compiled = torch.compile(model, backend="aot_eager")
-    with torch.no_grad():
-        torch.testing.assert_close(compiled(x), want, atol=1e-5, rtol=1e-5)
+    with kernels.use_backend(attention=backend):
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), want, atol=1e-5, rtol=1e-5)
+        grad = torch.autograd.grad(compiled(x).sum(), x)[0]
+    torch.testing.assert_close(grad, grad_want, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.gpu

@@ -282,3 +282,43 @@ def test_cluster_covariance_far_from_the_origin(backend: str) -> None:
     np.testing.assert_allclose(cov[:2, :2], exact, rtol=1e-6)
     nav2 = (w[:, None] * poses[:, :1] ** 2).sum() - ((w * poses[:, 0]).sum()) ** 2  # E[x²] - E[x]²
     assert abs(nav2 - exact[0, 0]) > 10 * abs(cov[0, 0] - exact[0, 0])
+
+
+def test_threads_split_the_work_without_changing_the_result(room) -> None:  # type: ignore[no-untyped-def]
+    from kernels.amcl import ops
+
+    m, truth, bearings, ranges, dist = room
+    cloud = truth + np.random.default_rng(9).normal(0, 0.2, (3001, 3))
+    args = (cloud, ranges, bearings, dist, *m.geometry, 1.0, 5.0, 0.5, 0.5, 0.2, np.zeros(3))
+    before = ops.get_threads()
+    try:
+        ops.set_threads(1)
+        one = amcl_likelihood_field(*args)
+        ops.set_threads(3)
+        np.testing.assert_array_equal(amcl_likelihood_field(*args, backend="numba_parallel"), one)
+        np.testing.assert_array_equal(amcl_likelihood_field(*args), one)
+        with pytest.raises(ValueError, match="n=0"):
+            ops.set_threads(0)
+    finally:
+        ops.set_threads(before)
+
+
+def test_cached_table_follows_the_map_it_was_built_from(room) -> None:  # type: ignore[no-untyped-def]
+    m, truth, bearings, ranges, dist = room
+    cloud = truth + np.random.default_rng(10).normal(0, 0.2, (500, 3))
+    frozen = dist.copy()
+    frozen.setflags(write=False)
+    args = (cloud, ranges, bearings)
+    rest = (*m.geometry, 1.0, 5.0, 0.5, 0.5, 0.2, np.zeros(3))
+    a = amcl_likelihood_field(*args, frozen, *rest)
+    other = np.minimum(dist * 0.5, 1.0)
+    other.setflags(write=False)
+    b = amcl_likelihood_field(*args, other, *rest)
+    assert not np.array_equal(a, b)
+    np.testing.assert_allclose(b, amcl_likelihood_field(*args, other, *rest, backend="reference"), rtol=1e-12)
+    writable = dist.copy()
+    first = amcl_likelihood_field(*args, writable, *rest)
+    writable *= 0.5  # changed in place: a writable map is never served from a cache
+    np.testing.assert_allclose(amcl_likelihood_field(*args, writable, *rest),
+                               amcl_likelihood_field(*args, writable, *rest, backend="reference"), rtol=1e-12)
+    assert not np.array_equal(first, amcl_likelihood_field(*args, writable, *rest))

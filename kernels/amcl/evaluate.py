@@ -13,10 +13,11 @@ its driver updates on every call (no update gating) and uses the beam model.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -145,5 +146,80 @@ def track_peer(run: SimulatedRun, particles: int = 2000, init_cov: Any = (0.01, 
     return TrackingResult(pe, he, seconds, len(run))
 
 
-def angle_error(a: float, b: float) -> float:
-    return abs(math.atan2(math.sin(a - b), math.cos(a - b)))
+def _maps(real: str | None, generated: int) -> list[tuple[str, Any]]:
+    from kernels.amcl.map_io import load_map
+    from kernels.amcl.simulator import generate_map
+
+    out: list[tuple[str, Any]] = [(f"generated-{k}", generate_map(k)) for k in range(generated)]
+    if real:
+        for name in ("tb3_sandbox", "depot"):
+            path = Path(real) / f"{name}.yaml"
+            if path.is_file():
+                out.append((name, load_map(path)))
+    return out
+
+
+def _track_all(m: Any, run: SimulatedRun, seed: int, reference: bool, peer: bool) -> dict[str, TrackingResult]:
+    from kernels.amcl.filter import ParticleFilter
+
+    every: dict[str, Any] = dict(update_min_d=0.0, update_min_a=0.0, min_particles=2000)
+    out = {
+        "ours (nav2 defaults, gated)": track(run, lambda: ParticleFilter(m, random_seed=seed)),
+        "ours (every scan, 2000)": track(run, lambda: ParticleFilter(m, random_seed=seed, **every)),
+        "ours beam model (every scan, 2000)": track(run, lambda: ParticleFilter(
+            m, random_seed=seed, laser_model_type="beam", **every)),
+    }
+    if reference:
+        out["reference (nav2 defaults, gated)"] = track(
+            run, lambda: ParticleFilter(m, random_seed=seed, backend="reference"))
+    if peer and peer_unavailable() is None:
+        out["nav2 core via amcl (beam, every scan, 2000)"] = track_peer(run, 2000)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Accuracy table: tracking error and global-localization convergence over maps and seeds."""
+    import argparse
+
+    from kernels.amcl.filter import ParticleFilter
+    from kernels.amcl.simulator import simulate
+
+    ap = argparse.ArgumentParser(prog="python -m kernels.amcl.evaluate", description=main.__doc__)
+    ap.add_argument("--generated", type=int, default=3, help="generated floor plans (default 3)")
+    ap.add_argument("--real-maps", help="folder with tb3_sandbox.yaml / depot.yaml to add")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--no-peer", action="store_true", help="skip nav2's C core even when installed")
+    ap.add_argument("--no-reference", action="store_true", help="skip the reference filter")
+    args = ap.parse_args(argv)
+    rows: dict[str, list[dict[str, float]]] = {}
+    glob: list[tuple[str, GlobalResult]] = []
+    for name, m in _maps(args.real_maps, args.generated):
+        for seed in range(args.seeds):
+            run = simulate(m, args.steps, seed=seed)
+            for label, result in _track_all(m, run, seed, not args.no_reference, not args.no_peer).items():
+                rows.setdefault(label, []).append(result.summary())
+            res = global_localization(run, partial(ParticleFilter, m, random_seed=seed, max_particles=20000,
+                                                   min_particles=500, update_min_d=0.1, update_min_a=0.1,
+                                                   recovery_alpha_slow=0.001, recovery_alpha_fast=0.1))
+            glob.append((name, res))
+            print(f"{name} seed {seed}: global {'converged' if res.converged else 'NOT converged'} after "
+                  f"{res.steps} steps ({res.distance:.1f} m)", flush=True)
+    print("\n| filter | runs | position median (m) | position p95 (m) | heading median (rad) | heading p95 (rad) "
+          "| ms per update |\n|---|---|---|---|---|---|---|")
+    for label, summaries in rows.items():
+        agg = {k: float(np.median([s[k] for s in summaries])) for k in summaries[0]}
+        print(f"| {label} | {len(summaries)} | {agg['pos_median']:.3f} | {agg['pos_p95']:.3f} | "
+              f"{agg['heading_median']:.3f} | {agg['heading_p95']:.3f} | {agg['ms_per_update']:.2f} |")
+    ok = [r for _, r in glob if r.converged]
+    print(f"\nglobal localization (20000 particles, recovery 0.001/0.1): {len(ok)}/{len(glob)} converged; "
+          f"median {np.median([r.steps for r in ok]) if ok else float('nan'):.0f} steps, "
+          f"{np.median([r.distance for r in ok]) if ok else float('nan'):.1f} m driven, "
+          f"{np.median([r.seconds for _, r in glob]):.1f} s per {args.steps}-step run")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -289,10 +289,40 @@ class TreeBuilder {
         }
       }
     }
+    breadth_first(t);
     return t;
   }
 
  private:
+  // Renumber the nodes level by level (children stay adjacent and after their parent): the top
+  // levels, which every prediction visits, then share a few cache lines.
+  static void breadth_first(Tree& t) {
+    const std::size_t n = t.feature.size();
+    std::vector<std::int32_t> order;  // old ids in breadth-first order
+    order.reserve(n);
+    order.push_back(0);
+    std::vector<std::int32_t> renum(n, 0);
+    for (std::size_t head = 0; head < order.size(); ++head) {
+      const std::int32_t k = order[head];
+      renum[k] = static_cast<std::int32_t>(head);
+      if (t.feature[k] >= 0) {
+        order.push_back(t.child[k]);
+        order.push_back(t.child[k] + 1);
+      }
+    }
+    std::vector<std::int32_t> feature(n), child(n);
+    std::vector<float> threshold(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::int32_t k = order[i];
+      feature[i] = t.feature[k];
+      threshold[i] = t.threshold[k];
+      child[i] = t.feature[k] >= 0 ? renum[t.child[k]] : t.child[k];
+    }
+    t.feature.swap(feature);
+    t.threshold.swap(threshold);
+    t.child.swap(child);
+  }
+
   bool eval_exact(const StackEntry& e, int f, std::int64_t m, double w_node, double mwl, Candidate& cand) {
     const float* col = d_.X + static_cast<std::int64_t>(f) * d_.n;
     for (std::int64_t i = 0; i < m; ++i) {

@@ -32,7 +32,9 @@ void bind_hybrid_sort(py::module_& m);
 
 namespace {
 
-void require(bool ok, const std::string& what) {
+// Message as a C string: building a std::string on every call would cost an allocation even
+// when the check passes (these run once per node in the loops below).
+void require(bool ok, const char* what) {
   if (!ok) throw py::value_error(what);
 }
 
@@ -213,8 +215,10 @@ py::tuple predict_proba(Arr<float> X, py::array feature, py::array threshold, py
     for (std::int64_t k = 0; k < n1 - n0; ++k) {
       const PackedNode& nd = copy[n0 + k];
       if (nd.feature >= 0) {
-        require(nd.feature < F, "X has " + std::to_string(F) + " features, but a node splits on feature " +
-                                    std::to_string(nd.feature));
+        if (nd.feature >= F) {
+          throw py::value_error("X has " + std::to_string(F) + " features, but a node splits on feature " +
+                                std::to_string(nd.feature));
+        }
         require(nd.child > k && nd.child + 1 < n1 - n0, "a node's children must follow it inside its tree");
       } else {
         require(nd.child >= 0 && nd.child < leaves, "a leaf's value row must be inside its tree's rows");
@@ -245,7 +249,7 @@ py::tuple predict_proba(Arr<float> X, py::array feature, py::array threshold, py
   std::int64_t* cnt = used.mutable_data();
   // Blocks of rows, each run through every tree in turn: a few blocks per thread, large enough
   // that a tree's nodes are reused by many rows while they are in cache.
-  constexpr int kLanes = 16;
+  constexpr int kLanes = 8;
   const std::int64_t per_thread = (n + 4 * std::max(1, n_threads) - 1) / (4 * std::max(1, n_threads));
   const std::int64_t kBlock = std::clamp<std::int64_t>(per_thread, 256, 512);
   const std::int64_t n_blocks = (n + kBlock - 1) / kBlock;

@@ -10,7 +10,8 @@ they are one value), rounded to float32 and kept strictly below the upper value.
 ``W/W_root`` times it with scikit-learn's ``min_impurity_decrease``.
 
 Trees grow depth first from an explicit stack; after a split the larger child is built next
-(so its histograms can be the parent's minus its sibling's: histogram subtraction). At each
+(so its histograms can be the parent's minus its sibling's: histogram subtraction). Finished
+trees are renumbered breadth first (the top levels, visited by every prediction, sit together). At each
 node the features are visited in the order of a Fisher-Yates shuffle driven by splitmix64
 (Steele, Lea, Flood 2014) seeded per tree, until ``max_features`` were visited and at least
 one of them was not constant (scikit-learn's rule). Histogram mode bins each feature at the
@@ -218,6 +219,23 @@ def find_splits(distinct: np.ndarray, counts: np.ndarray, max_bins: int) -> np.n
     return np.asarray(out, dtype=np.float32)
 
 
+def _breadth_first(feature: list[int], threshold: list[float], child: list[int]) -> tuple[list[int], list[float],
+                                                                                      list[int]]:
+    """Renumber nodes level by level (children stay adjacent, after their parent); leaves keep
+    their value rows."""
+    order = [0]
+    renum = [0] * len(feature)
+    head = 0
+    while head < len(order):
+        k = order[head]
+        renum[k] = head
+        if feature[k] >= 0:
+            order += [child[k], child[k] + 1]
+        head += 1
+    return ([feature[k] for k in order], [threshold[k] for k in order],
+            [renum[child[k]] if feature[k] >= 0 else child[k] for k in order])
+
+
 class _TreeBuilder:
     """One tree, exactly as csrc/forest.cpp's TreeBuilder (see the module docstring)."""
 
@@ -331,6 +349,7 @@ class _TreeBuilder:
                 feature[node] = -1
                 child[node] = len(value)
                 value.append([float(np.float32(c / w_node)) if w_node > 0.0 else 0.0 for c in node_counts])
+        feature, threshold, child = _breadth_first(feature, threshold, child)
         return {"feature": feature, "threshold": threshold, "child": child, "value": value, "importance": importance}
 
     def _edges(self, f: int) -> np.ndarray:

@@ -130,9 +130,10 @@ def test_forest_fit_growth(bench, quick, series: str, n: int, f: int, depth: int
     if quick:
         n, f = n // 10, max(5, f // 5)
     X, y, _, _ = _data(n, f)
-    est = _make(impl, 5 if quick else 20, depth)
+    trees = 5 if quick else 20
+    est = _make(impl, trees, depth)
     size = {"rows": n, "features": f, "depth": depth}[series]
-    bench(lambda: est.fit(X, y), suite="forest_fit", case=f"{series}: {n}x{f} depth {depth}, 20 trees",
+    bench(lambda: est.fit(X, y), suite="forest_fit", case=f"{series}: {n}x{f} depth {depth}, {trees} trees",
           series=series, size=size, impl=impl, role=role, rounds=1)
 
 

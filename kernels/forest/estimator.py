@@ -322,7 +322,7 @@ class RandomForestClassifier(_Mixin, _Base):
         if p["splitter"] == "hist":
             kw.update(ops.binned(X_cols, p["max_bins"], seed=int(rng.integers(2**31))))
         model = ops.build_forest(X_cols, **kw)
-        self._set_model(model, p["n_jobs"])
+        self._set_model(model)
         if p["oob_score"]:
             proba, used = ops.forest_predict_proba(Xc, *self._arrays(), n_threads=p["n_jobs"], inbag=counts)
             if (used == 0).any():
@@ -332,7 +332,7 @@ class RandomForestClassifier(_Mixin, _Base):
             self.oob_score_ = float(np.mean(proba.argmax(axis=1) == y_enc))
         return self
 
-    def _set_model(self, model: dict[str, np.ndarray], n_jobs: int) -> None:
+    def _set_model(self, model: dict[str, np.ndarray]) -> None:
         self._set_arrays(model)
         imp = np.asarray(model["importance"], dtype=np.float64)
         totals = imp.sum(axis=1)
@@ -343,7 +343,6 @@ class RandomForestClassifier(_Mixin, _Base):
             self.feature_importances_ = mean / mean.sum()
         else:
             self.feature_importances_ = np.zeros(imp.shape[1])
-        self._n_jobs_fit = n_jobs
 
     def _set_arrays(self, model: Any) -> None:
         """Keep (feature, threshold, child) as the fields of one packed 12-byte record per node,

@@ -183,7 +183,9 @@ class HybridSorter {
         }
       }
     }
-    if (m >= kWideDigitsMin) {
+    if (m > static_cast<std::ptrdiff_t>(UINT32_MAX)) {  // past 32-bit bucket offsets
+      hybrid_detail::introsort(v, idx, 0, m, hybrid_detail::depth_limit(m));
+    } else if (m >= kWideDigitsMin) {
       radix_sort<11>(v, idx, m);
     } else if (m >= kRadixMin) {
       radix_sort<8>(v, idx, m);
@@ -227,20 +229,20 @@ class HybridSorter {
     if (last < 0) return;  // all keys equal: already sorted
     const std::ptrdiff_t half = n / 2;
     offsets_.resize(2 * kBuckets);
-    std::ptrdiff_t* off_a = offsets_.data();
-    std::ptrdiff_t* off_b = offsets_.data() + kBuckets;
+    std::uint32_t* off_a = offsets_.data();
+    std::uint32_t* off_b = offsets_.data() + kBuckets;
     for (int p = 0; p <= last; ++p) {
       const int shift = p * kBits;
       if (!((varying >> shift) & kMask)) continue;
-      std::fill(off_a, off_a + 2 * kBuckets, std::ptrdiff_t(0));
+      std::fill(off_a, off_a + 2 * kBuckets, 0u);
       for (std::ptrdiff_t i = 0; i < half; ++i) {
         ++off_a[(keys[i] >> shift) & kMask];
         ++off_b[(keys[half + i] >> shift) & kMask];
       }
       if (n & 1) ++off_b[(keys[n - 1] >> shift) & kMask];
-      std::ptrdiff_t sum = 0;
+      std::uint32_t sum = 0;
       for (std::size_t b = 0; b < kBuckets; ++b) {
-        const std::ptrdiff_t ca = off_a[b], cb = off_b[b];
+        const std::uint32_t ca = off_a[b], cb = off_b[b];
         off_a[b] = sum;
         off_b[b] = sum + ca;
         sum += ca + cb;
@@ -248,8 +250,8 @@ class HybridSorter {
       if (p == last) {
         for (std::ptrdiff_t i = 0; i < half; ++i) {
           const U ka = keys[i], kb = keys[half + i];
-          const std::ptrdiff_t da = off_a[(ka >> shift) & kMask]++;
-          const std::ptrdiff_t db = off_b[(kb >> shift) & kMask]++;
+          const std::uint32_t da = off_a[(ka >> shift) & kMask]++;
+          const std::uint32_t db = off_b[(kb >> shift) & kMask]++;
           v[da] = K::decode(ka);
           idx[da] = ids[i];
           v[db] = K::decode(kb);
@@ -257,7 +259,7 @@ class HybridSorter {
         }
         if (n & 1) {
           const U k = keys[n - 1];
-          const std::ptrdiff_t d = off_b[(k >> shift) & kMask]++;
+          const std::uint32_t d = off_b[(k >> shift) & kMask]++;
           v[d] = K::decode(k);
           idx[d] = ids[n - 1];
         }
@@ -265,8 +267,8 @@ class HybridSorter {
       }
       for (std::ptrdiff_t i = 0; i < half; ++i) {
         const U ka = keys[i], kb = keys[half + i];
-        const std::ptrdiff_t da = off_a[(ka >> shift) & kMask]++;
-        const std::ptrdiff_t db = off_b[(kb >> shift) & kMask]++;
+        const std::uint32_t da = off_a[(ka >> shift) & kMask]++;
+        const std::uint32_t db = off_b[(kb >> shift) & kMask]++;
         keys_alt[da] = ka;
         ids_alt[da] = ids[i];
         keys_alt[db] = kb;
@@ -274,7 +276,7 @@ class HybridSorter {
       }
       if (n & 1) {
         const U k = keys[n - 1];
-        const std::ptrdiff_t d = off_b[(k >> shift) & kMask]++;
+        const std::uint32_t d = off_b[(k >> shift) & kMask]++;
         keys_alt[d] = k;
         ids_alt[d] = ids[n - 1];
       }
@@ -284,7 +286,7 @@ class HybridSorter {
   }
 
   std::vector<unsigned char> buffer_;
-  std::vector<std::ptrdiff_t> offsets_;
+  std::vector<std::uint32_t> offsets_;
 };
 // Sort v[0:n) ascending with idx[0:n) carried alongside; NaN last. Contiguous arrays.
 template <class T, class I>

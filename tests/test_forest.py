@@ -247,6 +247,8 @@ Y4 = np.array([0, 1] * 5)
     (X4, Y4, {"sample_weight": np.ones(9)}, ValueError, "sample_weight.shape == (9,), expected (10,)"),
     (X4, Y4, {"sample_weight": np.zeros(10)}, ValueError, "at least one non-zero"),
     (np.array([["a", "b"]] * 10), Y4, {}, ValueError, "could not convert"),
+    (X4 + 1j, Y4, {}, ValueError, "Complex data not supported"),
+    (X4, Y4 + 0.5 * (Y4 == 1) * np.arange(10), {}, ValueError, "Unknown label type: continuous"),
 ])
 def test_bad_input(X: np.ndarray, y: np.ndarray, kw: dict, error: type, match: str) -> None:
     with pytest.raises(error, match=pytest.importorskip("re").escape(match)):
@@ -280,6 +282,17 @@ def test_bad_input(X: np.ndarray, y: np.ndarray, kw: dict, error: type, match: s
 def test_parameters_out_of_range(params: dict, match: str) -> None:
     with pytest.raises(ValueError, match=pytest.importorskip("re").escape(match)):
         RandomForestClassifier(**{"n_estimators": 3, **params}).fit(X4, Y4)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.SkipTestWarning")  # checks needing pandas
+def test_scikit_learn_estimator_checks() -> None:
+    """scikit-learn's own API checks; sample-weight/repetition equivalence cannot hold for a
+    bootstrap forest (scikit-learn's forest does not pass it either)."""
+    from sklearn.utils.estimator_checks import check_estimator
+
+    results = check_estimator(RandomForestClassifier(5, random_state=0), on_fail=None)
+    failed = [r["check_name"] for r in results if r["status"] == "failed"]
+    assert failed in ([], ["check_sample_weight_equivalence_on_dense_data"]), failed
 
 
 def test_predict_errors() -> None:

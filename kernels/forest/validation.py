@@ -72,10 +72,14 @@ def check_X(X: Any, *, reset_features: int | None = None) -> np.ndarray:
         arr = np.asarray(X)
     except (TypeError, ValueError) as e:
         raise ValueError(f"X could not be converted to a numeric array: {e}") from e
+    if arr.dtype.kind == "c":
+        raise ValueError("Complex data not supported: X has dtype " + str(arr.dtype))
     if arr.dtype.kind in "OUS":
         try:
             arr = arr.astype(np.float64)
-        except (TypeError, ValueError) as e:
+        except TypeError as e:
+            raise TypeError(f"could not convert X to float: {e}") from e
+        except ValueError as e:
             raise ValueError(f"could not convert X to float: {e}") from e
     elif arr.dtype.kind not in "biuf":
         raise ValueError(f"X has dtype {arr.dtype}; expected numbers")
@@ -118,6 +122,9 @@ def check_y(y: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"Found input variables with inconsistent numbers of samples: [{n}, {arr.shape[0]}]")
     if arr.dtype.kind == "f" and np.isnan(arr).any():
         raise ValueError("Input y contains NaN.")
+    if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
+        raise ValueError("Unknown label type: continuous. Maybe you are trying to fit a classifier, which expects "
+                         "discrete classes on a regression target with continuous values.")
     try:
         classes, encoded = np.unique(arr, return_inverse=True)
     except TypeError as e:

@@ -154,10 +154,11 @@ def _brute_distance(state: np.ndarray, res: float, max_dist: float) -> np.ndarra
 @pytest.mark.parametrize("backend", ["reference", "numba"])
 def test_distance_map_exact_and_capped(backend: str) -> None:
     m = sample_map(23, 17, seed=4)
-    m.state[5, 5] = 0  # unknown cells are not obstacles
-    got = amcl_distance_map(m.state, m.resolution, 0.45, backend=backend)
-    assert np.array_equal(got, _brute_distance(m.state, m.resolution, 0.45))
-    assert got.max() == 0.45 and (got[m.state == 1] == 0).all()
+    state = m.state.copy()
+    state[5, 5] = 0  # unknown cells are not obstacles
+    got = amcl_distance_map(state, m.resolution, 0.45, backend=backend)
+    assert np.array_equal(got, _brute_distance(state, m.resolution, 0.45))
+    assert got.max() == 0.45 and (got[state == 1] == 0).all()
     empty = amcl_distance_map(np.full((4, 9), -1, np.int8), 0.1, 2.0, backend=backend)
     assert (empty == 2.0).all()
 
@@ -196,3 +197,17 @@ def test_free_cells_are_nav2_free_space() -> None:
     cells = m.free_cells()
     assert len(cells) == (m.state == -1).sum()
     assert (m.state[cells[:, 1], cells[:, 0]] == -1).all()
+
+
+@pytest.mark.skipif(not SHARED_MAPS.is_dir(), reason="../shared/data/maps is absent")
+def test_ray_cast_matches_the_reference_on_a_real_map() -> None:
+    m = load_map(SHARED_MAPS / "tb3_sandbox.yaml")
+    rng = np.random.default_rng(0)
+    free = m.free_cells()[rng.integers(0, len(m.free_cells()), 300)]
+    x, y = m.cell_to_world(free[:, 0], free[:, 1])
+    poses = np.stack([x + rng.uniform(-0.05, 0.05, 300), y + rng.uniform(-0.05, 0.05, 300),
+                      rng.uniform(-math.pi, math.pi, 300)], 1)
+    bearings = rng.uniform(-math.pi, math.pi, 37)
+    ref = amcl_ray_cast(m.state, *m.geometry, poses, bearings, 12.0, backend="reference")
+    np.testing.assert_array_equal(amcl_ray_cast(m.state, *m.geometry, poses, bearings, 12.0), ref)
+    assert (ref < 12.0).mean() > 0.5

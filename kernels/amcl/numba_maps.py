@@ -76,15 +76,16 @@ def distance_map_numba(state: np.ndarray, resolution: float, max_dist: float) ->
 
 @njit(cache=True)
 def calc_range(state: np.ndarray, resolution: float, origin_x: float, origin_y: float, ox: float, oy: float,
-               oa: float, max_range: float) -> float:
-    """nav2 ``map_calc_range``: Bresenham from (ox, oy) along oa to the first non-free cell."""
+               dir_x: float, dir_y: float, max_range: float) -> float:
+    """nav2 ``map_calc_range``: Bresenham from (ox, oy) along the unit direction (dir_x, dir_y) to
+    the first non-free cell (off the map, occupied or unknown)."""
     h, w = state.shape
     cx = origin_x + (w // 2) * resolution
     cy = origin_y + (h // 2) * resolution
     x0 = int(math.floor((ox - cx) / resolution + 0.5) + w // 2)
     y0 = int(math.floor((oy - cy) / resolution + 0.5) + h // 2)
-    x1 = int(math.floor((ox + max_range * math.cos(oa) - cx) / resolution + 0.5) + w // 2)
-    y1 = int(math.floor((oy + max_range * math.sin(oa) - cy) / resolution + 0.5) + h // 2)
+    x1 = int(math.floor((ox + max_range * dir_x - cx) / resolution + 0.5) + w // 2)
+    y1 = int(math.floor((oy + max_range * dir_y - cy) / resolution + 0.5) + h // 2)
     steep = abs(y1 - y0) > abs(x1 - x0)
     if steep:
         x0, y0 = y0, x0
@@ -96,11 +97,12 @@ def calc_range(state: np.ndarray, resolution: float, origin_x: float, origin_y: 
     y = y0
     xstep = 1 if x0 < x1 else -1
     ystep = 1 if y0 < y1 else -1
+    end = x1 + xstep
     while True:
         ci, cj = (y, x) if steep else (x, y)
         if ci < 0 or ci >= w or cj < 0 or cj >= h or state[cj, ci] > -1:
             return math.sqrt(float((x - x0) * (x - x0) + (y - y0) * (y - y0))) * resolution
-        if x == x1 + xstep:
+        if x == end:
             return max_range
         x += xstep
         error += deltay
@@ -112,8 +114,13 @@ def calc_range(state: np.ndarray, resolution: float, origin_x: float, origin_y: 
 @njit(cache=True, nogil=True)
 def ray_cast_range(start: int, stop: int, out: np.ndarray, state: np.ndarray, resolution: float, origin_x: float,
                    origin_y: float, poses: np.ndarray, bearings: np.ndarray, max_range: float) -> None:
-    """Ranges of poses ``start:stop`` along every bearing into ``out`` (GIL released)."""
+    """Ranges of poses ``start:stop`` along every bearing into ``out`` (GIL released); the ray
+    direction is the bearing's unit vector rotated by the pose's heading."""
+    cb = np.cos(bearings)
+    sb = np.sin(bearings)
     for k in range(start, stop):
+        c = math.cos(poses[k, 2])
+        s = math.sin(poses[k, 2])
         for m in range(bearings.shape[0]):
             out[k, m] = calc_range(state, resolution, origin_x, origin_y, poses[k, 0], poses[k, 1],
-                                   poses[k, 2] + bearings[m], max_range)
+                                   c * cb[m] - s * sb[m], s * cb[m] + c * sb[m], max_range)

@@ -169,17 +169,20 @@ def _masked_exp_sum(logs: np.ndarray, k: int, keep: np.ndarray) -> float:
 
 
 @njit(cache=True)
-def _beam_particle(poses: np.ndarray, k: int, ranges: np.ndarray, bearings: np.ndarray, state: np.ndarray,
-                   resolution: float, origin_x: float, origin_y: float, range_max: float, z_hit: float,
-                   z_short: float, z_max: float, z_rand: float, denom: float, lambda_short: float,
+def _beam_particle(poses: np.ndarray, k: int, ranges: np.ndarray, cb: np.ndarray, sb: np.ndarray,
+                   state: np.ndarray, resolution: float, origin_x: float, origin_y: float, range_max: float,
+                   z_hit: float, z_short: float, z_max: float, z_rand: float, denom: float, lambda_short: float,
                    laser_pose: np.ndarray) -> float:
     px, py, pt = _laser_on(poses, k, laser_pose[0], laser_pose[1], laser_pose[2])
+    c = math.cos(pt)
+    s = math.sin(pt)
     p = 1.0
     for b in range(ranges.shape[0]):
         r = ranges[b]
         if r != r:
             continue
-        expected = calc_range(state, resolution, origin_x, origin_y, px, py, pt + bearings[b], range_max)
+        expected = calc_range(state, resolution, origin_x, origin_y, px, py, c * cb[b] - s * sb[b],
+                              s * cb[b] + c * sb[b], range_max)
         z = r - expected
         pz = z_hit * math.exp(-(z * z) / denom)
         if z < 0:
@@ -245,6 +248,8 @@ def beam_model_range(start: int, stop: int, out: np.ndarray, poses: np.ndarray, 
                      range_max: float, z_hit: float, z_short: float, z_max: float, z_rand: float, sigma_hit: float,
                      lambda_short: float, laser_pose: np.ndarray) -> None:
     denom = 2 * sigma_hit * sigma_hit
+    cb = np.cos(bearings)
+    sb = np.sin(bearings)
     for k in range(start, stop):
-        out[k] = _beam_particle(poses, k, ranges, bearings, state, resolution, origin_x, origin_y, range_max, z_hit,
+        out[k] = _beam_particle(poses, k, ranges, cb, sb, state, resolution, origin_x, origin_y, range_max, z_hit,
                                 z_short, z_max, z_rand, denom, lambda_short, laser_pose)

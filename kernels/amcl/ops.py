@@ -219,6 +219,7 @@ define_op(
         _grid_sample("N=29 B=23 max 4 m", _rc(29, 23, 4.0, 0)),
         _grid_sample("N=7 B=90 max 12 m", _rc(7, 90, 12.0, 1)),
         _grid_sample("N=0", _rc(0, 5, 3.0, 2)),
+        _grid_sample("N=13 B=7 max 0.04 m (under a cell)", _rc(13, 7, 0.04, 3)),
     ],
     error_samples=[
         ErrorSample("poses (3,)", lambda: ((np.zeros((3, 3), np.int8), 0.1, 0.0, 0.0, np.zeros(3), np.zeros(2), 1.0),

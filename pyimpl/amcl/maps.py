@@ -27,8 +27,8 @@ def _check_positive(name: str, value: float) -> float:
 
 @dataclass
 class OccupancyMap:
-    """An occupancy grid: ``state`` (H, W) int8 of -1 free / 0 unknown / +1 occupied, the cell
-    size in metres and the world position of cell (0, 0) (the ROS map origin, x and y)."""
+    """An occupancy grid: ``state`` (H, W) int8 of -1 free / 0 unknown / +1 occupied (a read-only
+    copy), the cell size in metres and the world position of cell (0, 0) (the ROS map origin)."""
 
     state: np.ndarray
     resolution: float
@@ -42,7 +42,8 @@ class OccupancyMap:
             raise ValueError(f"state: shape {st.shape}: expected a non-empty 2-D grid (height, width)")
         if not np.isin(st, (FREE, UNKNOWN, OCCUPIED)).all():
             raise ValueError("state: values must be -1 (free), 0 (unknown) or +1 (occupied)")
-        self.state = np.ascontiguousarray(st, dtype=np.int8)
+        self.state = np.array(st, dtype=np.int8)  # a copy, read-only: kernels may cache tables of it
+        self.state.setflags(write=False)
         self.resolution = _check_positive("resolution", self.resolution)
         for name in ("origin_x", "origin_y"):
             v = float(getattr(self, name))
@@ -141,9 +142,11 @@ def ray_cast(state: np.ndarray, resolution: float, origin_x: float, origin_y: fl
              bearings: np.ndarray, max_range: float) -> np.ndarray:
     """Range (m) from each pose along each bearing to the first blocked cell: nav2 ``map_calc_range``.
 
-    Bresenham from the pose's cell to the cell at ``max_range``; a cell blocks when it is off the
-    map, occupied or unknown (state > -1); the range is the cell distance · res, or ``max_range``
-    when nothing blocks. Returns (N, B). Vectorised over all rays, stepping them in lockstep.
+    Bresenham from the pose's cell to the cell at ``max_range`` along the bearing's unit vector
+    rotated by the heading, (cos θ cos b - sin θ sin b, sin θ cos b + cos θ sin b); a cell blocks
+    when it is off the map, occupied or unknown (state > -1); the range is the cell distance · res,
+    or ``max_range`` when nothing blocks. Returns (N, B). Vectorised over all rays, stepping them
+    in lockstep.
     """
     state = np.asarray(state)
     h, w = state.shape
@@ -154,10 +157,11 @@ def ray_cast(state: np.ndarray, resolution: float, origin_x: float, origin_y: fl
         return np.zeros((n, b))
     ox = np.repeat(poses[:, 0], b)
     oy = np.repeat(poses[:, 1], b)
-    oa = np.repeat(poses[:, 2], b) + np.tile(bearings, n)
+    c, s = np.repeat(np.cos(poses[:, 2]), b), np.repeat(np.sin(poses[:, 2]), b)
+    cb, sb = np.tile(np.cos(bearings), n), np.tile(np.sin(bearings), n)
     gx0, gy0 = world_to_cell(ox, oy, w, h, resolution, origin_x, origin_y)
-    gx1, gy1 = world_to_cell(ox + max_range * np.cos(oa), oy + max_range * np.sin(oa), w, h, resolution,
-                             origin_x, origin_y)
+    gx1, gy1 = world_to_cell(ox + max_range * (c * cb - s * sb), oy + max_range * (s * cb + c * sb), w, h,
+                             resolution, origin_x, origin_y)
     x0, y0, x1, y1 = (a.astype(np.int64) for a in (gx0, gy0, gx1, gy1))
     steep = np.abs(y1 - y0) > np.abs(x1 - x0)
     x0, y0 = np.where(steep, y0, x0), np.where(steep, x0, y0)

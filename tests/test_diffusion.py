@@ -312,3 +312,19 @@ def test_cpu_demo_runs_tiny(tmp_path) -> None:  # type: ignore[no-untyped-def]
     out = main(["--max-steps", "2", "--method", "ddim", "--steps", "2", "--per-digit", "1", "--width", "4",
                 "--out", str(tmp_path / "digits.png")])
     assert out.stat().st_size > 0
+
+
+def test_philox_rounds_knob_changes_kernel_and_reference_together() -> None:
+    s = ref.make_schedule()
+    x = _rand(2, 3, 4, 5)
+    ten = kernels.q_sample(x, 999, s, seed=4, backend="triton")
+    previous = kernels.diffusion.set_philox_rounds(7)
+    try:
+        seven = kernels.q_sample(x, 999, s, seed=4, backend="triton")
+        _assert_close(seven, kernels.q_sample(x, 999, s, seed=4, backend="reference"), 1e-5)
+        assert not torch.allclose(seven, ten)
+    finally:
+        kernels.diffusion.set_philox_rounds(previous)
+    assert torch.equal(kernels.q_sample(x, 999, s, seed=4, backend="triton"), ten)
+    with pytest.raises(ValueError, match="rounds=6"):
+        kernels.diffusion.set_philox_rounds(6)

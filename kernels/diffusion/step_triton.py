@@ -31,7 +31,8 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from pyimpl.diffusion.philox import NOISE_BLOCK, NOISE_QUARTER, PHILOX_ROUNDS, noise_counters
+from pyimpl.diffusion import philox
+from pyimpl.diffusion.philox import NOISE_BLOCK, NOISE_QUARTER, noise_counters
 from pyimpl.diffusion.schedule import Schedule
 from pyimpl.diffusion.steps import PREDICTION_TYPES, VARIANCE_TYPES, check_step_args, threshold_scale
 
@@ -39,7 +40,7 @@ __all__ = ["ddim_step_triton", "ddpm_seed_step_triton", "ddpm_step_triton", "q_s
 
 _MAX_GRID_Y = 65535
 # Box-Muller flavour on the GPU (see _noise_tile); the interpreter always runs 0.
-RNG_MODE_GPU = 1
+RNG_MODE_GPU = 2
 NUM_WARPS = 4
 _NOISE_NONE, _NOISE_TENSOR, _NOISE_PHILOX, _NOISE_PHILOX_STATE = 0, 1, 2, 3
 
@@ -448,7 +449,7 @@ def q_sample_triton(
             lay.n, lay.M, lay.d2, lay.d3, schedule.num_train_timesteps, _grid(lay)[1],
             *lay.strides[0], *lay.strides[1], nz.seed, nz.offset,
             NOISE=nz.mode, WRITE_NOISE=write_noise, FLAT=lay.flat, Q=NOISE_QUARTER,
-            ITERS=_iters(lay), RNG=_rng_mode(), ROUNDS=PHILOX_ROUNDS, num_warps=NUM_WARPS)
+            ITERS=_iters(lay), RNG=_rng_mode(), ROUNDS=philox.PHILOX_ROUNDS, num_warps=NUM_WARPS)
     if not return_noise:
         return out
     return out, (zout if write_noise else noise.to(x0.dtype) if noise is not None else zout)
@@ -483,7 +484,7 @@ def ddpm_seed_step_triton(
             *lay.strides[0], *lay.strides[1], *lay.strides[2], *lay.strides[3],
             float(guidance_scale), nz.seed, nz.offset,
             NOISE=nz.mode, HAS_UNCOND=unc is not None, FLAT=lay.flat, Q=NOISE_QUARTER,
-            ITERS=_iters(lay), RNG=_rng_mode(), ROUNDS=PHILOX_ROUNDS, num_warps=NUM_WARPS)
+            ITERS=_iters(lay), RNG=_rng_mode(), ROUNDS=philox.PHILOX_ROUNDS, num_warps=NUM_WARPS)
     return out
 
 
@@ -571,7 +572,7 @@ def ddpm_step_triton(
             NOISE=nz.mode, HAS_UNCOND=unc is not None, PRED=PREDICTION_TYPES.index(prediction_type),
             VAR=VARIANCE_TYPES.index(variance_type), CLIP=clip, X0_ONLY=x0_only,
             WRITE_X0=x0_buf is not None and not x0_only, FLAT=lay.flat, Q=NOISE_QUARTER,
-            ITERS=_iters(lay), RNG=_rng_mode(), ROUNDS=PHILOX_ROUNDS, num_warps=NUM_WARPS)
+            ITERS=_iters(lay), RNG=_rng_mode(), ROUNDS=philox.PHILOX_ROUNDS, num_warps=NUM_WARPS)
 
     s = _threshold_pass(launch, sample, dynamic_thresholding_ratio, sample_max_value) if thresholding else None
     _launch_with_x0(launch, pred_original_out, sample, s)
@@ -636,7 +637,7 @@ def ddim_step_triton(
             NOISE=nz.mode, HAS_UNCOND=unc is not None, PRED=PREDICTION_TYPES.index(prediction_type), CLIP=clip,
             USE_CLIPPED=bool(use_clipped_model_output), X0_ONLY=x0_only,
             WRITE_X0=x0_buf is not None and not x0_only, FLAT=lay.flat, Q=NOISE_QUARTER,
-            ITERS=_iters(lay), RNG=_rng_mode(), ROUNDS=PHILOX_ROUNDS, num_warps=NUM_WARPS)
+            ITERS=_iters(lay), RNG=_rng_mode(), ROUNDS=philox.PHILOX_ROUNDS, num_warps=NUM_WARPS)
 
     s = _threshold_pass(launch, sample, dynamic_thresholding_ratio, sample_max_value) if thresholding else None
     _launch_with_x0(launch, pred_original_out, sample, s)

@@ -1,7 +1,7 @@
 """DDPM / DDIM references: schedules, forward noising, the seed's and diffusers' reverse steps,
 classifier-free guidance, and the Philox noise the kernels draw. The seed's UNet is ``pyimpl.unet``."""
 
-from pyimpl.diffusion.philox import NOISE_BLOCK, NOISE_QUARTER, noise_counters, philox_normal
+from pyimpl.diffusion.philox import NOISE_BLOCK, NOISE_QUARTER, noise_counters, philox_normal, set_philox_rounds
 from pyimpl.diffusion.schedule import BETA_SCHEDULES, Schedule, make_betas, make_schedule, sample_timesteps
 from pyimpl.diffusion.steps import (
     PREDICTION_TYPES,
@@ -33,5 +33,6 @@ __all__ = [
     "philox_normal",
     "q_sample",
     "sample_timesteps",
+    "set_philox_rounds",
     "threshold_scale",
 ]

@@ -14,14 +14,14 @@ script ``seed_unet.py`` runs it): eager with SDPA (bf16 autocast), that step CUD
 torch.compile, and the model patched by ``kernels.nn.patch`` (fused blocks and attention) CUDA-graph
 captured, also compiled.
 Results go to $OUT/gpu_fused.json; a short table is printed last. ``--budget S`` stops starting new
-measurements after S seconds.
+measurements after S seconds; ``--compile-patched`` also times the patched model under torch.compile,
+``--compile-all`` compiles the peer at every batch (each compile of the UNet costs a minute or more).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import sys
 import time
@@ -311,14 +311,21 @@ def model_error(model: nn.Module, want: torch.Tensor, x: torch.Tensor, t: torch.
         return rel_err(model(x, t).float(), want)
 
 
+def save() -> None:
+    with open(os.path.join(OUT, "gpu_fused.json"), "w") as fh:
+        json.dump(RESULTS, fh, indent=1, default=str)
+
+
 def part_unet() -> None:
+    """One sampling step of the seed's UNet: each figure printed and saved as soon as it is taken
+    (a call that runs out of time still brings back what it measured)."""
     torch.manual_seed(0)
     base = UNet().to(DEV).eval()
     peer = sdpa_model(base)
     ours, report = patched_model(base)
     RESULTS["patch_report"] = str(report)
+    RESULTS["unet"] = rows = []
     note(f"patched seed UNet: {len(report.replaced)} modules replaced, {len(report.kept)} kept")
-    rows = []
     for b in (16, 64, 128):
         if left() < 60:
             note("unet: time budget reached, stopping")
@@ -329,48 +336,31 @@ def part_unet() -> None:
             want = base(x, t).float()  # fp32, need_weights=True: the seed as written
         row: dict[str, Any] = dict(batch=b, err_peer_bf16=model_error(peer, want, x, t),
                                    err_ours_bf16=model_error(ours, want, x, t))
-        row["sdpa_bf16_ms"] = ms(step(peer, x))
-        row["sdpa_bf16_cudagraph_ms"] = ms(graphed(step(peer, x)))
-        row["ours_bf16_ms"] = ms(step(ours, x))
-        row["ours_bf16_cudagraph_ms"] = ms(graphed(step(ours, x)))
-        if b == 16 or left() > 200:
-            cm = torch.compile(peer)
-            f = step(cm, x)
-            f()
-            f()
-            row["compiled_bf16_ms"] = ms(f)
-        if b == 16 and left() > 150:
-            try:
-                co = torch.compile(ours)
-                g = step(co, x)
-                g()
-                g()
-                row["ours_compiled_bf16_ms"] = ms(g)
-            except Exception as ex:
-                print(f"torch.compile of the patched model failed: {type(ex).__name__} {str(ex)[:300]}", flush=True)
         rows.append(row)
-        print(json.dumps(row), flush=True)
-        if b == 16:
-            from torch.profiler import ProfilerActivity, profile
-
-            fn = graphed(step(ours, x))
-            fn()
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for _ in range(5):
-                    fn()
-                torch.cuda.synchronize()
-            top = sorted(prof.key_averages(), key=lambda e: -e.self_device_time_total)[:15]
-            row["ours_top_kernels"] = [(e.key[:70], round(e.self_device_time_total / 5 / 1e3, 4)) for e in top]
-            row["ours_gpu_busy_ms"] = sum(e.self_device_time_total for e in prof.key_averages()) / 5 / 1e3
-            for k in row["ours_top_kernels"]:
-                print("  ", k, flush=True)
-    RESULTS["unet"] = rows
-    for r in rows:
-        note(f"UNet step B={r['batch']}: seed-sdpa bf16 {r['sdpa_bf16_ms']:.2f} ms, graph "
-             f"{r['sdpa_bf16_cudagraph_ms']:.2f}, compile {r.get('compiled_bf16_ms', math.nan):.2f} | ours eager "
-             f"{r['ours_bf16_ms']:.2f}, graph {r['ours_bf16_cudagraph_ms']:.2f}, +compile "
-             f"{r.get('ours_compiled_bf16_ms', math.nan):.2f} | rel err vs fp32 seed: sdpa-bf16 "
-             f"{r['err_peer_bf16']:.1e} ours {r['err_ours_bf16']:.1e}")
+        timings: list[tuple[str, Callable[[], Callable[[], Any]]]] = [
+            ("sdpa_bf16_ms", lambda x=x: step(peer, x)),
+            ("sdpa_bf16_cudagraph_ms", lambda x=x: graphed(step(peer, x))),
+            ("ours_bf16_ms", lambda x=x: step(ours, x)),
+            ("ours_bf16_cudagraph_ms", lambda x=x: graphed(step(ours, x))),
+        ]
+        if b == 16 or "--compile-all" in sys.argv:
+            timings.append(("compiled_bf16_ms", lambda x=x: step(torch.compile(peer), x)))
+        if "--compile-patched" in sys.argv:
+            timings.append(("ours_compiled_bf16_ms", lambda x=x: step(torch.compile(ours), x)))
+        for key, build in timings:
+            if left() < 20:
+                break
+            try:
+                fn = build()
+                fn()
+                row[key] = ms(fn)
+            except Exception as ex:  # report and go on
+                row[key] = None
+                print(f"unet B={b} {key}: {type(ex).__name__} {str(ex)[:300]}", flush=True)
+            print(f"unet B={b} {key} = {row[key]}", flush=True)
+            save()
+        note(f"UNet step B={b}: " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                                              for k, v in row.items() if k != "batch"))
 
 
 def main() -> None:
@@ -383,8 +373,7 @@ def main() -> None:
 
             traceback.print_exc()
             note(f"part {name} failed: {type(ex).__name__}: {str(ex)[:300]}")
-        with open(os.path.join(OUT, "gpu_fused.json"), "w") as fh:
-            json.dump(RESULTS, fh, indent=1, default=str)
+        save()
     print("\n==== summary (" + RESULTS["device"] + f", {time.time() - START:.0f}s) ====")
     for line in SUMMARY:
         print(line)

@@ -302,12 +302,13 @@ class ForwardConfig:
     """Launch parameters of the forward kernels: elements per tile, warps per program, and the
     A&S erf (|error| <= 1.5e-7) instead of libdevice's in the GELU."""
 
-    block: int = 4096
+    block: int = 2048
     warps: int = 8
     fast_erf: bool = True
 
 
-FORWARD_CONFIG = ForwardConfig()  # CUDA; benchmarks/gpu_fused.py sweeps it (docs/notes/fused-gpu.md)
+# CUDA; the best of benchmarks/gpu_fused.py's sweep on an H200 (docs/notes/fused-gpu.md)
+FORWARD_CONFIG = ForwardConfig()
 
 
 def _mode(channels_last: bool, c: int, hw: int, block: int) -> int:

@@ -3,9 +3,10 @@
 Impurity as scikit-learn's tree criteria (Breiman, Friedman, Olshen, Stone 1984): Gini
 ``1 - sum_c p_c**2`` and entropy ``-sum_c p_c log2 p_c`` of the weighted class fractions ``p_c``
 of a node. Candidate splits are ranked by scikit-learn's proxy (Gini:
-``sum_c L_c**2 / W_L + sum_c R_c**2 / W_R``; entropy: ``-(W_L H_L + W_R H_R)``); the first
-maximum wins. Thresholds sit at the midpoint of two neighbouring distinct values (within 1e-7
-they are one value), rounded to float32 and kept strictly below the upper value. The gain
+``sum_c L_c**2 / W_L + sum_c R_c**2 / W_R``, the sums of squares kept as running sums in the
+exact scan; entropy: ``-(W_L H_L + W_R H_R)``); the first maximum wins. Thresholds sit at the
+midpoint of two neighbouring distinct values (within 1e-7 they are one value), rounded to
+float32 and kept strictly below the upper value. The gain
 ``H - W_L/W H_L - W_R/W H_R`` is compared with Spark's ``minInfoGain`` (when > 0), and
 ``W/W_root`` times it with scikit-learn's ``min_impurity_decrease``.
 
@@ -87,12 +88,21 @@ def _exact_scan(vals: list[float], ids: list[int], y: Any, w: Any, n_classes: in
     sv = [vals[i] for i in order]
     si = [ids[i] for i in order]
     left = [0.0] * n_classes
+    right = list(node_counts)
+    sl = sr = 0.0  # Gini: running sums of squares of the left and right class weights
+    for c in right:
+        sr += c * c
     wl = 0.0
     nl = 0
     for i in range(1, m):
         s = si[i - 1]
-        left[y[s]] += w[s]
-        wl += w[s]
+        c, ws = y[s], w[s]
+        if criterion == 0:
+            sl += ws * (2.0 * left[c] + ws)
+            sr += ws * (ws - 2.0 * right[c])
+            right[c] -= ws
+        left[c] += ws
+        wl += ws
         nl += 1
         if sv[i] <= sv[i - 1] + FEATURE_THRESHOLD:
             continue
@@ -103,8 +113,10 @@ def _exact_scan(vals: list[float], ids: list[int], y: Any, w: Any, n_classes: in
         wr = node_w - wl
         if wl < min_weight_leaf or wr < min_weight_leaf:
             continue
-        right = [node_counts[c] - left[c] for c in range(n_classes)]
-        pr = proxy_gain(left, right, wl, wr, criterion)
+        if criterion == 0:
+            pr = sl / wl + sr / wr
+        else:
+            pr = proxy_gain(left, [node_counts[k] - left[k] for k in range(n_classes)], wl, wr, criterion)
         if pr > best[0]:
             best = (pr, threshold_between(sv[i - 1], sv[i]), nl)
     return True, best[1], best[2], best[0]

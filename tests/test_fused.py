@@ -223,6 +223,32 @@ def test_patched_training_steps_on_triton() -> None:
     assert max(abs(a - b) for a, b in zip(want, got)) < 1e-4
 
 
+def test_register_seed_blocks_fuses_a_users_own_copy_of_the_seed() -> None:
+    """A user's own seed classes (here: subclasses, which patch otherwise leaves alone) are fused
+    after ``register_seed_blocks`` on their module."""
+    from kernels.fused.drop_ins import register_seed_blocks
+    from pyimpl import unet
+
+    class UserModules:
+        class DoubleConv(unet.DoubleConv):
+            pass
+
+        class Up(unet.Up):
+            pass
+
+    torch.manual_seed(8)
+    blocks = nn.ModuleDict({"dc": UserModules.DoubleConv(4, 6, residual=False), "up": UserModules.Up(12, 4, 8)})
+    before = {k: str(why) for k, _, why in _patch(copy.deepcopy(blocks)).kept}
+    assert "subclass" in before["dc"] and "subclass" in before["up"]
+    assert register_seed_blocks(UserModules) == ["DoubleConv", "Up"]
+    patched = copy.deepcopy(blocks)
+    replaced = {path for path, _, _ in _patch(patched).replaced}
+    assert {"dc", "up", "up.conv.0", "up.conv.1"} <= replaced
+    x, low, skip, t = torch.randn(2, 4, 5, 5), torch.randn(2, 6, 5, 5), torch.randn(2, 6, 10, 10), torch.randn(2, 8)
+    torch.testing.assert_close(patched["dc"](x), blocks["dc"](x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(patched["up"](low, skip, t), blocks["up"](low, skip, t), rtol=1e-5, atol=1e-5)
+
+
 def test_fused_self_attention_ignores_need_weights_and_matches() -> None:
     torch.manual_seed(6)
     block = SelfAttention(8, 4).double()

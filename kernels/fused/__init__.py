@@ -5,7 +5,7 @@ Ops (``kernels.fused.ops``): ``group_norm_act``, ``tokens_layer_norm``, ``add_la
 for the seed UNet's blocks (``kernels.fused.modules``) are registered with ``kernels.nn.patch``.
 """
 
-from kernels.fused import drop_ins
+from kernels.fused.drop_ins import register_seed_blocks
 from kernels.fused.ops import add_layer_norm, group_norm_act, tokens_layer_norm, upsample_concat
 
-__all__ = ["add_layer_norm", "drop_ins", "group_norm_act", "tokens_layer_norm", "upsample_concat"]
+__all__ = ["add_layer_norm", "group_norm_act", "register_seed_blocks", "tokens_layer_norm", "upsample_concat"]

@@ -1,5 +1,6 @@
-"""The fused blocks registered as drop-ins of ``kernels.nn.patch`` for the seed UNet's block classes
-(``pyimpl.unet``: DoubleConv, Down, Up, SelfAttention).
+"""The fused blocks registered as drop-ins of ``kernels.nn.patch`` for the seed UNet's block classes:
+``pyimpl.unet``'s at import, and those of a user's own copy of the seed (``modules.py`` next to the
+seed's ``ddpm.py``) through ``register_seed_blocks``.
 
 ``kernels.nn.patch(unet)`` then swaps each block for its fused twin and reports it. The twins share
 the blocks' submodules, so the DoubleConvs inside Down / Up and the attention inside SelfAttention,
@@ -8,6 +9,8 @@ which ``patch`` reaches next, are swapped in the twins too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 from torch import nn
@@ -25,28 +28,36 @@ from kernels.fused.modules import (
 )
 from pyimpl import unet
 
-
-@knn.register_drop_in(unet.DoubleConv, name="fused_double_conv", reasons=double_conv_reasons,
-                      replacement=FusedDoubleConv)
-def double_conv_drop_in(module: nn.Module, **_: Any) -> FusedDoubleConv:
-    """DoubleConv -> FusedDoubleConv: GroupNorm+GELU, GroupNorm(+residual+GELU)(+emb) fused."""
-    return FusedDoubleConv.from_module(module)
-
-
-@knn.register_drop_in(unet.Down, name="fused_down", reasons=down_reasons, replacement=FusedDown)
-def down_drop_in(module: nn.Module, **_: Any) -> FusedDown:
-    """Down -> FusedDown: the time embedding added inside the last GroupNorm pass."""
-    return FusedDown.from_module(module)
+# class name in the seed -> (drop-in name, reasons, fused class)
+SEED_BLOCKS: dict[str, tuple[str, Callable[[nn.Module], list[str]], Any]] = {
+    "DoubleConv": ("fused_double_conv", double_conv_reasons, FusedDoubleConv),
+    "Down": ("fused_down", down_reasons, FusedDown),
+    "Up": ("fused_up", up_reasons, FusedUp),
+    "SelfAttention": ("fused_self_attention", self_attention_reasons, FusedSelfAttention),
+}
 
 
-@knn.register_drop_in(unet.Up, name="fused_up", reasons=up_reasons, replacement=FusedUp)
-def up_drop_in(module: nn.Module, **_: Any) -> FusedUp:
-    """Up -> FusedUp: upsample+concat in one pass, the embedding inside the last GroupNorm pass."""
-    return FusedUp.from_module(module)
+def _factory(fused: Any) -> Callable[..., nn.Module]:
+    def build(module: nn.Module, **_: Any) -> nn.Module:
+        out: nn.Module = fused.from_module(module)
+        return out
+
+    build.__qualname__ = f"{fused.__name__}.from_module"
+    return build
 
 
-@knn.register_drop_in(unet.SelfAttention, name="fused_self_attention", reasons=self_attention_reasons,
-                      replacement=FusedSelfAttention)
-def self_attention_drop_in(module: nn.Module, **_: Any) -> FusedSelfAttention:
-    """SelfAttention -> FusedSelfAttention (transpose+LayerNorm, attention without weights, add+LayerNorm)."""
-    return FusedSelfAttention.from_module(module)
+def register_seed_blocks(namespace: ModuleType | Any) -> list[str]:
+    """Register the fused drop-ins for the seed's block classes found in ``namespace`` (a module or any
+    object with ``DoubleConv``, ``Down``, ``Up``, ``SelfAttention`` attributes, e.g. the seed's own
+    ``modules``); returns the class names registered. Each module's structure is still checked by
+    ``patch`` (a block that differs is left with its reason)."""
+    done = []
+    for cls_name, (name, reasons, fused) in SEED_BLOCKS.items():
+        cls = getattr(namespace, cls_name, None)
+        if isinstance(cls, type) and issubclass(cls, nn.Module):
+            knn.register_drop_in(cls, name=name, reasons=reasons, replacement=fused)(_factory(fused))
+            done.append(cls_name)
+    return done
+
+
+register_seed_blocks(unet)

@@ -11,8 +11,9 @@ come from L1/L2), output written once.
 Programs own a [columns x channels] tile of one output row; a program's channels lie all in the
 skip part (a copy) or all in the upsampled part. Inputs are read through their strides, so the
 channels-last tensors the seed's attention blocks return need no copy; the output is
-channels-last when the skip is. The backward splits the gradient: the skip's part is a view, the
-upsampled part goes through PyTorch's ``upsample_bilinear2d_backward`` (the adjoint; not fused).
+channels-last when the skip is. Backward: the skip's gradient is a view of the output's; x's is the
+adjoint of the interpolation, gathered per input position from the output positions that read it
+(up to ~7 x 7 candidates at the seed's sizes, weights recomputed exactly as the forward's).
 """
 
 from __future__ import annotations
@@ -64,6 +65,50 @@ def _upsample_concat_kernel(X, S, OUT, CS, CX, H, W,
         tl.store(OUT + b * sob + (CS + c) * soc + oh * soh + ow * sow, v.to(OUT.dtype.element_ty), mask=m)
 
 
+@triton.jit
+def _source(i, scale, n_in):
+    """Output index -> (first tap, second tap, weight of the second), as the forward computes it."""
+    si = i.to(tl.float32) * scale
+    i0 = si.to(tl.int32)
+    return i0, tl.minimum(i0 + 1, n_in - 1), si - i0.to(tl.float32)
+
+
+@triton.jit
+def _upsample_backward_kernel(G, DX, CS, CX, H, W,
+                              sgb, sgc, sgh, sgw, sdb, sdc, sdh, sdw,
+                              scale_h, scale_w, inv_h, inv_w,
+                              NCAND_H: tl.constexpr, NCAND_W: tl.constexpr,
+                              BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
+    # dx[j, k] = sum over the outputs (i, l) that read input (j, k) of g[i, l] * w_h(i, j) * w_w(l, k),
+    # gathered: output rows i in [floor((j - 1) / scale) - 1, + NCAND_H), the weights recomputed as the
+    # forward computes them (zero for candidates that do not read (j, k))
+    row = tl.program_id(0)
+    b = (row // H).to(tl.int64)
+    j = row % H
+    k = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)[:, None]
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+    m = (k < W) & (c < CX)
+    h2 = 2 * H
+    w2 = 2 * W
+    i_lo = tl.maximum(((j - 1).to(tl.float32) * inv_h).to(tl.int32) - 1, 0)
+    l_lo = tl.maximum(((k - 1).to(tl.float32) * inv_w).to(tl.int32) - 1, 0)
+    base = G + b * sgb + (CS + c) * sgc
+    acc = tl.zeros([BLOCK_W, BLOCK_C], dtype=tl.float32)
+    for ci in range(NCAND_H):
+        i = i_lo + ci
+        i0, i1, li = _source(i, scale_h, H)
+        wh = tl.where(i0 == j, 1.0 - li, 0.0) + tl.where(i1 == j, li, 0.0)
+        wh = tl.where(i < h2, wh, 0.0)
+        for cl in range(NCAND_W):
+            col = l_lo + cl
+            l0, l1, ll = _source(col, scale_w, W)
+            ww = tl.where(l0 == k, 1.0 - ll, 0.0) + tl.where(l1 == k, ll, 0.0)
+            lm = m & (col < w2) & (i < h2)
+            g = tl.load(base + i * sgh + col * sgw, mask=lm, other=0.0).to(tl.float32)
+            acc += g * (wh * ww)
+    tl.store(DX + b * sdb + c * sdc + j * sdh + k * sdw, acc.to(DX.dtype.element_ty), mask=m)
+
+
 def _scale(n_in: int) -> float:
     """(in - 1) / (out - 1) rounded to fp32 (PyTorch's area_pixel_compute_scale for align_corners)."""
     return float(np.float32(n_in - 1) / np.float32(2 * n_in - 1)) if n_in > 1 else 0.0
@@ -94,8 +139,34 @@ def upsample_concat_forward(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor
     return out
 
 
+def _candidates(n_in: int) -> int:
+    """Output positions that can read one input position, plus margin for the rounded window start."""
+    return 2 if n_in == 1 else int(2.0 / _scale(n_in)) + 3
+
+
+def upsample_concat_backward(grad: torch.Tensor, shape: tuple[int, ...], cs: int) -> torch.Tensor:
+    """The gradient of x from the output's gradient (its channels from ``cs`` on): the adjoint of the
+    bilinear 2x upsampling, gathered per input position."""
+    b, cx, h, w = shape
+    dx = torch.empty(shape, device=grad.device, dtype=grad.dtype)
+    if dx.numel() == 0:
+        return dx
+    if grad.device.type == "cuda":
+        bc = min(triton.next_power_of_2(cx), 16)
+        bw = max(1, min(triton.next_power_of_2(w), 1024 // bc))
+    else:
+        bc, bw = triton.next_power_of_2(cx), triton.next_power_of_2(w)
+    grid = (b * h, triton.cdiv(w, bw), triton.cdiv(cx, bc))
+    sh, sw = _scale(h), _scale(w)
+    _upsample_backward_kernel[grid](grad, dx, cs, cx, h, w, *grad.stride(), *dx.stride(), sh, sw,
+                                    1.0 / sh if sh else 0.0, 1.0 / sw if sw else 0.0,
+                                    NCAND_H=_candidates(h), NCAND_W=_candidates(w), BLOCK_W=bw, BLOCK_C=bc,
+                                    num_warps=4)
+    return dx
+
+
 class UpsampleConcatFunction(torch.autograd.Function):
-    """Autograd for ``upsample_concat``: Triton forward; the backward slices and adjoins."""
+    """Autograd for ``upsample_concat``: the skip's gradient is a slice, x's the gathered adjoint."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -105,10 +176,7 @@ class UpsampleConcatFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape, cs = ctx.meta
-        dskip = grad[:, :cs]
-        dup = grad[:, cs:].contiguous()
-        dx = torch.ops.aten.upsample_bilinear2d_backward(dup, [2 * shape[2], 2 * shape[3]], list(shape), True)
-        return dx, dskip
+        return upsample_concat_backward(grad, shape, cs), grad[:, :cs]
 
 
 def upsample_concat(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:

@@ -286,6 +286,8 @@ def test_sampler_cfg_ddim_uint8_and_png(tmp_path) -> None:  # type: ignore[no-un
     from PIL import Image
 
     assert Image.open(path).size == (2 * 10 + 2, 2 * 10 + 2)
+    ddpm = sample(model, 2, labels=labels[:2], method="ddpm", steps=3, progress=False, output="float")
+    assert ddpm.dtype == torch.float32 and torch.isfinite(ddpm).all()
     with pytest.raises(ValueError, match=r"labels\.shape"):
         sample(model, 2, labels=labels, progress=False)
     with pytest.raises(ValueError, match="cuda_graph"):
@@ -328,3 +330,24 @@ def test_philox_rounds_knob_changes_kernel_and_reference_together() -> None:
     assert torch.equal(kernels.q_sample(x, 999, s, seed=4, backend="triton"), ten)
     with pytest.raises(ValueError, match="rounds=6"):
         kernels.diffusion.set_philox_rounds(6)
+
+
+def test_ddim_scheduler_takes_noise_by_either_name() -> None:
+    ours = DDIMScheduler()
+    ours.set_timesteps(10)
+    x, mo, z = _rand(2, 3, 4), _rand(2, 3, 4, seed=1), _rand(2, 3, 4, seed=2)
+    a = ours.step(mo, 900, x, eta=1.0, noise=z).prev_sample
+    b = ours.step(mo, 900, x, eta=1.0, variance_noise=z).prev_sample
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="either noise or variance_noise"):
+        ours.step(mo, 900, x, eta=1.0, noise=z, variance_noise=z)
+
+
+@pytest.mark.gpu
+def test_out_of_range_gpu_timesteps_give_nan_for_that_sample_only() -> None:
+    s = ref.make_schedule(device="cuda")
+    x = torch.randn(2, 3, 4, 4, device="cuda")
+    t = torch.tensor([5, 1000], device="cuda")  # not checked on the host: that would synchronize
+    for backend in BACKENDS:
+        out = kernels.ddpm_seed_step(x, t, x, s, torch.zeros_like(x), backend=backend)
+        assert torch.isfinite(out[0]).all() and torch.isnan(out[1]).all()

@@ -227,8 +227,15 @@ class DDIMScheduler(_Scheduler):
 
     def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, eta: float = 0.0,
              use_clipped_model_output: bool = False, generator: torch.Generator | None = None,
-             variance_noise: torch.Tensor | None = None, return_dict: bool = True) -> Any:
-        """x_prev for ``timestep`` with prev = timestep - T // num_inference_steps, as diffusers' DDIM step."""
+             variance_noise: torch.Tensor | None = None, return_dict: bool = True,
+             noise: torch.Tensor | None = None) -> Any:
+        """x_prev for ``timestep`` with prev = timestep - T // num_inference_steps, as diffusers' DDIM step.
+
+        ``noise`` is another name for diffusers' ``variance_noise`` (the DDPM scheduler's spelling)."""
+        if noise is not None:
+            if variance_noise is not None:
+                raise ValueError("pass either noise or variance_noise, not both")
+            variance_noise = noise
         if self.num_inference_steps is None:
             raise ValueError("num_inference_steps is None: call set_timesteps first")
         sched = self._schedule_on(sample.device)

@@ -30,8 +30,8 @@ def _ln_fwd_kernel(X, R, S, Y, W, B, MEAN, RSTD, NTOK, C,
                    sxb, sxn, sxc, srb, srn, src, eps,
                    HAS_R: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    t = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)[:, None]
+    b = tl.program_id(1).to(tl.int64)  # token blocks on axis 0 (up to 2**31 programs), batch on axis 1
+    t = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)[:, None]
     c = tl.arange(0, BLOCK_C)[None, :]
     mask = (t < NTOK) & (c < C)
     x = tl.load(X + b * sxb + t * sxn + c * sxc, mask=mask, other=0.0).to(tl.float32)
@@ -52,7 +52,7 @@ def _ln_fwd_kernel(X, R, S, Y, W, B, MEAN, RSTD, NTOK, C,
     if HAS_B:
         y = y + tl.load(B + c, mask=cm, other=0.0).to(tl.float32)
     tl.store(Y + out, y.to(Y.dtype.element_ty), mask=mask)
-    tt = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    tt = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     tm = tt < NTOK
     tl.store(MEAN + b * NTOK + tt, mean, mask=tm)
     tl.store(RSTD + b * NTOK + tt, rstd, mask=tm)
@@ -61,8 +61,8 @@ def _ln_fwd_kernel(X, R, S, Y, W, B, MEAN, RSTD, NTOK, C,
 @triton.jit
 def _ln_bwd_kernel(S, DY, DS, W, MEAN, RSTD, DX, PW, PB, NTOK, C, sdb, sdn, sdc,
                    HAS_DS: tl.constexpr, HAS_W: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    t = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)[:, None]
+    b = tl.program_id(1).to(tl.int64)  # token blocks on axis 0 (up to 2**31 programs), batch on axis 1
+    t = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)[:, None]
     c = tl.arange(0, BLOCK_C)[None, :]
     mask = (t < NTOK) & (c < C)
     cm = c < C
@@ -83,7 +83,7 @@ def _ln_bwd_kernel(S, DY, DS, W, MEAN, RSTD, DX, PW, PB, NTOK, C, sdb, sdn, sdc,
     if HAS_DS:
         dx = dx + tl.load(DS + tok, mask=mask, other=0.0).to(tl.float32)
     tl.store(DX + b * sdb + t * sdn + c * sdc, dx.to(DX.dtype.element_ty), mask=mask)
-    part = (b * tl.num_programs(1) + tl.program_id(1)) * C + tl.arange(0, BLOCK_C)
+    part = (b * tl.num_programs(0) + tl.program_id(0)) * C + tl.arange(0, BLOCK_C)
     pm = tl.arange(0, BLOCK_C) < C
     tl.store(PW + part, tl.sum(dy * xhat, axis=0), mask=pm)
     tl.store(PB + part, tl.sum(dy, axis=0), mask=pm)
@@ -109,7 +109,7 @@ def _forward(x3: torch.Tensor, r3: torch.Tensor | None, weight: torch.Tensor | N
         return s, y, mean, rstd
     bn, bc, warps = _tiles(ntok, c, x3.device)
     rr = r3 if r3 is not None else x3
-    _ln_fwd_kernel[(nb, triton.cdiv(ntok, bn))](
+    _ln_fwd_kernel[(triton.cdiv(ntok, bn), nb)](
         x3, rr, s, y, weight if weight is not None else x3, bias if bias is not None else x3, mean, rstd,
         ntok, c, *x3.stride(), *rr.stride(), float(eps),
         HAS_R=r3 is not None, HAS_W=weight is not None, HAS_B=bias is not None,
@@ -128,8 +128,8 @@ def _backward(s: torch.Tensor, dy: torch.Tensor | None, ds: torch.Tensor | None,
     dy = dy.contiguous()
     ds = ds.contiguous() if ds is not None else None
     bn, bc, warps = _tiles(ntok, c, s.device)
-    grid = (nb, triton.cdiv(ntok, bn))
-    pw = torch.zeros(nb * grid[1], c, device=s.device, dtype=torch.float32)
+    grid = (triton.cdiv(ntok, bn), nb)
+    pw = torch.zeros(nb * grid[0], c, device=s.device, dtype=torch.float32)
     pb = torch.zeros_like(pw)
     if s.numel():
         _ln_bwd_kernel[grid](s, dy, ds if ds is not None else dy, weight if weight is not None else s, mean, rstd,

@@ -17,6 +17,8 @@ from kernels.amcl.ops import (
     amcl_likelihood_field_prob,
     amcl_motion,
     amcl_ray_cast,
+    get_threads,
+    set_threads,
 )
 from pyimpl.amcl.filter import Estimate, Scan
 from pyimpl.amcl.maps import OccupancyMap
@@ -36,6 +38,8 @@ __all__ = [
     "amcl_likelihood_field_prob",
     "amcl_motion",
     "amcl_ray_cast",
+    "get_threads",
     "load_map",
     "save_map",
+    "set_threads",
 ]

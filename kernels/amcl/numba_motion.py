@@ -30,6 +30,17 @@ def _angle_diff(a: float, b: float) -> float:
 
 
 @njit(cache=True)
+def _angle_diff_from(a_normalized: float, b: float) -> float:
+    """``_angle_diff`` with its first argument already normalized (a constant across particles)."""
+    b = _normalize(b)
+    d1 = a_normalized - b
+    d2 = 2 * math.pi - abs(d1)
+    if d1 > 0:
+        d2 = -d2
+    return d1 if abs(d1) < abs(d2) else d2
+
+
+@njit(cache=True)
 def motion_numba(poses: np.ndarray, odom_pose: np.ndarray, delta: np.ndarray, alphas: np.ndarray,
                  noise: np.ndarray, omni: bool) -> np.ndarray:
     a1, a2, a3, a4, a5 = alphas[0], alphas[1], alphas[2], alphas[3], alphas[4]
@@ -46,11 +57,13 @@ def motion_numba(poses: np.ndarray, odom_pose: np.ndarray, delta: np.ndarray, al
         s_rot1 = math.sqrt(a1 * rot1_noise * rot1_noise + a2 * trans * trans)
         s_trans = math.sqrt(a3 * trans * trans + a4 * rot1_noise * rot1_noise + a4 * rot2_noise * rot2_noise)
         s_rot2 = math.sqrt(a1 * rot2_noise * rot2_noise + a2 * trans * trans)
+        rot1_n = _normalize(rot1)
+        rot2_n = _normalize(rot2)
         for k in range(n):
             th = poses[k, 2]
-            rot1_hat = _angle_diff(rot1, s_rot1 * noise[k, 0])
+            rot1_hat = _angle_diff_from(rot1_n, s_rot1 * noise[k, 0])
             trans_hat = trans - s_trans * noise[k, 1]
-            rot2_hat = _angle_diff(rot2, s_rot2 * noise[k, 2])
+            rot2_hat = _angle_diff_from(rot2_n, s_rot2 * noise[k, 2])
             out[k, 0] = poses[k, 0] + trans_hat * math.cos(th + rot1_hat)
             out[k, 1] = poses[k, 1] + trans_hat * math.sin(th + rot1_hat)
             out[k, 2] = _normalize(th + rot1_hat + rot2_hat)

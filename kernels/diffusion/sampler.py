@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from kernels.diffusion import ops
-from kernels.diffusion.step_triton import counters_used
+from pyimpl.diffusion.philox import counters_used
 from pyimpl.diffusion.schedule import Schedule, make_schedule
 
 __all__ = ["METHODS", "cfg_model_output", "sample", "sampling_timesteps", "save_grid"]

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from kernels.diffusion import ops
-from kernels.diffusion.step_triton import counters_used
+from pyimpl.diffusion.philox import counters_used
 from pyimpl.diffusion.schedule import make_schedule
 
 __all__ = ["DDIMScheduler", "DDPMScheduler", "SchedulerOutput"]

@@ -32,7 +32,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from pyimpl.diffusion import philox
-from pyimpl.diffusion.philox import NOISE_BLOCK, NOISE_QUARTER, noise_counters
+from pyimpl.diffusion.philox import NOISE_BLOCK, NOISE_QUARTER
 from pyimpl.diffusion.schedule import Schedule
 from pyimpl.diffusion.steps import PREDICTION_TYPES, VARIANCE_TYPES, check_step_args, threshold_scale
 
@@ -642,9 +642,3 @@ def ddim_step_triton(
     s = _threshold_pass(launch, sample, dynamic_thresholding_ratio, sample_max_value) if thresholding else None
     _launch_with_x0(launch, pred_original_out, sample, s)
     return out
-
-
-def counters_used(sample: torch.Tensor) -> int:
-    """Philox counters one step over ``sample`` consumes (the offset advance to the next step)."""
-    n = sample.shape[0]
-    return noise_counters(n, sample[0].numel() if n else 0)

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["NOISE_BLOCK", "NOISE_QUARTER", "PHILOX_ROUNDS", "noise_counters", "philox_normal", "set_philox_rounds"]
+__all__ = ["NOISE_BLOCK", "NOISE_QUARTER", "PHILOX_ROUNDS", "counters_used", "noise_counters", "philox_normal",
+           "set_philox_rounds"]
 
 NOISE_QUARTER = 512
 PHILOX_ROUNDS = 10  # Random123's default; 7 is the fewest that pass BigCrush (Salmon et al. 2011)
@@ -43,6 +44,12 @@ _KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
 def noise_counters(n: int, per_sample: int) -> int:
     """Philox counters one call consumes for ``n`` samples of ``per_sample`` elements."""
     return n * (-(-per_sample // NOISE_BLOCK)) * NOISE_QUARTER
+
+
+def counters_used(sample: torch.Tensor) -> int:
+    """Philox counters one step over ``sample`` (batch first) consumes: the next step's offset advance."""
+    n = sample.shape[0]
+    return noise_counters(n, sample[0].numel() if n else 0)
 
 
 def _mul_hi_lo(a: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,8 @@ bandwidth (bytes = inputs read once + outputs written once) against the copy ban
 times one sampling step of the seed's UNet with the seed's update formula (as the project's anchor
 script ``seed_unet.py`` runs it): eager with SDPA (bf16 autocast), that step CUDA-graph captured,
 torch.compile, and the model patched by ``kernels.nn.patch`` (fused blocks and attention) CUDA-graph
-captured, also compiled.
+captured, also compiled; ``sample`` times the whole 999-step sampling of 16 images with the library's
+sampler (CUDA graph) unpatched and patched, against the seed's loop as written.
 Results go to $OUT/gpu_fused.json; a short table is printed last. ``--budget S`` stops starting new
 measurements after S seconds; ``--compile-patched`` also times the patched model under torch.compile,
 ``--compile-all`` compiles the peer at every batch (each compile of the UNet costs a minute or more).
@@ -363,11 +364,65 @@ def part_unet() -> None:
                                               for k, v in row.items() if k != "batch"))
 
 
+class Autocast(nn.Module):
+    """The model under bf16 autocast, returning fp32 noise (for the library's sampler)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.image_size, self.c_in = model.image_size, model.c_in
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out: torch.Tensor = self.model(x, t)
+        return out.float()
+
+
+def part_sample() -> None:
+    """The whole 999-step sampling of 16 images with the library's sampler (CUDA graph), unpatched
+    (SDPA, bf16 autocast) and patched; the seed's loop as written (fp32, need_weights=True) timed over
+    50 steps and scaled to 999."""
+    from kernels.diffusion.sampler import sample
+
+    torch.manual_seed(0)
+    base = UNet().to(DEV).eval()
+    x = torch.randn(16, 3, 64, 64, device=DEV)
+    with torch.no_grad():
+        for i in range(3):
+            seed_step_fn(base, x, 999 - i)
+        torch.cuda.synchronize()
+        t0 = time.time()
+        for i in range(50):
+            seed_step_fn(base, x, 999 - i)
+        torch.cuda.synchronize()
+    seed_s = (time.time() - t0) / 50 * 999
+    RESULTS["sample"] = res = {"seed_fp32_999_steps_s (from 50)": seed_s}
+    note(f"sampling 16 images, 999 steps: the seed's loop as written {seed_s:.2f} s (50 steps scaled)")
+    images = {}
+    for name, model in (("sdpa_bf16", sdpa_model(base)), ("ours_bf16", patched_model(base)[0])):
+        if left() < 40:
+            note("sample: time budget reached, stopping")
+            break
+        wrapped = Autocast(model)
+        torch.cuda.synchronize()
+        t0 = time.time()
+        images[name] = sample(wrapped, 16, cuda_graph=True, progress=False, output="float", seed=0)
+        torch.cuda.synchronize()
+        res[f"{name}_s"] = dt = time.time() - t0
+        note(f"sampling 16 images, 999 steps, library sampler + CUDA graph, {name}: {dt:.2f} s, "
+             f"{16 / dt:.2f} images/s, {seed_s / dt:.2f}x the seed's loop")
+        save()
+    if len(images) == 2:
+        res["rel_err_ours_vs_sdpa"] = rel_err(images["ours_bf16"], images["sdpa_bf16"])
+        note(f"final images, ours vs unpatched (same noise): relative L2 {res['rel_err_ours_vs_sdpa']:.2e}")
+
+
 def main() -> None:
-    parts = [a for a in sys.argv[1:] if a in ("check", "sweep", "kernels", "unet")]
+    parts = [a for a in sys.argv[1:] if a in ("check", "sweep", "kernels", "unet", "sample")]
     for name in parts:
         try:
-            {"check": part_check, "sweep": part_sweep, "kernels": part_kernels, "unet": part_unet}[name]()
+            {"check": part_check, "sweep": part_sweep, "kernels": part_kernels, "unet": part_unet,
+             "sample": part_sample}[name]()
         except Exception as ex:  # report and go on to the next part: one call must bring back what it can
             import traceback
 

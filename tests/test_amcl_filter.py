@@ -203,6 +203,13 @@ def test_png_and_gif(tmp_path: Path, floor: OccupancyMap, run: SimulatedRun) -> 
         assert im.size == (floor.width * 2, floor.height * 2)
         px = np.asarray(im.convert("RGB")).reshape(-1, 3)
     assert (px == draw.COLORS["particle"]).all(axis=1).any() and (px == draw.COLORS["estimate"]).all(axis=1).any()
+    r = floor.resolution
+    padded = OccupancyMap(np.pad(floor.state, 20), r, floor.origin_x - 20 * r, floor.origin_y - 20 * r)  # unknown rim
+    small = ParticleFilter(padded, random_seed=8, **SMALL)
+    small.initialize(run.truth[0], (0.05, 0.05, 0.02))
+    cropped = draw.render(small, crop=True)
+    left, top, right, bottom = draw.known_box(padded, 2)
+    assert cropped.size == (right - left, bottom - top) == ((floor.width - 6 + 10) * 2, (floor.height - 6 + 10) * 2)
     gif = draw.save_gif(tmp_path / "run.gif", frames)
     with Image.open(gif) as im:
         assert im.n_frames == 3 and im.size == (floor.width * 3, floor.height * 3)

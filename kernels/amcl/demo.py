@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale", type=int, default=2, help="pixels per map cell (default 2)")
     ap.add_argument("--png-dir", help="also write each drawn frame as a PNG here")
+    ap.add_argument("--no-crop", action="store_true", help="draw the whole map, not just its known part")
     ap.add_argument("--backend", help="force a backend for every op (numba, reference)")
     args = ap.parse_args(argv)
 
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         errors.append(float(np.hypot(*(pose[:2] - run.truth[k, :2]))))
         if k % args.every == 0 or k == len(run) - 1:
             img = render(pf, scan=run.scans[k], truth=run.truth[k], pose=pose, scale=args.scale,
-                         title=f"step {k}  particles {len(pf.poses)}  error {errors[-1]:.2f} m")
+                         title=f"step {k}  particles {len(pf.poses)}  error {errors[-1]:.2f} m",
+                         crop=not args.no_crop)
             frames.append(img)
             if png_dir:
                 img.save(png_dir / f"frame_{k:04d}.png")

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pyimpl.amcl.filter import ParticleFilter, Scan
-from pyimpl.amcl.maps import FREE, OCCUPIED, OccupancyMap
+from pyimpl.amcl.maps import FREE, OCCUPIED, UNKNOWN, OccupancyMap
 
 COLORS = dict(particle=(40, 90, 230), estimate=(220, 30, 30), truth=(20, 160, 60), scan=(255, 140, 0))
 
@@ -58,11 +58,23 @@ class _Frame:
             self.draw.ellipse([a - r, b - r, a + r, b + r], fill=color)
 
 
+def known_box(occupancy_map: OccupancyMap, scale: int, margin: int = 5) -> tuple[int, int, int, int]:
+    """Pixel box (left, top, right, bottom) around the map's known (free or occupied) cells."""
+    j, i = np.nonzero(occupancy_map.state != UNKNOWN)
+    if len(i) == 0:
+        return 0, 0, occupancy_map.width * scale, occupancy_map.height * scale
+    h = occupancy_map.height
+    left, right = max(0, i.min() - margin), min(occupancy_map.width, i.max() + 1 + margin)
+    top, bottom = max(0, h - 1 - j.max() - margin), min(h, h - j.min() + margin)
+    return left * scale, top * scale, right * scale, bottom * scale
+
+
 def render(pf: ParticleFilter, scan: Scan | None = None, truth: Sequence[float] | np.ndarray | None = None,
            pose: Sequence[float] | np.ndarray | None = None, scale: int = 2, max_particles: int = 3000,
-           title: str | None = None) -> Image.Image:
+           title: str | None = None, crop: bool = False) -> Image.Image:
     """One frame of the filter's state. ``pose``: where to draw the estimate and hang the scan
-    (default ``pf.estimate().pose``); ``truth``: the true pose, if known."""
+    (default ``pf.estimate().pose``); ``truth``: the true pose, if known; ``crop``: only the part
+    of the map around its known cells."""
     f = _Frame(pf.map, scale)
     poses = pf.poses
     if len(poses) > max_particles:
@@ -87,10 +99,12 @@ def render(pf: ParticleFilter, scan: Scan | None = None, truth: Sequence[float] 
         u, v = f.xy(at[0] + ell[0], at[1] + ell[1])
         f.draw.line(list(zip(u.tolist(), v.tolist())), fill=COLORS["estimate"], width=1)
     f.arrow(at, COLORS["estimate"])
+    img = f.img.crop(known_box(pf.map, scale)) if crop else f.img
     if title:
-        f.draw.rectangle([0, 0, 7 * len(title) + 8, 14], fill=(255, 255, 255))
-        f.draw.text((4, 2), title, fill=(0, 0, 0))
-    return f.img
+        draw = ImageDraw.Draw(img)
+        draw.rectangle([0, 0, 7 * len(title) + 8, 14], fill=(255, 255, 255))
+        draw.text((4, 2), title, fill=(0, 0, 0))
+    return img
 
 
 def save_png(path: str | os.PathLike[str], pf: ParticleFilter, **kwargs: Any) -> Path:

@@ -12,13 +12,17 @@ bf16 step). Each program reads its chunk once, accumulating sums of ``x - shift`
 in fp32 per lane, with the chunk's first value as the shift so that a large mean does not cancel;
 it writes the chunk's mean and M2. (2) ``_apply_kernel``: each program merges the row's chunk
 statistics with Chan, Golub & LeVeque's pairwise formula (M2 = sum M2_i + n_i (mean_i - mean)^2),
-then normalizes its chunk and applies weight, bias, residual, GELU and emb, writing the output once.
-Bytes: x read twice (the second read comes from L2 when x fits: 50 MB on an H100), residual read
-once, output written once; the statistics are a few KB.
+then normalizes its chunk and applies weight, bias, residual, GELU and emb, writing the output once;
+it walks the chunks in reverse, so the chunks the statistics pass read last are still in L2. The
+GELU's erf is Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7). Bytes: x read twice (the second read
+comes from L2 when x fits), residual read once, output written once; the statistics are a few KB.
 
 Layouts: contiguous NCHW (any number of groups; a group is a contiguous block) and channels-last
 for GroupNorm(1, C) (the sample is a contiguous block; the seed's attention blocks hand the next
-level channels-last tensors). Other strides are copied to NCHW first. The output keeps x's layout.
+level channels-last tensors). The apply pass loads a channel's weight once per tile where a tile
+lies in one NCHW channel plane, and once per program for channels-last [rows x C] tiles (C a power
+of two dividing the tile). Other strides are copied to NCHW first, and the output is then NCHW;
+otherwise it keeps x's layout.
 
 Backward, two launches over [channels x positions] tiles: per-(n, c) sums of dz * xhat, dz and dy
 (dz is the gradient at the GELU's input), from which the weight, bias and emb gradients and the

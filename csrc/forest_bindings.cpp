@@ -197,14 +197,22 @@ py::tuple predict_proba(Arr<float> X, py::array feature, py::array threshold, py
   require(threshold.shape(0) == n_nodes && child.shape(0) == n_nodes && node_offsets.data()[T] == n_nodes,
           "node arrays must have one length");
   if (inbag) require(inbag->ndim() == 2 && inbag->shape(0) == T && inbag->shape(1) == n, "inbag must be (n_trees, n)");
+  // One 12-byte record per node. kernels.forest keeps (feature, threshold, child) as the fields
+  // of one record array: then the nodes are read in place, otherwise packed here.
+  const auto* base = static_cast<const char*>(feature.data());
+  const bool packed = n_nodes > 0 && feature.strides(0) == sizeof(PackedNode) &&
+                      threshold.strides(0) == sizeof(PackedNode) && child.strides(0) == sizeof(PackedNode) &&
+                      static_cast<const char*>(threshold.data()) == base + offsetof(PackedNode, threshold) &&
+                      static_cast<const char*>(child.data()) == base + offsetof(PackedNode, child);
   std::vector<PackedNode> copy;
-  if (n_nodes > 0) {
+  if (!packed && n_nodes > 0) {
     auto fe = feature.unchecked<std::int32_t, 1>();
     auto th = threshold.unchecked<float, 1>();
     auto ch = child.unchecked<std::int32_t, 1>();
     copy.resize(n_nodes);
     for (std::int64_t k = 0; k < n_nodes; ++k) copy[k] = {fe(k), th(k), ch(k)};
   }
+  const PackedNode* nodes = packed ? reinterpret_cast<const PackedNode*>(base) : copy.data();
   // Structure checks (a model file is data, not trusted code): children after their parent and
   // inside the tree, leaves inside the tree's leaf rows, features inside X.
   for (std::int64_t t = 0; t < T; ++t) {
@@ -212,33 +220,21 @@ py::tuple predict_proba(Arr<float> X, py::array feature, py::array threshold, py
     const std::int64_t leaves = leaf_offsets.data()[t + 1] - leaf_offsets.data()[t];
     require(n0 < n1 && n1 <= n_nodes && leaves >= 1 && leaf_offsets.data()[t + 1] <= value.shape(0),
             "node_offsets / leaf_offsets must increase and stay inside the arrays");
+    bool ok = true;
+    std::int32_t max_feature = -1;
     for (std::int64_t k = 0; k < n1 - n0; ++k) {
-      const PackedNode& nd = copy[n0 + k];
-      if (nd.feature >= 0) {
-        if (nd.feature >= F) {
-          throw py::value_error("X has " + std::to_string(F) + " features, but a node splits on feature " +
-                                std::to_string(nd.feature));
-        }
-        require(nd.child > k && nd.child + 1 < n1 - n0, "a node's children must follow it inside its tree");
-      } else {
-        require(nd.child >= 0 && nd.child < leaves, "a leaf's value row must be inside its tree's rows");
-      }
+      const PackedNode& nd = nodes[n0 + k];
+      max_feature = std::max(max_feature, nd.feature);
+      ok &= nd.feature >= 0 ? (nd.child > k && nd.child + 1 < n1 - n0)
+                            : (nd.feature == -1 && nd.child >= 0 && nd.child < leaves);
     }
-  }
-  // Traversal form: a leaf k becomes {feature 0, threshold +inf, child k}, so a step from it stays
-  // on it and every step is the same branch-free update; leaf_row keeps its value row.
-  std::vector<std::int32_t> leaf_row(n_nodes, -1);
-  for (std::int64_t t = 0; t < T; ++t) {
-    const std::int64_t n0 = node_offsets.data()[t], n1 = node_offsets.data()[t + 1];
-    for (std::int64_t k = 0; k < n1 - n0; ++k) {
-      PackedNode& nd = copy[n0 + k];
-      if (nd.feature < 0) {
-        leaf_row[n0 + k] = nd.child;
-        nd = {0, std::numeric_limits<float>::infinity(), static_cast<std::int32_t>(k)};
-      }
+    if (max_feature >= F) {
+      throw py::value_error("X has " + std::to_string(F) + " features, but a node splits on feature " +
+                            std::to_string(max_feature));
     }
+    require(ok, "node arrays do not describe trees: a child outside its tree or before its parent, or a leaf "
+                "row outside the tree's rows");
   }
-  const PackedNode* nodes = copy.data();
   py::array_t<double> proba({n, C});
   py::array_t<std::int64_t> used(n);
   const float* x = X.data();
@@ -247,11 +243,11 @@ py::tuple predict_proba(Arr<float> X, py::array feature, py::array threshold, py
   const std::int32_t* ib = inbag ? inbag->data() : nullptr;
   double* out = proba.mutable_data();
   std::int64_t* cnt = used.mutable_data();
-  // Blocks of rows, each run through every tree in turn: a few blocks per thread, large enough
-  // that a tree's nodes are reused by many rows while they are in cache.
-  constexpr int kLanes = 8;
-  const std::int64_t per_thread = (n + 4 * std::max(1, n_threads) - 1) / (4 * std::max(1, n_threads));
-  const std::int64_t kBlock = std::clamp<std::int64_t>(per_thread, 256, 512);
+  // Rows in a few large blocks per thread; inside a block, tree by tree over all its rows, so a
+  // tree's nodes are loaded once per block and stay in cache while the block's rows use them.
+  constexpr int kLanes = 16;
+  const int threads = std::max(1, n_threads);
+  const std::int64_t kBlock = std::max<std::int64_t>(kLanes, (n + 2 * threads - 1) / (2 * threads));
   const std::int64_t n_blocks = (n + kBlock - 1) / kBlock;
   {
     py::gil_scoped_release release;
@@ -263,9 +259,9 @@ py::tuple predict_proba(Arr<float> X, py::array feature, py::array threshold, py
       for (std::int64_t t = 0; t < T; ++t) {
         const PackedNode* tn = nodes + no[t];
         const float* tv = val + lo[t] * C;
-        const std::int32_t* tl = leaf_row.data() + no[t];
-        // kLanes rows step down together, branch-free, until a whole step moves none of them:
-        // independent loads overlap their cache misses and no direction is mispredicted.
+        // kLanes rows step down together until a whole step moves none of them. Each step is
+        // branch-free (a row at a leaf keeps its node by a select), so independent loads overlap
+        // their cache misses and no direction is mispredicted.
         for (std::int64_t g = r0; g < r1; g += kLanes) {
           const int lanes = static_cast<int>(std::min<std::int64_t>(kLanes, r1 - g));
           std::int32_t at[kLanes] = {};
@@ -276,7 +272,10 @@ py::tuple predict_proba(Arr<float> X, py::array feature, py::array threshold, py
             std::int32_t any = 0;
             for (int j = 0; j < kLanes; ++j) {
               const PackedNode& q = tn[at[j]];
-              const std::int32_t next = q.child + (row[j][q.feature] > q.threshold ? 1 : 0);
+              const bool inner = q.feature >= 0;
+              const std::int32_t f = inner ? q.feature : 0;
+              const std::int32_t step = q.child + (row[j][f] > q.threshold ? 1 : 0);
+              const std::int32_t next = inner ? step : at[j];
               any |= next ^ at[j];
               at[j] = next;
             }
@@ -285,7 +284,7 @@ py::tuple predict_proba(Arr<float> X, py::array feature, py::array threshold, py
           for (int j = 0; j < lanes; ++j) {
             const std::int64_t r = g + j;
             if (ib && ib[t * n + r] > 0) continue;
-            const float* leaf = tv + static_cast<std::int64_t>(tl[at[j]]) * C;
+            const float* leaf = tv + static_cast<std::int64_t>(tn[at[j]].child) * C;
             double* o = out + r * C;
             for (std::int64_t c = 0; c < C; ++c) o[c] += leaf[c];
             ++cnt[r];

@@ -65,7 +65,9 @@ def _world() -> dict[str, Any]:
     if not _STATE:
         m = _map()
         run = simulate(m, 120, seed=0, beams=360, range_max=8.0)
-        _STATE.update(map=m, dist=amcl_distance_map(m.state, m.resolution, 2.0), run=run, truth=run.truth[0])
+        dist = amcl_distance_map(m.state, m.resolution, 2.0)
+        dist.setflags(write=False)  # as the filter keeps it: the likelihood table is built once and cached
+        _STATE.update(map=m, dist=dist, run=run, truth=run.truth[0])
     return _STATE
 
 

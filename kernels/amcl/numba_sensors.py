@@ -32,6 +32,20 @@ def _laser_on(poses: np.ndarray, k: int, lx: float, ly: float, lth: float) -> tu
 
 
 @njit(cache=True)
+def _laser_frame(poses: np.ndarray, k: int, lx: float, ly: float, lth: float) -> tuple[float, float, float, float]:
+    """The laser's position on particle k and the cos / sin of its heading θ + lth (two sincos
+    only when the laser is turned on the robot)."""
+    t = poses[k, 2]
+    c0 = math.cos(t)
+    s0 = math.sin(t)
+    px = poses[k, 0] + lx * c0 - ly * s0
+    py = poses[k, 1] + lx * s0 + ly * c0
+    if lth == 0.0:
+        return px, py, c0, s0
+    return px, py, math.cos(t + lth), math.sin(t + lth)
+
+
+@njit(cache=True)
 def _field(dist: np.ndarray, cx: float, cy: float, resolution: float, hx: float, hy: float,
            max_dist: float) -> float:
     """Distance-map value at a world point, ``inf`` off the map (caller substitutes max_dist)."""
@@ -49,9 +63,7 @@ def _field_particle(poses: np.ndarray, k: int, ranges: np.ndarray, bx: np.ndarra
                     zr: float, denom: float, laser_pose: np.ndarray, log_sum: bool) -> float:
     """1 + Σ pz³ (or exp Σ log pz with ``log_sum``) over one particle's usable beams; (bx, by) are
     the beams' end points in the laser frame, rotated by the particle's heading (no sincos per beam)."""
-    px, py, pt = _laser_on(poses, k, laser_pose[0], laser_pose[1], laser_pose[2])
-    c = math.cos(pt)
-    s = math.sin(pt)
+    px, py, c, s = _laser_frame(poses, k, laser_pose[0], laser_pose[1], laser_pose[2])
     p = 0.0 if log_sum else 1.0
     for b in range(ranges.shape[0]):
         if not ranges[b] < range_max:  # max-range and NaN beams are ignored
@@ -105,9 +117,7 @@ def _table_particle(poses: np.ndarray, k: int, ranges: np.ndarray, bx: np.ndarra
                     table: np.ndarray, off_map: float, cx: float, cy: float, resolution: float, range_max: float,
                     laser_pose: np.ndarray, log_sum: bool) -> float:
     """``_field_particle`` reading pz³ / log pz from the table (``off_map`` off the map)."""
-    px, py, pt = _laser_on(poses, k, laser_pose[0], laser_pose[1], laser_pose[2])
-    c = math.cos(pt)
-    s = math.sin(pt)
+    px, py, c, s = _laser_frame(poses, k, laser_pose[0], laser_pose[1], laser_pose[2])
     h, w = table.shape
     p = 0.0 if log_sum else 1.0
     for b in range(ranges.shape[0]):
@@ -128,9 +138,7 @@ def _skip_logs(poses: np.ndarray, k: int, ranges: np.ndarray, bx: np.ndarray, by
                denom: float, laser_pose: np.ndarray, beam_skip_distance: float, logs: np.ndarray,
                near: np.ndarray) -> None:
     """One particle's log pz per beam, and whether each beam ends within beam_skip_distance of an obstacle."""
-    px, py, pt = _laser_on(poses, k, laser_pose[0], laser_pose[1], laser_pose[2])
-    c = math.cos(pt)
-    s = math.sin(pt)
+    px, py, c, s = _laser_frame(poses, k, laser_pose[0], laser_pose[1], laser_pose[2])
     for b in range(ranges.shape[0]):
         if not ranges[b] < range_max:
             continue

@@ -2,11 +2,14 @@
 backend. ``tests/test_parity.py`` compares every backend with its reference on every sample.
 
 The Numba modules are imported on first use, so ``import kernels`` stays cheap; compiled code is
-cached on disk (``cache=True``), so a second process starts without compiling.
+cached on disk (``cache=True``), so a second process starts without compiling. The sensor models
+and ray casting split big calls over a pool of ``set_threads(n)`` threads (``nogil`` kernels
+writing disjoint rows); small calls run on the caller's thread.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import itertools
@@ -30,7 +33,14 @@ CLOSE = {"*": Tolerance(atol=1e-12, rtol=1e-12)}
 
 
 PARALLEL_MIN_WORK = 16384  # particle-beams (or rays) below which handing work to threads does not pay
-_THREADS = [int(os.environ.get("KERNELS_AMCL_THREADS", "0")) or (os.cpu_count() or 1)]
+
+
+def _default_threads() -> int:
+    value = os.environ.get("KERNELS_AMCL_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else (os.cpu_count() or 1)
+
+
+_THREADS = [_default_threads()]
 _POOL: list[ThreadPoolExecutor | None] = [None]
 
 
@@ -75,7 +85,7 @@ def _numba(module: str) -> ModuleType:
     return importlib.import_module(f"kernels.amcl.numba_{module}")
 
 
-def _f64(a: Any, shape_last: int | None = None) -> np.ndarray:
+def _f64(a: Any) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float64)
 
 
@@ -312,8 +322,8 @@ _TABLES: dict[tuple[Any, ...], tuple[weakref.ref[np.ndarray], np.ndarray]] = {}
 
 
 def _field_table(dist: np.ndarray, key: tuple[Any, ...], log_sum: bool) -> np.ndarray | None:
-    """The per-cell pz³ / log pz table for a read-only distance map (built once, kept while the
-    map lives); None for a writable map, which could change under a cached table."""
+    """The per-cell pz³ / log pz table for a read-only distance map (built once, kept while that
+    array object lives); None for a writable map, which could change under a cached table."""
     if dist.flags.writeable or dist.dtype != np.float64 or not dist.flags.c_contiguous:
         return None
     full = (id(dist), dist.shape, log_sum, *key)
@@ -328,6 +338,12 @@ def _field_table(dist: np.ndarray, key: tuple[Any, ...], log_sum: bool) -> np.nd
     return table
 
 
+@functools.lru_cache(maxsize=64)
+def _off_map_term(max_dist: float, key: tuple[float, ...], log_sum: bool) -> float:
+    """pz³ (or log pz) of an end point off the map, where z = max_dist."""
+    return float(_numba("sensors").field_table(np.full((1, 1), max_dist), *key, log_sum)[0, 0])
+
+
 def _likelihood_field(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarray, dist: np.ndarray,
                       resolution: float, origin_x: float, origin_y: float, max_dist: float, range_max: float,
                       z_hit: float, z_rand: float, sigma_hit: float, laser_pose: np.ndarray, log_sum: bool,
@@ -340,11 +356,11 @@ def _likelihood_field(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarra
     cx, cy, zr, denom, bx, by = mod.field_setup(d, ranges, bearings, float(resolution), float(origin_x),
                                                 float(origin_y), float(range_max), float(z_rand), float(sigma_hit))
     out = np.empty(n)
-    table = _field_table(d, key, log_sum)
+    table = _field_table(dist, key, log_sum) if isinstance(dist, np.ndarray) else None
     if table is None and work * 4 > d.size:  # one exp per cell beats one per beam
         table = mod.field_table(d, *key, log_sum)
     if table is not None:
-        off = mod.field_table(np.full((1, 1), float(max_dist)), *key, log_sum)[0, 0]
+        off = _off_map_term(float(max_dist), key, log_sum)
         _launch(mod.likelihood_table_range, n, work, force_parallel, out, poses, ranges, bx, by, table, off, cx, cy,
                 float(resolution), float(range_max), laser_pose, log_sum)
     else:

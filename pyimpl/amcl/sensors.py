@@ -65,13 +65,16 @@ def _endpoint_cells(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarray,
                     laser_pose: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cell (i, j) of every beam's end point (N, B) and whether it lies on the map.
 
-    End point: the laser-frame point r·(cos b, sin b) rotated by the laser's heading θ and moved
-    to its position (the same point as pose + r·(cos(θ+b), sin(θ+b)), without a sincos per beam)."""
-    lp = coord_add(laser_pose, poses)
+    The laser sits at pose + R(θ)·(lx, ly) with heading θ + lyaw; a beam's end point is the
+    laser-frame point r·(cos b, sin b) rotated by that heading (the same point as
+    laser + r·(cos(θ+lyaw+b), sin(θ+lyaw+b)), without a sincos per beam)."""
+    c0, s0 = np.cos(poses[:, 2:3]), np.sin(poses[:, 2:3])
+    lx = poses[:, 0:1] + laser_pose[0] * c0 - laser_pose[1] * s0
+    ly = poses[:, 1:2] + laser_pose[0] * s0 + laser_pose[1] * c0
+    c, s = np.cos(poses[:, 2:3] + laser_pose[2]), np.sin(poses[:, 2:3] + laser_pose[2])
     bx, by = ranges * np.cos(bearings), ranges * np.sin(bearings)
-    c, s = np.cos(lp[:, 2:3]), np.sin(lp[:, 2:3])
-    hx = lp[:, 0:1] + c * bx[None, :] - s * by[None, :]
-    hy = lp[:, 1:2] + s * bx[None, :] + c * by[None, :]
+    hx = lx + c * bx[None, :] - s * by[None, :]
+    hy = ly + s * bx[None, :] + c * by[None, :]
     h, w = shape
     fi, fj = world_to_cell(hx, hy, w, h, resolution, origin_x, origin_y)
     valid = (fi >= 0) & (fi < w) & (fj >= 0) & (fj < h)

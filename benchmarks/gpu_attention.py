@@ -360,7 +360,7 @@ def part_overhead() -> None:
 
     from kernels.attention.ops import attention_triton
 
-    q, k, v = qkv(16, 4, 64, 64, torch.float16)
+    q, k, v = qkv(16, 4, 64, 64, 64, torch.float16)
     with torch.no_grad():
         for name, fn in (("raw flash_forward", lambda: flash_forward(q, k, v, None, False, 0.125, False)),
                          ("backend fn", lambda: attention_triton(q, k, v)),

@@ -151,6 +151,11 @@ def _as_bhnd(layout: str, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 @functools.cache
+def _capability(index: int | None) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+@functools.cache
 def _triton_unavailable() -> str | None:
     return None if importlib.util.find_spec("triton") is not None else "triton is not installed (pip install triton)"
 
@@ -166,7 +171,7 @@ def _triton_reasons(q: Any, k: Any, v: Any, *, causal: bool = False, scale: floa
         out.append(f"scale={scale}: supported > 0")
     if q.dtype == torch.bfloat16 and q.device.type == "cpu":
         out.append("dtype=bfloat16 on cpu: Triton's interpreter multiplies bfloat16 matrices wrongly (CUDA only)")
-    if q.is_cuda and q.dtype == torch.bfloat16 and torch.cuda.get_device_capability(q.device) < (8, 0):
+    if q.is_cuda and q.dtype == torch.bfloat16 and _capability(q.device.index) < (8, 0):
         out.append("dtype=bfloat16: needs a GPU of compute capability 8.0 or newer")
     if q.numel() >= OFFSET_LIMIT or k.numel() >= OFFSET_LIMIT or v.numel() >= OFFSET_LIMIT:
         from kernels.attention.flash import max_offset

@@ -181,3 +181,29 @@ def test_gpu_memory_is_linear_in_n() -> None:
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base
     assert extra < 4 * 16384 * 64 * 2 * 2  # the output and the row statistics; N x N would be 2 GiB
+
+
+def test_tile_table_and_the_shared_memory_fallback() -> None:
+    pytest.importorskip("triton")
+    import triton.runtime.errors
+
+    from kernels.attention import flash
+
+    assert flash.forward_config(64, torch.float16) == flash.FlashConfig(64, 64, 4, 3)
+    assert flash.use_atomic_dq(16, 4096, deterministic=False) and not flash.use_atomic_dq(16, 64, deterministic=True)
+    assert not flash.use_atomic_dq(64, 1024, deterministic=False)
+    calls: list[tuple[int, int, int, bool]] = []
+
+    class FakeKernel:  # runs out of shared memory above 32 keys per tile or with pipelining
+        def __getitem__(self, grid: tuple[int, ...]) -> object:
+            def run(*args: object, BLOCK_M: int, BLOCK_N: int, num_warps: int, num_stages: int, EVEN_N: bool) -> None:
+                calls.append((BLOCK_M, BLOCK_N, num_stages, EVEN_N))
+                if num_stages > 1 or BLOCK_N > 32:
+                    raise triton.runtime.errors.OutOfResources(262144, 232448, "shared memory")
+            return run
+
+    start = flash.FlashConfig(64, 64, 4, 3)
+    flash.launch(FakeKernel(), ("test",), start, lambda c: (1,), EVEN_N=lambda c: 48 % c.block_n == 0)
+    assert calls[-1] == (64, 32, 1, False) and len(calls) == 5
+    flash.launch(FakeKernel(), ("test",), start, lambda c: (1,), EVEN_N=lambda c: 48 % c.block_n == 0)
+    assert len(calls) == 6 and calls[-1] == (64, 32, 1, False)  # the fitted tile is remembered

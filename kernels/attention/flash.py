@@ -19,7 +19,6 @@ import triton.runtime.errors
 from kernels.attention import flash_triton as kt
 from kernels.registry import triton_interpret
 
-HEAD_DIMS = (16, 32, 64, 128)
 LOG2E = 1.4426950408889634
 FP32_PRECISION = "tf32"
 
@@ -37,7 +36,7 @@ class FlashConfig:
 _INTERPRET = FlashConfig(16, 16, 1, 1)  # small tiles: the interpreter runs every block on the CPU
 
 
-def forward_config(head_dim: int, n_q: int, n_k: int, dtype: torch.dtype) -> FlashConfig:
+def forward_config(head_dim: int, dtype: torch.dtype) -> FlashConfig:
     """Forward tiles. On an H200, 64 x 64 tiles, 4 warps, 3 stages were the fastest of ten candidates
     at every measured shape (D 16..128, N 64..4096; docs/notes/attention-gpu.md). float32 tiles
     take twice the shared memory: fewer stages, and narrower key tiles at D = 128."""
@@ -51,7 +50,7 @@ def use_atomic_dq(head_dim: int, n_q: int, deterministic: bool) -> bool:
     return not deterministic and (head_dim == 16 or n_q <= 256)
 
 
-def backward_config(head_dim: int, n_q: int, n_k: int, dtype: torch.dtype, atomic: bool) -> FlashConfig:
+def backward_config(head_dim: int, n_q: int, dtype: torch.dtype, atomic: bool) -> FlashConfig:
     """Backward tiles (dK/dV pass and dQ pass), the fastest of eight candidates on an H200."""
     if dtype == torch.float32:
         return FlashConfig(32, 32, 4, 2) if head_dim == 128 else FlashConfig(32, 64, 4, 2)
@@ -145,7 +144,7 @@ def flash_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding
     interpret = triton_interpret()
     if interpret:
         interpreter_index_fix()
-    cfg = config or (_INTERPRET if interpret else forward_config(d, n_q, n_k, q.dtype))
+    cfg = config or (_INTERPRET if interpret else forward_config(d, q.dtype))
     if out_bnhd:
         o = torch.empty((b, n_q, h, d), device=q.device, dtype=q.dtype).transpose(1, 2)
     else:
@@ -172,7 +171,7 @@ def flash_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
     interpret = triton_interpret()
     if interpret:
         interpreter_index_fix()
-    cfg = config or (_INTERPRET if interpret else backward_config(d, n_q, n_k, q.dtype, atomic))
+    cfg = config or (_INTERPRET if interpret else backward_config(d, n_q, q.dtype, atomic))
     delta = torch.empty((b, h, n_q), device=q.device, dtype=torch.float32)
     rows = _INTERPRET.block_m if interpret else 64
     kt.attention_bwd_delta_kernel[(triton.cdiv(n_q, rows), b * h)](

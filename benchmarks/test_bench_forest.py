@@ -73,7 +73,7 @@ def test_forest_sort(bench, quick, kind: str, n: int, impl: str) -> None:  # typ
 
 @functools.lru_cache(maxsize=4)
 def _data(n_train: int, n_features: int) -> tuple[np.ndarray, ...]:
-    X, y = sk_datasets.make_classification(n_train + 20000, n_features, n_informative=min(20, n_features // 2),
+    X, y = sk_datasets.make_classification(n_train + 20000, n_features, n_informative=max(3, min(20, n_features // 2)),
                                            n_classes=3, random_state=0)
     return X[:n_train], y[:n_train], X[n_train:], y[n_train:]
 

@@ -166,7 +166,7 @@ ACCURACY_SETS = {
     "iris": lambda q: sk_datasets.load_iris(return_X_y=True),
     "make_classification": lambda q: sk_datasets.make_classification(3000, 20, n_informative=8, n_classes=3,
                                                                       random_state=0),
-    "covertype-like 200000x54": lambda q: sk_datasets.make_classification(
+    "covertype-like": lambda q: sk_datasets.make_classification(
         20000 if q else 200000, 54, n_informative=20, n_classes=7, n_clusters_per_class=3, random_state=0),
     "low-cardinality ints": lambda q: _low_cardinality(),
 }
@@ -193,5 +193,5 @@ def test_forest_accuracy(bench, benchmark, quick, dataset: str, impl: str, role:
         scores.append(est.fit(Xtr, ytr).score(Xte, yte))
     benchmark.extra_info["accuracy"] = float(np.mean(scores))
     benchmark.extra_info["seeds"] = len(scores)
-    bench(lambda: est.fit(Xtr, ytr), suite="forest_accuracy", case=f"{dataset}, {trees} trees", impl=impl, role=role,
-          rounds=1)
+    bench(lambda: est.fit(Xtr, ytr), suite="forest_accuracy",
+          case=f"{dataset} ({X.shape[0]}x{X.shape[1]}), {trees} trees", impl=impl, role=role, rounds=1)

@@ -243,11 +243,16 @@ py::tuple predict_proba(Arr<float> X, py::array feature, py::array threshold, py
   const std::int32_t* ib = inbag ? inbag->data() : nullptr;
   double* out = proba.mutable_data();
   std::int64_t* cnt = used.mutable_data();
-  // Rows in a few large blocks per thread; inside a block, tree by tree over all its rows, so a
-  // tree's nodes are loaded once per block and stay in cache while the block's rows use them.
-  constexpr int kLanes = 16;
+  // Inside a block of rows, tree by tree over all its rows. A forest that fits in cache is
+  // walked by small blocks (512 rows: the rows stay in cache too); a larger one by two blocks
+  // per thread, so each tree's nodes are fetched once per block rather than once per 512 rows.
+  constexpr int kLanes = 8;
+  constexpr std::int64_t kCachedForestBytes = std::int64_t(4) << 20;
   const int threads = std::max(1, n_threads);
-  const std::int64_t kBlock = std::max<std::int64_t>(kLanes, (n + 2 * threads - 1) / (2 * threads));
+  const std::int64_t large = std::max<std::int64_t>(kLanes, (n + 2 * threads - 1) / (2 * threads));
+  const std::int64_t kBlock = n_nodes * static_cast<std::int64_t>(sizeof(PackedNode)) <= kCachedForestBytes
+                                  ? std::min<std::int64_t>(512, large)
+                                  : large;
   const std::int64_t n_blocks = (n + kBlock - 1) / kBlock;
   {
     py::gil_scoped_release release;

@@ -322,3 +322,25 @@ def test_cached_table_follows_the_map_it_was_built_from(room) -> None:  # type: 
     np.testing.assert_allclose(amcl_likelihood_field(*args, writable, *rest),
                                amcl_likelihood_field(*args, writable, *rest, backend="reference"), rtol=1e-12)
     assert not np.array_equal(first, amcl_likelihood_field(*args, writable, *rest))
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_hash_table_bins_and_clusters_agree_with_nav2s_kd_tree(wrap: bool) -> None:
+    from pyimpl.amcl.kdtree import BinKdTree
+
+    rng = np.random.default_rng(11)
+    centres = rng.uniform(-4, 4, (5, 2))
+    c = centres[rng.integers(0, 5, 600)]
+    th = np.arctan2(np.sin(rng.normal(3.0, 0.3, 600)), np.cos(rng.normal(3.0, 0.3, 600)))
+    poses = np.stack([c[:, 0] + rng.normal(0, 0.5, 600), c[:, 1] + rng.normal(0, 0.5, 600), th], 1)
+    tree = BinKdTree(wrap_theta=wrap)
+    for p in poses:
+        tree.insert(p)
+    assert tree.leaf_count == len(np.unique(kld.pack_keys(kld.bin_keys(poses, BINS, wrap))))
+    tree.cluster()
+    by_tree = np.array([tree.cluster_of(p) for p in poses])
+    for labels in (kld.clusters(poses, BINS, wrap), amcl_cluster_stats(poses, np.ones(600), BINS, wrap)[0]):
+        # the same partition of the particles (labels may be numbered differently)
+        pairs = set(zip(by_tree.tolist(), np.asarray(labels).tolist()))
+        assert len(pairs) == len(set(by_tree.tolist())) == len(set(np.asarray(labels).tolist()))
+    assert len(set(by_tree.tolist())) > 1

@@ -1,9 +1,10 @@
 """KLD-adaptive resampling and clusters over (x, y, θ) bins, as nav2_amcl's ``pf.c`` and
 ``pf_kdtree.c`` (Fox, "Adapting the sample size in particle filters through KLD-sampling", 2003).
 
-Bins: key = (floor(x / 0.5 m), floor(y / 0.5 m), floor(θ / 10°)). nav2 keeps them in a kd-tree;
-what it is used for, the number of occupied bins k and the clusters of bins that touch (the 26
-neighbours), is computed here with a hash table (same answers, O(1) per insert).
+Bins: key = (floor(x / 0.5 m), floor(y / 0.5 m), floor(θ / 10°)). nav2 keeps them in a kd-tree
+(``kdtree.py`` has it); what it is used for, the number of occupied bins k and the clusters of
+bins that touch (the 26 neighbours), is computed here with a hash table (same answers, checked
+against the tree in the tests; O(1) per insert).
 
 Sample-count bound for k occupied bins (nav2 ``pf_resample_limit``):
     n(k) = ceil((k-1)/(2ε) · (1 - 2/(9(k-1)) + sqrt(2/(9(k-1)))·z)³), clamped to [min, max];

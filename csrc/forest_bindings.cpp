@@ -214,26 +214,39 @@ py::tuple predict_proba(Arr<float> X, py::array feature, py::array threshold, py
   }
   const PackedNode* nodes = packed ? reinterpret_cast<const PackedNode*>(base) : copy.data();
   // Structure checks (a model file is data, not trusted code): children after their parent and
-  // inside the tree, leaves inside the tree's leaf rows, features inside X.
+  // inside the tree, leaves inside the tree's leaf rows, features inside X. Trees in parallel.
   for (std::int64_t t = 0; t < T; ++t) {
     const std::int64_t n0 = node_offsets.data()[t], n1 = node_offsets.data()[t + 1];
-    const std::int64_t leaves = leaf_offsets.data()[t + 1] - leaf_offsets.data()[t];
-    require(n0 < n1 && n1 <= n_nodes && leaves >= 1 && leaf_offsets.data()[t + 1] <= value.shape(0),
+    require(n0 < n1 && n1 <= n_nodes && leaf_offsets.data()[t] < leaf_offsets.data()[t + 1] &&
+                leaf_offsets.data()[t + 1] <= value.shape(0),
             "node_offsets / leaf_offsets must increase and stay inside the arrays");
-    bool ok = true;
-    std::int32_t max_feature = -1;
-    for (std::int64_t k = 0; k < n1 - n0; ++k) {
-      const PackedNode& nd = nodes[n0 + k];
-      max_feature = std::max(max_feature, nd.feature);
-      ok &= nd.feature >= 0 ? (nd.child > k && nd.child + 1 < n1 - n0)
-                            : (nd.feature == -1 && nd.child >= 0 && nd.child < leaves);
-    }
-    if (max_feature >= F) {
+  }
+  std::vector<std::int32_t> tree_max_feature(T, -1);
+  std::vector<char> tree_ok(T, 1);
+  {
+    py::gil_scoped_release release;
+    parallel_for(T, n_threads, [&](std::int64_t t) {
+      const std::int64_t n0 = node_offsets.data()[t], n1 = node_offsets.data()[t + 1];
+      const std::int64_t leaves = leaf_offsets.data()[t + 1] - leaf_offsets.data()[t];
+      bool ok = true;
+      std::int32_t max_feature = -1;
+      for (std::int64_t k = 0; k < n1 - n0; ++k) {
+        const PackedNode& nd = nodes[n0 + k];
+        max_feature = std::max(max_feature, nd.feature);
+        ok &= nd.feature >= 0 ? (nd.child > k && nd.child + 1 < n1 - n0)
+                              : (nd.feature == -1 && nd.child >= 0 && nd.child < leaves);
+      }
+      tree_max_feature[t] = max_feature;
+      tree_ok[t] = ok ? 1 : 0;
+    });
+  }
+  for (std::int64_t t = 0; t < T; ++t) {
+    if (tree_max_feature[t] >= F) {
       throw py::value_error("X has " + std::to_string(F) + " features, but a node splits on feature " +
-                            std::to_string(max_feature));
+                            std::to_string(tree_max_feature[t]));
     }
-    require(ok, "node arrays do not describe trees: a child outside its tree or before its parent, or a leaf "
-                "row outside the tree's rows");
+    require(tree_ok[t] != 0, "node arrays do not describe trees: a child outside its tree or before its parent, "
+                             "or a leaf row outside the tree's rows");
   }
   py::array_t<double> proba({n, C});
   py::array_t<std::int64_t> used(n);

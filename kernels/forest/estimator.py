@@ -206,7 +206,7 @@ class RandomForestClassifier(_Mixin, _Base):
             check_int("maxDepth", p["max_depth"], 0)
         else:
             check_int("max_depth", p["max_depth"], 1, none=True)
-        p["max_depth"] = -1 if p["max_depth"] is None else int(p["max_depth"])
+        p["max_depth"] = -1 if p["max_depth"] is None else min(int(p["max_depth"]), 2**31 - 1)
         mss = p["min_samples_split"]
         if is_int(mss):
             check_int("min_samples_split", mss, 2)

@@ -441,6 +441,32 @@ def build_forest(X_cols: np.ndarray, y: np.ndarray, sample_weight: np.ndarray, c
     }
 
 
+def check_trees(feature: np.ndarray, threshold: np.ndarray, child: np.ndarray, n_leaf_rows: int,
+                node_offsets: np.ndarray, leaf_offsets: np.ndarray, n_features: int) -> None:
+    """Raise ``ValueError`` unless the packed arrays describe trees: offsets increasing from 0 to
+    the array lengths, every internal node's children after it inside its tree, every leaf's
+    value row inside its tree's rows, every split feature below ``n_features``. (A cycle would
+    make prediction loop forever; an index outside would read outside the arrays.)"""
+    feature = np.asarray(feature).astype(np.int64)
+    child = np.asarray(child).astype(np.int64)
+    no, lo = np.asarray(node_offsets), np.asarray(leaf_offsets)
+    n = feature.shape[0]
+    if (np.shape(threshold) != (n,) or child.shape != (n,) or no.ndim != 1 or no.shape != lo.shape
+            or no.shape[0] < 2 or no[0] != 0 or no[-1] != n or lo[0] != 0 or lo[-1] > n_leaf_rows
+            or (np.diff(no) < 1).any() or (np.diff(lo) < 1).any()):
+        raise ValueError("node_offsets / leaf_offsets must increase and stay inside the arrays")
+    if n and int(feature.max()) >= n_features:
+        raise ValueError(f"X has {n_features} features, but a node splits on feature {int(feature.max())}")
+    tree = np.repeat(np.arange(no.shape[0] - 1), np.diff(no))
+    local = np.arange(n) - no[tree]
+    size, leaves = np.diff(no)[tree], np.diff(lo)[tree]
+    ok_inner = (child > local) & (child + 1 < size)
+    ok_leaf = (feature == -1) & (child >= 0) & (child < leaves)
+    if not np.where(feature >= 0, ok_inner, ok_leaf).all():
+        raise ValueError("node arrays do not describe trees: a child outside its tree or before its parent, or a "
+                         "leaf row outside the tree's rows")
+
+
 def predict_proba(X: np.ndarray, feature: np.ndarray, threshold: np.ndarray, child: np.ndarray, value: np.ndarray,
                   node_offsets: np.ndarray, leaf_offsets: np.ndarray, n_threads: int = 1,
                   inbag: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -449,6 +475,7 @@ def predict_proba(X: np.ndarray, feature: np.ndarray, threshold: np.ndarray, chi
     (out-of-bag). Returns ``(proba float64 (n, n_classes), trees used per row int64)``."""
     del n_threads
     X = np.asarray(X, dtype=np.float32)
+    check_trees(feature, threshold, child, value.shape[0], node_offsets, leaf_offsets, X.shape[1])
     n, C = X.shape[0], value.shape[1]
     out = np.zeros((n, C), dtype=np.float64)
     used = np.zeros(n, dtype=np.int64)

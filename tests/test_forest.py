@@ -334,6 +334,11 @@ def test_corrupt_model_files_are_refused(tmp_path: Path) -> None:
     np.savez(tmp_path / "cycle.npz", **{**arrays, "child": child})
     with pytest.raises(ValueError, match="do not describe trees"):
         RandomForestClassifier.load(tmp_path / "cycle.npz")
+    for backend in ("reference", "native"):  # neither loops forever nor reads outside the arrays
+        with pytest.raises(ValueError, match="do not describe trees"):
+            kernels.forest.forest_predict_proba(X.astype(np.float32), arrays["feature"], arrays["threshold"], child,
+                                                arrays["value"], arrays["node_offsets"], arrays["leaf_offsets"],
+                                                backend=backend)
     feature = arrays["feature"].copy()
     feature[0] = 99
     with pytest.raises(ValueError, match="splits on feature 99"):

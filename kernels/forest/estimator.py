@@ -37,6 +37,7 @@ from kernels.forest.validation import (
     is_real,
     param_error,
 )
+from pyimpl.forest import check_trees
 
 try:
     from sklearn.base import BaseEstimator as _Base
@@ -458,29 +459,16 @@ class RandomForestClassifier(_Mixin, _Base):
 
 
 def check_model(model: dict[str, np.ndarray], n_features: int, n_classes: int) -> None:
-    """Reject node arrays that are not a forest (a model file is data): dtypes, lengths, children
-    after their parent inside their tree, leaf rows inside their tree, features < n_features."""
+    """Reject node arrays that are not a forest (a model file is data): dtypes, then the tree
+    structure (``pyimpl.forest.check_trees``)."""
     want = dict(feature="i", threshold="f", child="i", value="f", node_offsets="i", leaf_offsets="i")
     for k, kind in want.items():
         if model[k].dtype.kind != kind:
             raise ValueError(f"model array {k!r} has dtype {model[k].dtype}; expected kind {kind!r}")
-    feature, child = model["feature"].astype(np.int64), model["child"].astype(np.int64)
-    no, lo = model["node_offsets"], model["leaf_offsets"]
-    n = feature.shape[0]
-    if (model["threshold"].shape != (n,) or child.shape != (n,) or model["value"].ndim != 2
-            or model["value"].shape[1] != n_classes or no.shape != lo.shape or no.shape[0] < 2 or no[0] != 0
-            or no[-1] != n or lo[0] != 0 or lo[-1] != model["value"].shape[0] or (np.diff(no) < 1).any()
-            or (np.diff(lo) < 1).any()):
-        raise ValueError("model arrays have inconsistent shapes or offsets")
-    tree = np.repeat(np.arange(no.shape[0] - 1), np.diff(no))
-    local = np.arange(n) - no[tree]
-    size, leaves = np.diff(no)[tree], np.diff(lo)[tree]
-    inner = feature >= 0
-    ok_inner = (feature < n_features) & (child > local) & (child + 1 < size)
-    ok_leaf = (feature == -1) & (child >= 0) & (child < leaves)
-    if not np.where(inner, ok_inner, ok_leaf).all():
-        raise ValueError("model arrays do not describe trees (a child outside its tree, a leaf row outside "
-                         "value, or a feature outside X)")
+    if model["value"].ndim != 2 or model["value"].shape[1] != n_classes:
+        raise ValueError(f"model array 'value' must have shape (n_leaves, {n_classes}), got {model['value'].shape}")
+    check_trees(model["feature"], model["threshold"], model["child"], model["value"].shape[0],
+                model["node_offsets"], model["leaf_offsets"], n_features)
 
 
 def _jsonable(v: Any) -> bool:

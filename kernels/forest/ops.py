@@ -407,17 +407,18 @@ def _predict_sample(name: str, n_fit: int, n_predict: int, n_features: int, n_cl
     return Sample(name, make)
 
 
-def _check_predict(X: np.ndarray, feature: np.ndarray) -> None:
+def _check_predict(X: np.ndarray) -> None:
+    """X's shape; the trees are checked by the backend (``pyimpl.forest.check_trees`` or C++)."""
     if not isinstance(X, np.ndarray) or X.ndim != 2:
         raise ValueError(f"X must be a 2-D array, got shape {np.shape(X)}")
-    if feature.size and int(feature.max()) >= X.shape[1]:
-        raise ValueError(f"X has {X.shape[1]} features, but a node splits on feature {int(feature.max())}")
+    if X.shape[1] < 1:
+        raise ValueError(f"X has {X.shape[1]} features; the trees need at least one")
 
 
 def _predict_reference(X: np.ndarray, feature: np.ndarray, threshold: np.ndarray, child: np.ndarray,
                        value: np.ndarray, node_offsets: np.ndarray, leaf_offsets: np.ndarray, n_threads: int = 1,
                        inbag: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    _check_predict(X, feature)
+    _check_predict(X)
     return ref.predict_proba(X, feature, threshold, child, value, node_offsets, leaf_offsets, n_threads, inbag)
 
 
@@ -441,7 +442,7 @@ def forest_predict_proba_native(X: np.ndarray, feature: np.ndarray, threshold: n
                                 value: np.ndarray, node_offsets: np.ndarray, leaf_offsets: np.ndarray,
                                 n_threads: int = 1, inbag: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """C++ batch prediction: rows in parallel blocks, 8 rows descending each tree together."""
-    _check_predict(X, feature)
+    _check_predict(X)
     proba, used = native().predict_proba(np.ascontiguousarray(X, np.float32), feature, threshold, child, value,
                                          node_offsets, leaf_offsets, int(n_threads), inbag)
     return proba, used

@@ -28,9 +28,9 @@ EXACT = Tolerance()
 
 def verify(out: Any, ref: Any, tol: Tolerance = EXACT, what: str = "") -> None:
     """Raise ``VerificationError`` unless ``out`` matches ``ref`` within ``tol``."""
-    ok, _, msg = compare(out, ref, tol)
-    if not ok:
-        raise VerificationError(f"{what}: output differs from the reference before timing: {msg}")
+    c = compare(out, ref, tol)
+    if not c.ok:
+        raise VerificationError(f"{what}: output differs from the reference before timing: {c.message}")
 
 
 def cuda_time(fn: Callable[[], Any], warmup: int = 10, rep: int = 50, flush_l2: bool = True) -> dict[str, float]:

@@ -83,10 +83,12 @@ def cmd_parity(args: argparse.Namespace) -> int:
     rows = parity.summarize(results)
     for row in rows:
         row["max_error"] = f"{row['max_error']:.3g}"
+        row["err/tol"] = f"{row['ratio']:.2f}"
         row["tolerance"] = f"atol={row['atol']:g} rtol={row['rtol']:g}"
         row["samples"] = f"{row['samples']}" + (f" (+{row['skipped']} skipped)" if row["skipped"] else "")
     print(_environment())
-    print(format_table(rows, ["op", "backend", "device", "dtype", "samples", "max_error", "tolerance", "status"]))
+    print(format_table(rows, ["op", "backend", "device", "dtype", "samples", "max_error", "err/tol", "tolerance",
+                                           "status"]))
     failed = [row for row in rows if row["status"] == "FAIL"]
     for row in rows:
         if row["status"] != "ok" and row["detail"]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -35,7 +35,8 @@ class Case:
 class Result:
     case: Case
     status: str  # "ok", "FAIL", "skip"
-    max_error: float = 0.0  # max over elements of |out - ref| - (atol + rtol |ref|) + atol: 0 = exact
+    max_error: float = 0.0  # largest |out - ref|
+    ratio: float = 0.0  # largest |out - ref| / (atol + rtol |ref|): at most 1 passes
     detail: str = ""
 
     @property
@@ -136,47 +137,66 @@ def _numpy(x: Any) -> Any:
     return x
 
 
-def compare(out: Any, ref: Any, tol: Tolerance) -> tuple[bool, float, str]:
-    """Compare nested outputs leaf by leaf. Returns (ok, worst excess error, message)."""
+class Comparison(NamedTuple):
+    """``ok``; the largest ``|out - ref|``; the largest ratio of that error to what the tolerance
+    allows at the element (``ok`` means ratio <= 1); why not, when not ok."""
+
+    ok: bool
+    max_error: float
+    ratio: float
+    message: str
+
+
+def _fail(message: str, max_error: float = float("inf")) -> Comparison:
+    return Comparison(False, max_error, float("inf"), message)
+
+
+def compare(out: Any, ref: Any, tol: Tolerance) -> Comparison:
+    """Compare nested outputs leaf by leaf: shapes, NaN and Inf positions exactly, finite values
+    within ``atol + rtol * |ref|``, integers exactly."""
     outs, refs = _leaves(out), _leaves(ref)
     if len(outs) != len(refs):
-        return False, float("inf"), f"{len(outs)} outputs, reference has {len(refs)}"
-    worst = 0.0
+        return _fail(f"{len(outs)} outputs, reference has {len(refs)}")
+    worst = ratio = 0.0
     for i, (o, r) in enumerate(zip(outs, refs)):
         o, r = _numpy(o), _numpy(r)
         if not isinstance(r, np.ndarray):
             if o != r and not (isinstance(r, float) and isinstance(o, float) and np.isnan(r) and np.isnan(o)):
-                return False, float("inf"), f"output {i}: {o!r} != reference {r!r}"
+                return _fail(f"output {i}: {o!r} != reference {r!r}")
             continue
         if not isinstance(o, np.ndarray) or o.shape != r.shape:
-            return False, float("inf"), f"output {i}: shape {getattr(o, 'shape', None)} != reference {r.shape}"
+            return _fail(f"output {i}: shape {getattr(o, 'shape', None)} != reference {r.shape}")
         if o.size == 0:
             continue
         if not np.issubdtype(r.dtype, np.floating):
             bad = np.flatnonzero(o.reshape(-1) != r.reshape(-1))
             if bad.size:
-                return False, float("inf"), f"output {i}: {bad.size} elements differ, first at {bad[:5].tolist()}"
+                return _fail(f"output {i}: {bad.size} elements differ, first at {bad[:5].tolist()}")
             continue
         of, rf = o.astype(np.float64).reshape(-1), r.astype(np.float64).reshape(-1)
         nan_o, nan_r = np.isnan(of), np.isnan(rf)
         if (nan_o != nan_r).any():
             idx = np.flatnonzero(nan_o != nan_r)
-            return False, float("inf"), f"output {i}: NaN differs from reference at {idx[:5].tolist()}"
+            return _fail(f"output {i}: NaN differs from reference at {idx[:5].tolist()}")
         inf_r = np.isinf(rf)
         if (of[inf_r] != rf[inf_r]).any():
-            return False, float("inf"), f"output {i}: Inf differs from reference"
+            return _fail(f"output {i}: Inf differs from reference")
         fin = ~(nan_r | inf_r)
         err = np.abs(of[fin] - rf[fin])
         allowed = tol.atol + tol.rtol * np.abs(rf[fin])
         if err.size:
             worst = max(worst, float(err.max()))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratios = np.where(err == 0, 0.0, err / allowed)
+            ratio = max(ratio, float(ratios.max()))
             over = np.flatnonzero(err > allowed)
             if over.size:
                 j = over[0]
-                return False, worst, (f"output {i}: {over.size}/{err.size} elements out of tolerance "
-                                      f"(atol={tol.atol}, rtol={tol.rtol}); worst |diff|={err.max():.3g}, "
-                                      f"first at flat index {np.flatnonzero(fin)[j]}: {of[fin][j]!r} vs {rf[fin][j]!r}")
-    return True, worst, ""
+                return Comparison(False, worst, ratio, (
+                    f"output {i}: {over.size}/{err.size} elements out of tolerance (atol={tol.atol}, "
+                    f"rtol={tol.rtol}); worst |diff|={err.max():.3g}, first at flat index "
+                    f"{np.flatnonzero(fin)[j]}: {of[fin][j]!r} vs {rf[fin][j]!r}"))
+    return Comparison(True, worst, ratio, "")
 
 
 def _grad_inputs(args: Any, kwargs: dict[str, Any]) -> list[Any]:
@@ -215,18 +235,19 @@ def run_case(case: Case) -> Result:
     try:
         out = op.output(args, kwargs, be.fn(*args, **kwargs))
     except Exception as e:  # a crash is a failure of the case, reported with its type
-        return Result(case, "FAIL", float("inf"), f"backend raised {type(e).__name__}: {str(e)[:300]}")
+        return Result(case, "FAIL", float("inf"), float("inf"), f"backend raised {type(e).__name__}: {str(e)[:300]}")
     ref = op.output(rargs, rkwargs, op.reference(*rargs, **rkwargs))
     tol = be.tolerance(case.dtype)
-    ok, err, msg = compare(out, ref, tol)
-    if ok and grad:
+    c = compare(out, ref, tol)
+    err, ratio, msg = c.max_error, c.ratio, c.message
+    if c.ok and grad:
         g = _backward(out, inputs, seed=1234)
         rg = _backward(ref, rinputs, seed=1234)
-        ok, gerr, msg = compare(g, rg, be.tolerance(f"grad:{case.dtype}") if f"grad:{case.dtype}" in be.tolerances
-                                else tol)
-        err = max(err, gerr)
-        msg = f"gradient: {msg}" if msg else ""
-    return Result(case, "ok" if ok else "FAIL", err, msg)
+        gc = compare(g, rg, be.tolerances.get(f"grad:{case.dtype}", tol))
+        c = gc
+        err, ratio = max(err, gc.max_error), max(ratio, gc.ratio)
+        msg = f"gradient: {gc.message}" if gc.message else ""
+    return Result(case, "ok" if c.ok else "FAIL", err, ratio, msg)
 
 
 def error_cases(ops: Iterable[str] | None = None) -> list[tuple[Op, Backend, ErrorSample]]:
@@ -253,7 +274,8 @@ def summarize(results: list[Result]) -> list[dict[str, Any]]:
         key = (c.op.name, c.backend.name, c.device, c.dtype)
         tol = r.tolerance
         row = rows.setdefault(key, dict(op=key[0], backend=key[1], device=key[2], dtype=key[3], samples=0,
-                                        skipped=0, max_error=0.0, atol=tol.atol, rtol=tol.rtol, status="ok",
+                                        skipped=0, max_error=0.0, ratio=0.0, atol=tol.atol, rtol=tol.rtol,
+                                        status="ok",
                                         detail=""))
         if r.status == "skip":
             row["skipped"] += 1
@@ -261,6 +283,7 @@ def summarize(results: list[Result]) -> list[dict[str, Any]]:
             continue
         row["samples"] += 1
         row["max_error"] = max(row["max_error"], r.max_error)
+        row["ratio"] = max(row["ratio"], r.ratio)
         if r.status == "FAIL":
             row["status"] = "FAIL"
             row["detail"] = f"{c.sample.name}: {r.detail}"

@@ -268,7 +268,9 @@ def test_fused_up_matches_with_channels_last_inputs() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2), (torch.float16, 5e-3)])
+# fp32: the Triton attention multiplies with TF32 dots (about 2.4e-3 relative error per block, see
+# docs/attention.md); measured 8.8e-4 on the whole seed UNet on an H100.
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 3e-3), (torch.bfloat16, 3e-2), (torch.float16, 5e-3)])
 def test_patched_seed_unet_on_cuda(dtype: torch.dtype, tol: float) -> None:
     """The seed-sized UNet (64x64, width 64) patched on CUDA, under autocast for low precision."""
     torch.manual_seed(0)

@@ -171,3 +171,12 @@ def test_compare_handles_nan_inf_and_shapes() -> None:
     assert not compare(np.array([1.0, np.nan, -np.inf]), a, tol)[0]
     assert not compare(np.zeros(2), np.zeros(3), tol)[0]
     assert compare(np.zeros((0, 3)), np.zeros((0, 3)), tol)[0]
+
+
+def test_compare_reports_error_to_tolerance_ratio() -> None:
+    from kernels.parity import compare
+    from kernels.registry import Tolerance
+
+    c = compare(np.array([1.0 + 5e-7, 2.0]), np.array([1.0, 2.0]), Tolerance(1e-6, 0))
+    assert c.ok and abs(c.ratio - 0.5) < 1e-6 and abs(c.max_error - 5e-7) < 1e-12
+    assert not compare(np.array([1.1]), np.array([1.0]), Tolerance(0, 0)).ok

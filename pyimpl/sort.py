@@ -63,6 +63,16 @@ def check_sort_args(values: Any, first: Any, last: Any, indices: Any) -> tuple[i
     return lo, hi
 
 
+def sort_args(values: Any, first: Any, last: Any, indices: Any,
+              return_indices: bool) -> tuple[int, int, np.ndarray | None]:
+    """``check_sort_args``, then the index array to carry along: ``indices`` itself, a fresh
+    ``arange(len(values))`` (int64) when ``return_indices`` asks for one, or None."""
+    lo, hi = check_sort_args(values, first, last, indices)
+    if indices is None and return_indices:
+        indices = np.arange(values.shape[0], dtype=np.int64)
+    return lo, hi, indices
+
+
 def _after(a: float, b: float) -> bool:
     """True when ``a`` sorts strictly after ``b``: greater, or NaN against a number."""
     if a > b:
@@ -84,9 +94,7 @@ def insertion_sort(
     index array is permuted alongside: the key-value sort a tree splitter needs. Returns
     ``values``, or ``(values, indices)`` when indices are carried. O(n^2) compares, stable.
     """
-    lo, hi = check_sort_args(values, first, last, indices)
-    if indices is None and return_indices:
-        indices = np.arange(values.shape[0], dtype=np.int64)
+    lo, hi, indices = sort_args(values, first, last, indices, return_indices)
     keys = values[lo:hi].tolist()
     idx = None if indices is None else indices[lo:hi].tolist()
     for i in range(1, len(keys)):
@@ -129,9 +137,7 @@ def insertion_sort_numpy(
     return_indices: bool = False,
 ) -> Any:
     """NumPy-level twin of ``insertion_sort`` (stable ``argsort``), for checking at any size."""
-    lo, hi = check_sort_args(values, first, last, indices)
-    if indices is None and return_indices:
-        indices = np.arange(values.shape[0], dtype=np.int64)
+    lo, hi, indices = sort_args(values, first, last, indices, return_indices)
     order = np.argsort(values[lo:hi], kind="stable")
     values[lo:hi] = values[lo:hi][order]
     if indices is None:

@@ -138,9 +138,7 @@ def insertion_sort_native(
     return_indices: bool = False,
 ) -> Any:
     """C++ insertion sort (csrc/sort.hpp): in place, any stride, GIL released."""
-    lo, hi = ref.check_sort_args(values, first, last, indices)
-    if indices is None and return_indices:
-        indices = np.arange(values.shape[0], dtype=np.int64)
+    lo, hi, indices = ref.sort_args(values, first, last, indices, return_indices)
     native().insertion_sort(values, lo, hi, indices)
     return values if indices is None else (values, indices)
 
@@ -210,9 +208,7 @@ def hybrid_sort_native(
     return_indices: bool = False,
 ) -> Any:
     """C++ hybrid sort (csrc/hybrid_sort.hpp); a strided range is sorted in a contiguous copy."""
-    lo, hi = ref.check_sort_args(values, first, last, indices)
-    if indices is None and return_indices:
-        indices = np.arange(values.shape[0], dtype=np.int64)
+    lo, hi, indices = ref.sort_args(values, first, last, indices, return_indices)
     v = values[lo:hi]
     idx = indices[lo:hi] if indices is not None else np.empty(hi - lo, dtype=np.int64)
     vc = v if v.flags.c_contiguous else np.ascontiguousarray(v)

@@ -9,6 +9,7 @@ per suite and series.
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
         fig.tight_layout()
-        path = out / f"{suite}.png"
+        path = out / (re.sub(r"[^A-Za-z0-9_.-]+", "_", suite) + ".png")
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)

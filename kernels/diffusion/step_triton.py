@@ -534,7 +534,7 @@ def ddpm_step_triton(
 
     ``pred_original_out``: a tensor shaped like sample that receives the (clipped) x0.
     """
-    from pyimpl.diffusion.steps import _check_options
+    from pyimpl.diffusion.steps import _check_options, check_eta
 
     _check_options(prediction_type, variance_type, clip_sample_range, dynamic_thresholding_ratio, sample_max_value)
     learned = variance_type in ("learned", "learned_range")
@@ -604,11 +604,10 @@ def ddim_step_triton(
     pred_original_out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """diffusers' DDIMScheduler.step in one pass (two with dynamic thresholding); no noise read when eta = 0."""
-    from pyimpl.diffusion.steps import _check_options
+    from pyimpl.diffusion.steps import _check_options, check_eta
 
     _check_options(prediction_type, None, clip_sample_range, dynamic_thresholding_ratio, sample_max_value)
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta >= 0 or not math.isfinite(eta):
-        raise ValueError(f"eta={eta!r}: must be a finite number >= 0")
+    check_eta(eta)
     if not 0 < final_alpha_cumprod <= 1:
         raise ValueError(f"final_alpha_cumprod={final_alpha_cumprod!r}: must lie in (0, 1]")
     a = check_step_args(model_output, t, sample, schedule, noise, prev_t=prev_t,

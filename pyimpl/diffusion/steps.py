@@ -395,6 +395,12 @@ def ddpm_step(
     return out.to(sample.dtype)
 
 
+def check_eta(eta: Any) -> None:
+    """DDIM's eta: a finite number >= 0 (0 = deterministic, 1 = DDPM's variance)."""
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta >= 0 or not math.isfinite(eta):
+        raise ValueError(f"eta={eta!r}: must be a finite number >= 0")
+
+
 def ddim_step(
     model_output: torch.Tensor,
     t: Any,
@@ -427,8 +433,7 @@ def ddim_step(
     x_prev = sqrt(a') x0 + sqrt(1 - a' - sigma^2) eps + sigma z (z only when eta > 0).
     """
     _check_options(prediction_type, None, clip_sample_range, dynamic_thresholding_ratio, sample_max_value)
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta >= 0 or not math.isfinite(eta):
-        raise ValueError(f"eta={eta!r}: must be a finite number >= 0")
+    check_eta(eta)
     if not 0 < final_alpha_cumprod <= 1:
         raise ValueError(f"final_alpha_cumprod={final_alpha_cumprod!r}: must lie in (0, 1]")
     a = check_step_args(model_output, t, sample, schedule, noise, prev_t=prev_t,

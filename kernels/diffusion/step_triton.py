@@ -534,7 +534,7 @@ def ddpm_step_triton(
 
     ``pred_original_out``: a tensor shaped like sample that receives the (clipped) x0.
     """
-    from pyimpl.diffusion.steps import _check_options, check_eta
+    from pyimpl.diffusion.steps import _check_options
 
     _check_options(prediction_type, variance_type, clip_sample_range, dynamic_thresholding_ratio, sample_max_value)
     learned = variance_type in ("learned", "learned_range")

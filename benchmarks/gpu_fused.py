@@ -22,6 +22,7 @@ measurements after S seconds; ``--compile-patched`` also times the patched model
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import sys
@@ -67,7 +68,8 @@ def note(line: str) -> None:
 # ---------------------------------------------------------------------------------------------- check
 def part_check() -> None:
     t0 = time.time()
-    results = parity.run_parity(ops=FUSED_OPS, devices=["cuda"])
+    ops = sys.argv[sys.argv.index("--ops") + 1].split(",") if "--ops" in sys.argv else FUSED_OPS
+    results = parity.run_parity(ops=ops, devices=["cuda"])
     fails = [r for r in results if r.status == "FAIL"]
     for r in fails:
         print("PARITY FAIL", r.case.id, r.detail[:300], flush=True)
@@ -255,6 +257,204 @@ def part_kernels() -> None:
     RESULTS["kernels"] = rows
 
 
+# ------------------------------------------------------------------------------------------------- gn
+GN_SHAPES = [(16, 64, 64, False), (64, 64, 64, False), (128, 64, 64, False),
+             (16, 128, 32, True), (64, 128, 32, True), (128, 128, 32, True)]
+GN_VARIANTS = ("GN+GELU", "GN+res+GELU", "GN+emb")
+# persistent launch parameters tried by the gn part: (tile, warps, programs per SM cap)
+GN_SWEEP = [(8192, 8, 0), (4096, 4, 0), (4096, 8, 0), (8192, 16, 0), (16384, 16, 0), (8192, 8, 2)]
+
+
+def gn_case(b: int, c: int, s: int, cl: bool, variant: str, dtype: torch.dtype = torch.bfloat16,
+            groups: int = 1) -> dict[str, Any]:
+    """Inputs of one GroupNorm pattern and its eager / ours callables (ours takes a config)."""
+    gen = torch.Generator(device=DEV).manual_seed(b * 1000 + c + s)
+    x = torch.randn(b, c, s, s, device=DEV, dtype=dtype, generator=gen) * 2 + 0.5
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    r = torch.randn(x.shape, device=DEV, dtype=dtype, generator=gen).contiguous(memory_format=(
+        torch.channels_last if cl else torch.contiguous_format))
+    e = torch.randn(b, c, device=DEV, dtype=dtype, generator=gen)
+    w = (torch.rand(c, device=DEV, generator=gen) + 0.5).to(dtype)
+    bb = torch.randn(c, device=DEV, generator=gen).to(dtype)
+    kw: dict[str, Any] = {"GN+GELU": dict(activation="gelu"), "GN+res+GELU": dict(residual=r, activation="gelu"),
+                          "GN+emb": dict(emb=e)}[variant]
+    eager = {"GN+GELU": lambda: F.gelu(F.group_norm(x, groups, w, bb)),
+             "GN+res+GELU": lambda: F.gelu(r + F.group_norm(x, groups, w, bb)),
+             "GN+emb": lambda: F.group_norm(x, groups, w, bb) + e[:, :, None, None]}[variant]
+    n = x.numel() * x.element_size()
+    return dict(name=f"{variant} B={b} C={c} {s}x{s}{' NHWC' if cl else ''}", x=x, w=w, bb=bb, kw=kw,
+                eager=eager, groups=groups, bytes=(3 if variant == "GN+res+GELU" else 2) * n,
+                want=lambda: ref.group_norm_act(x.double(), groups, w.double(), bb.double(),
+                                                **{k: (v.double() if isinstance(v, torch.Tensor) else v)
+                                                   for k, v in kw.items()}))
+
+
+def ours_with(case: dict[str, Any], cfg: gnt.ForwardConfig) -> Callable[[], torch.Tensor]:
+    def f() -> torch.Tensor:
+        old = gnt.FORWARD_CONFIG
+        gnt.FORWARD_CONFIG = cfg
+        try:
+            return kernels.group_norm_act(case["x"], case["groups"], case["w"], case["bb"], backend="triton",
+                                          **case["kw"])
+        finally:
+            gnt.FORWARD_CONFIG = old
+
+    return f
+
+
+def part_probe() -> None:
+    """The persistent kernel's first run on a device, meant for a subprocess (a deadlock there costs
+    its timeout, not the call): odd shapes, many groups, channels-last, every variant, repeated calls
+    (the counters must come back to zero), graph replay, the cooperative launch; exit 0 only if all
+    are right."""
+    cfg = dataclasses.replace(gnt.FORWARD_CONFIG, path="persistent")
+    cases = [gn_case(3, 24, 37, False, "GN+res+GELU", torch.float32, groups=6),
+             gn_case(5, 16, 33, True, "GN+GELU", torch.float16),
+             gn_case(2, 96, 40, False, "GN+emb", torch.bfloat16, groups=32),
+             gn_case(16, 64, 64, False, "GN+GELU"), gn_case(128, 64, 64, False, "GN+res+GELU"),
+             gn_case(64, 128, 32, True, "GN+emb"), gn_case(7, 320, 17, False, "GN+GELU", groups=32),
+             gn_case(1, 512, 64, False, "GN+GELU")]
+    worst = 0.0
+    for case in cases:
+        want = case["want"]()
+        for attempt in range(3):
+            out = ours_with(case, cfg)()
+            err = rel_err(out, want)
+            worst = max(worst, err)
+            print(f"probe {case['name']} dtype={case['x'].dtype} call {attempt}: rel err {err:.2e}", flush=True)
+            assert err < 1e-2, case["name"]
+        replay = graphed(ours_with(case, cfg))
+        replay()
+        torch.cuda.synchronize()
+    for coop in (True,):
+        c2 = dataclasses.replace(cfg, cooperative=coop)
+        case = cases[4]
+        out = ours_with(case, c2)()
+        err = rel_err(out, case["want"]())
+        print(f"probe cooperative eager: rel err {err:.2e}", flush=True)
+        try:
+            replay = graphed(ours_with(case, c2))
+            replay()
+            torch.cuda.synchronize()
+            print("probe cooperative launch under graph capture: ok", flush=True)
+        except Exception as ex:  # reported: decides whether the cooperative launch can be the default
+            print(f"probe cooperative launch under graph capture: {type(ex).__name__} {str(ex)[:200]}", flush=True)
+    for k, v in gnt.KERNEL_INFO.items():
+        print(f"probe kernel (n_regs, shared, per SM) = {v} for {dict(k[2])}", flush=True)
+    print(f"PROBE OK worst rel err {worst:.2e}", flush=True)
+
+
+def probe_persistent() -> bool:
+    import subprocess
+
+    t0 = time.time()
+    try:
+        res = subprocess.run([sys.executable, __file__, "probe"], capture_output=True, text=True, timeout=150)
+    except subprocess.TimeoutExpired as ex:
+        out = (ex.stdout or b"").decode() if isinstance(ex.stdout, bytes) else (ex.stdout or "")
+        print(out[-3000:], flush=True)
+        note(f"persistent probe: TIMED OUT after {time.time() - t0:.0f}s (deadlock?)")
+        return False
+    print(res.stdout[-6000:], res.stderr[-3000:], flush=True)
+    ok = res.returncode == 0 and "PROBE OK" in res.stdout
+    note(f"persistent probe: {'ok' if ok else 'FAILED'} in {time.time() - t0:.0f}s; "
+         + " ".join(line for line in res.stdout.splitlines() if "cooperative" in line or "PROBE" in line))
+    return ok
+
+
+def part_gn() -> None:
+    """GroupNorm on the GPU: where the two-pass time goes (statistics and apply launches timed apart),
+    the persistent kernel's launch parameters, then old path / new path / torch.compile per pattern,
+    against the copy bandwidth."""
+    bw = RESULTS.get("copy_bandwidth_GBps") or copy_bandwidth()
+    RESULTS["copy_bandwidth_GBps"] = bw
+    note(f"copy bandwidth (1 GiB device-to-device, read+write): {bw:.0f} GB/s")
+    persistent_ok = probe_persistent()
+    two = dataclasses.replace(gnt.FORWARD_CONFIG, path="two_pass")
+    # 1. the two-pass breakdown on GN+GELU
+    rows: list[dict[str, Any]] = []
+    RESULTS["gn_breakdown"] = rows
+    for b, c, s, cl in GN_SHAPES:
+        case = gn_case(b, c, s, cl, "GN+GELU")
+        p = gnt._problem(case["x"], 1, case["w"], case["bb"], 1e-5, None, None, True)
+        stats, apply = gnt.two_pass_launches(p, two)
+        stats()
+        row = dict(case=case["name"], bytes=case["bytes"], stats_us=gpu_ms(stats) * 1e3, apply_us=gpu_ms(apply) * 1e3,
+                   two_pass_us=gpu_ms(ours_with(case, two)) * 1e3)
+        rows.append(row)
+        note(f"breakdown {case['name']:28s} stats {row['stats_us']:6.1f}us apply {row['apply_us']:6.1f}us "
+             f"two-pass {row['two_pass_us']:6.1f}us (copy floor {case['bytes'] / bw / 1e3:5.1f}us)")
+    if not persistent_ok:
+        gnt.FORWARD_CONFIG = two
+        note("persistent path failed its probe: the default is now the two launches for this run")
+    # 2. persistent launch parameters
+    best = gnt.FORWARD_CONFIG
+    if persistent_ok:
+        sweep_cases = [gn_case(*sh, v) for sh in (GN_SHAPES[0], GN_SHAPES[2], GN_SHAPES[5])
+                       for v in ("GN+GELU", "GN+res+GELU")]
+        best_total = float("inf")
+        srows: list[dict[str, Any]] = []
+        RESULTS["gn_sweep"] = srows
+        for block, warps, cap in GN_SWEEP:
+            if left() < 200:
+                note("gn sweep: time budget reached")
+                break
+            cfg = dataclasses.replace(gnt.FORWARD_CONFIG, path="persistent", persistent_block=block,
+                                      persistent_warps=warps, ctas_per_sm=cap)
+            try:
+                errs = [rel_err(ours_with(cs, cfg)(), cs["want"]()) for cs in sweep_cases]
+                if not max(errs) < 1e-2:
+                    note(f"gn sweep {block}/{warps}/{cap}: WRONG {errs}")
+                    continue
+                times = [gpu_ms(ours_with(cs, cfg)) * 1e3 for cs in sweep_cases]
+            except Exception as ex:  # a configuration that does not compile or fit is reported
+                note(f"gn sweep {block}/{warps}/{cap}: {type(ex).__name__} {str(ex)[:200]}")
+                continue
+            srows.append(dict(block=block, warps=warps, ctas_per_sm=cap, us=times, total_us=sum(times)))
+            note(f"gn sweep tile={block} warps={warps} cap={cap}: total {sum(times):6.1f}us "
+                 + " ".join(f"{t:.1f}" for t in times))
+            if sum(times) < best_total:
+                best, best_total = cfg, sum(times)
+        best = dataclasses.replace(best, path="auto")
+        gnt.FORWARD_CONFIG = best
+        note(f"gn persistent best: tile={best.persistent_block} warps={best.persistent_warps} "
+             f"cap={best.ctas_per_sm}; kernels (n_regs, shared, per SM): {sorted(set(gnt.KERNEL_INFO.values()))}")
+    # 3. every pattern: two-pass, persistent, torch.compile
+    prow: list[dict[str, Any]] = []
+    RESULTS["gn_patterns"] = prow
+    for b, c, s, cl in GN_SHAPES:
+        for v in GN_VARIANTS:
+            if left() < 100:  # leaves time for the parts after this one (check)
+                note("gn patterns: time budget reached")
+                return
+            case = gn_case(b, c, s, cl, v)
+            want = case["want"]()
+            pr: dict[str, Any] = dict(case=case["name"], bytes=case["bytes"])
+            pr["two_pass_us"] = gpu_ms(ours_with(case, two)) * 1e3
+            pr["err_two_pass"] = rel_err(ours_with(case, two)(), want)
+            if persistent_ok:
+                pr["persistent_us"] = gpu_ms(ours_with(case, best)) * 1e3
+                pr["err_persistent"] = rel_err(ours_with(case, best)(), want)
+            pr["compile_us"] = None
+            if b != 64:
+                try:
+                    cfn = torch.compile(case["eager"])
+                    cfn()
+                    pr["compile_us"] = gpu_ms(cfn) * 1e3
+                except Exception as ex:  # a compile failure is reported, not fatal
+                    print(f"torch.compile {case['name']} failed: {type(ex).__name__} {str(ex)[:200]}", flush=True)
+            ours = pr.get("persistent_us", pr["two_pass_us"])
+            pr["frac_copy"] = case["bytes"] / ours / 1e3 / bw
+            prow.append(pr)
+            cu = pr["compile_us"]
+            err = pr.get("err_persistent", pr["err_two_pass"])
+            note(f"{case['name']:34s} two-pass {pr['two_pass_us']:6.1f}us persistent "
+                 f"{pr.get('persistent_us', float('nan')):6.1f}us ({100 * pr['frac_copy']:3.0f}% copy) "
+                 f"compile {cu if cu else float('nan'):6.1f}us err {err:.1e}")
+            save()
+
+
 # ----------------------------------------------------------------------------------------------- unet
 T = 1000
 
@@ -418,10 +618,13 @@ def part_sample() -> None:
 
 
 def main() -> None:
-    parts = [a for a in sys.argv[1:] if a in ("check", "sweep", "kernels", "unet", "sample")]
+    if sys.argv[1:] == ["probe"]:
+        part_probe()
+        return
+    parts = [a for a in sys.argv[1:] if a in ("check", "sweep", "kernels", "gn", "unet", "sample")]
     for name in parts:
         try:
-            {"check": part_check, "sweep": part_sweep, "kernels": part_kernels, "unet": part_unet,
+            {"check": part_check, "sweep": part_sweep, "kernels": part_kernels, "gn": part_gn, "unet": part_unet,
              "sample": part_sample}[name]()
         except Exception as ex:  # report and go on to the next part: one call must bring back what it can
             import traceback

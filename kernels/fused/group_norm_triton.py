@@ -40,6 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.registry import triton_interpret
 from pyimpl.fused import check_group_norm_args
 
 Tensor = torch.Tensor
@@ -194,6 +195,115 @@ def _apply_kernel(X, Y, W, B, R, E, MEAN_P, M2_P, MEAN, RSTD,
 
 
 @triton.jit
+def _publish(x, m, cnt, MEAN_P, M2_P, CNT, row, tile, T):
+    """Write one tile's (mean, M2) (two-pass over the registers, fp32), then count its arrival on
+    the row's counter (release: the writes are visible to whoever sees the count)."""
+    xf = tl.where(m, x.to(tl.float32), 0.0)
+    mean = tl.sum(xf) / cnt
+    d = tl.where(m, xf - mean, 0.0)
+    tl.store(MEAN_P + row * T + tile, mean)
+    tl.store(M2_P + row * T + tile, tl.sum(d * d))
+    tl.debug_barrier()  # every thread's stores before the counter's release
+    tl.atomic_add(CNT + row, 1, sem="release")
+
+
+@triton.jit(do_not_specialize=["NROWS", "T", "RPW", "NWAVES", "G"])
+def _persistent_kernel(X, Y, W, B, R, E, MEAN_P, M2_P, CNT, MEAN, RSTD,
+                       L, NROWS, T, RPW, NWAVES, G, eps,
+                       BLOCK: tl.constexpr, HW: tl.constexpr, CPG: tl.constexpr, C: tl.constexpr,
+                       MODE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr,
+                       HAS_E: tl.constexpr, GELU: tl.constexpr, FAST_ERF: tl.constexpr, T_P2: tl.constexpr):
+    # Program p owns tile p % T of row (w * RPW + p // T) in wave w; its tile stays in registers from
+    # the load to the store. Pipelined: the next wave's tile is loaded before waiting on this one's row.
+    pid = tl.program_id(0)
+    tile = pid % T
+    slot = pid // T
+    start = tile * BLOCK
+    if MODE == 2:
+        loc = tl.arange(0, BLOCK // C)[:, None] * C + tl.arange(0, C)[None, :]
+    else:
+        loc = tl.arange(0, BLOCK)
+    o = start + loc
+    inb = o < L
+    cnt = tl.minimum(BLOCK, L - start).to(tl.float32)
+    lf = L * 1.0
+    k = tl.arange(0, T_P2)
+    km = k < T
+    kcnt = tl.where(km, tl.minimum(BLOCK, L - k * BLOCK), 0).to(tl.float32)
+    x = tl.load(X + slot.to(tl.int64) * L + o, mask=inb & (slot < NROWS), other=0.0)
+    if slot < NROWS:
+        _publish(x, inb, cnt, MEAN_P, M2_P, CNT, slot, tile, T)
+    row = slot
+    while row < NWAVES * RPW:  # waves (a while loop: the interpreter cannot range over a runtime bound)
+        nxt = row + RPW
+        xn = tl.load(X + nxt.to(tl.int64) * L + o, mask=inb & (nxt < NROWS), other=0.0)
+        if row < NROWS:
+            seen = tl.atomic_add(CNT + row, 0, sem="acquire")
+            while seen < T:
+                seen = tl.atomic_add(CNT + row, 0, sem="acquire")
+            # Chan, Golub & LeVeque's merge of the row's T tile statistics (read past L1: other SMs wrote them)
+            cmean = tl.load(MEAN_P + row * T + k, mask=km, other=0.0, cache_modifier=".cg")
+            cm2 = tl.load(M2_P + row * T + k, mask=km, other=0.0, cache_modifier=".cg")
+            mean = tl.sum(kcnt * cmean, axis=0) / lf
+            dm = tl.where(km, cmean - mean, 0.0)
+            rstd = 1.0 / tl.sqrt(tl.sum(cm2 + kcnt * dm * dm, axis=0) / lf + eps)
+            # departure: the row's last program (count 2T - 1 before its add) zeroes the counter for the next call
+            if tl.atomic_add(CNT + row, 1, sem="relaxed") == 2 * T - 1:
+                tl.atomic_xchg(CNT + row, 0, sem="relaxed")
+            if tile == 0:
+                tl.store(MEAN + row, mean)
+                tl.store(RSTD + row, rstd)
+            n = row // G
+            g = row % G
+            base = row.to(tl.int64) * L
+            if MODE == 2:
+                cols = tl.arange(0, C)
+                a = tl.full([C], 1.0, tl.float32) * rstd
+                if HAS_W:
+                    a = a * tl.load(W + cols).to(tl.float32)
+                sh = tl.zeros([C], tl.float32)
+                if HAS_B:
+                    sh = tl.load(B + cols).to(tl.float32)
+                e = tl.zeros([C], tl.float32)
+                if HAS_E:
+                    e = tl.load(E + n * C + cols).to(tl.float32)
+                y = (x.to(tl.float32) - mean) * a[None, :] + sh[None, :]
+                y = _finish(y, e[None, :], R, base + o, inb, HAS_R, HAS_E, GELU, FAST_ERF)
+            elif MODE == 1:
+                c = g * CPG + start // HW
+                a = rstd
+                if HAS_W:
+                    a = a * tl.load(W + c).to(tl.float32)
+                sh = 0.0
+                if HAS_B:
+                    sh = tl.load(B + c).to(tl.float32)
+                e = 0.0
+                if HAS_E:
+                    e = tl.load(E + n * C + c).to(tl.float32)
+                y = _finish((x.to(tl.float32) - mean) * a + sh, e, R, base + o, inb, HAS_R, HAS_E, GELU, FAST_ERF)
+            else:
+                if MODE == 3:
+                    c = o % C
+                else:
+                    c = g * CPG + o // HW
+                a = tl.full([BLOCK], 1.0, tl.float32) * rstd
+                if HAS_W:
+                    a = a * tl.load(W + c, mask=inb, other=1.0).to(tl.float32)
+                sh = 0.0
+                if HAS_B:
+                    sh = tl.load(B + c, mask=inb, other=0.0).to(tl.float32)
+                e = 0.0
+                if HAS_E:
+                    e = tl.load(E + n * C + c, mask=inb, other=0.0).to(tl.float32)
+                y = _finish((x.to(tl.float32) - mean) * a + sh, e, R, base + o, inb, HAS_R, HAS_E, GELU, FAST_ERF)
+            tl.store(Y + base + o, y.to(Y.dtype.element_ty), mask=inb)
+        if nxt < NROWS:
+            _publish(xn, inb, cnt, MEAN_P, M2_P, CNT, nxt, tile, T)
+        x = xn
+        row = nxt
+
+
+@triton.jit
 def _recompute_dz(X, DY, W, B, R, MEAN, RSTD, n, c, p, mask, sN, sC, sHW, G,
                   CPG: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr,
                   GELU: tl.constexpr):
@@ -303,16 +413,30 @@ def _bwd_tiles(c: int, hw: int, channels_last: bool, device: torch.device) -> tu
 
 @dataclass
 class ForwardConfig:
-    """Launch parameters of the forward kernels: elements per tile, warps per program, and the
-    A&S erf (|error| <= 1.5e-7) instead of libdevice's in the GELU."""
+    """Launch parameters of the forward kernels.
+
+    ``path``: 'auto' (the persistent kernel where it can run, else the two launches), 'persistent'
+    (raise where it cannot run) or 'two_pass'. Two-pass: ``block`` elements per tile, ``warps`` per
+    program. Persistent: ``persistent_block`` elements per tile (held in registers), ``persistent_warps``,
+    ``ctas_per_sm`` (at most this many programs per SM; 0: as many as are resident) and ``cooperative``
+    (a cooperative launch: the driver refuses a grid it cannot keep resident). ``fast_erf``: the A&S
+    erf (|error| <= 1.5e-7) instead of libdevice's in the GELU."""
 
     block: int = 2048
     warps: int = 8
     fast_erf: bool = True
+    path: str = "auto"
+    persistent_block: int = 8192
+    persistent_warps: int = 8
+    ctas_per_sm: int = 0
+    cooperative: bool = False
 
 
-# CUDA; the best of benchmarks/gpu_fused.py's sweep on an H200 (docs/notes/fused-gpu.md)
+PATHS = ("auto", "persistent", "two_pass")
+# CUDA; the best of benchmarks/gpu_fused.py's sweep (docs/notes/fused-gpu.md)
 FORWARD_CONFIG = ForwardConfig()
+# the interpreter runs programs one after another: few, large ones, and the two launches
+CPU_FORWARD_CONFIG = ForwardConfig(block=1024, warps=4, persistent_block=4096, persistent_warps=4)
 
 
 def _mode(channels_last: bool, c: int, hw: int, block: int) -> int:
@@ -321,46 +445,240 @@ def _mode(channels_last: bool, c: int, hw: int, block: int) -> int:
     return MODE_NCHW_PLANE if hw % block == 0 else MODE_NCHW
 
 
+def select_path(requested: str, device_type: str, interpreting: bool) -> str:
+    """The forward path before the persistent kernel's own check: 'two_pass' on the interpreter and
+    CPU tensors unless 'persistent' is asked for, 'persistent' on CUDA for 'auto'."""
+    if requested not in PATHS:
+        raise ValueError(f"path={requested!r}: expected one of {', '.join(PATHS)}")
+    if requested == "auto":
+        return "persistent" if device_type == "cuda" and not interpreting else "two_pass"
+    return requested
+
+
+@dataclass(frozen=True)
+class PersistentPlan:
+    """Work of the persistent kernel: each row is cut into ``tiles`` tiles; ``rows_per_wave`` rows are
+    in flight at a time (``grid`` = rows_per_wave * tiles programs, one tile each per wave); ``waves``
+    waves cover all rows."""
+
+    tiles: int
+    rows_per_wave: int
+    grid: int
+    waves: int
+
+
+def plan_persistent(rows: int, length: int, block: int, resident: int) -> PersistentPlan | None:
+    """The persistent grid for ``rows`` rows of ``length`` values in ``block``-value tiles when at most
+    ``resident`` programs can run at once; None when a row's tiles cannot all be resident together.
+
+    Why it cannot deadlock: the grid (rows_per_wave * tiles <= resident) is resident as a whole, and
+    rows are aligned to waves (row r is in wave r // rows_per_wave, its tile t in program
+    (r % rows_per_wave) * tiles + t), so a program waits in wave w only on the tiles of its own row,
+    which the other programs of that row publish in wave w: at the start for wave 0, and right after
+    finishing their own wave-(w-1) row otherwise. By induction on w every row of wave w completes once
+    every row of wave w-1 has. A row with more tiles than resident programs would wait on a program
+    that never starts: refused (the two-pass path takes it)."""
+    if rows < 1 or length < 1 or block < 1 or resident < 1:
+        raise ValueError(f"rows={rows}, length={length}, block={block}, resident={resident}: all must be >= 1")
+    tiles = -(-length // block)
+    if tiles > resident:
+        return None
+    per_wave = min(rows, resident // tiles)
+    return PersistentPlan(tiles, per_wave, per_wave * tiles, -(-rows // per_wave))
+
+
+def resident_per_sm(n_regs: int, num_warps: int, shared: int, regs_per_sm: int = 65536,
+                    threads_per_sm: int = 2048, smem_per_sm: int = 233472, max_blocks: int = 32) -> int:
+    """Programs of one kernel that fit on an SM at once (the CUDA occupancy rule, rounded down):
+    registers are given per warp in units of 256, from four sub-partitions of regs_per_sm / 4 each;
+    each program also reserves 1 KiB of shared memory beside its own."""
+    if n_regs < 1 or num_warps < 1:
+        raise ValueError(f"n_regs={n_regs}, num_warps={num_warps}: both must be >= 1")
+    regs_per_warp = -(-n_regs * 32 // 256) * 256
+    warps_by_regs = 4 * ((regs_per_sm // 4) // regs_per_warp)
+    by_smem = smem_per_sm // (shared + 1024)
+    return max(0, min(warps_by_regs // num_warps, threads_per_sm // (32 * num_warps), by_smem, max_blocks))
+
+
+_RESIDENT: dict[tuple[Any, ...], int] = {}
+# (n_regs, shared bytes, programs per SM) of each compiled persistent kernel, for the GPU script's report
+KERNEL_INFO: dict[tuple[Any, ...], tuple[int, int, int]] = {}
+_COUNTERS: dict[tuple[int, int], torch.Tensor] = {}
+
+
+def _counters(device: torch.device, rows: int) -> torch.Tensor:
+    """Zeroed int32 arrival counters, one per row. The kernel leaves them zero again, so eager calls
+    reuse one buffer per (device, stream) (calls on one stream run in order); a call captured in a
+    CUDA graph gets its own zeroed buffer (a memset node in the graph), so graphs replayed in any
+    order or on other streams never share counters."""
+    if device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+        return torch.zeros(rows, dtype=torch.int32, device=device)
+    key = (device.index or 0, torch.cuda.current_stream(device).cuda_stream)
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < rows:
+        buf = torch.zeros(max(rows, 1024), dtype=torch.int32, device=device)
+        _COUNTERS[key] = buf
+    return buf
+
+
+def _resident(device: torch.device, key: tuple[Any, ...], compile_kernel: Any, cfg: ForwardConfig) -> int:
+    """How many programs of the persistent kernel can be resident at once: one on the interpreter
+    (it runs programs one after another), else SMs x resident_per_sm from the compiled kernel's
+    registers and shared memory, at most cfg.ctas_per_sm per SM."""
+    if device.type != "cuda":
+        return 1
+    full = (device.index, cfg.ctas_per_sm, *key)
+    if full not in _RESIDENT:
+        compiled = compile_kernel()
+        compiled._init_handles()
+        props = torch.cuda.get_device_properties(device)
+        per_sm = resident_per_sm(compiled.n_regs, compiled.metadata.num_warps, compiled.metadata.shared,
+                                 getattr(props, "regs_per_multiprocessor", 65536),
+                                 getattr(props, "max_threads_per_multi_processor", 2048),
+                                 getattr(props, "shared_memory_per_multiprocessor", 233472))
+        if cfg.ctas_per_sm:
+            per_sm = min(per_sm, cfg.ctas_per_sm)
+        KERNEL_INFO[full] = (compiled.n_regs, compiled.metadata.shared, per_sm)
+        _RESIDENT[full] = per_sm * props.multi_processor_count
+    return _RESIDENT[full]
+
+
+@dataclass
+class _Problem:
+    """One forward call's tensors and sizes, in the layout the kernels read."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    mean: torch.Tensor
+    rstd: torch.Tensor
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+    residual: torch.Tensor | None
+    emb: torch.Tensor | None
+    num_groups: int
+    eps: float
+    gelu: bool
+    channels_last: bool
+
+    @property
+    def rows(self) -> int:
+        return self.x.shape[0] * self.num_groups
+
+    @property
+    def hw(self) -> int:
+        return math.prod(self.x.shape[2:])
+
+    @property
+    def length(self) -> int:
+        return (self.x.shape[1] // self.num_groups) * self.hw
+
+    def pointers(self) -> tuple[torch.Tensor, ...]:
+        """x, y, weight, bias, residual, emb (x standing in for absent ones)."""
+        return (self.x, self.y, *(t if t is not None else self.x
+                                  for t in (self.weight, self.bias, self.residual, self.emb)))
+
+    def flags(self) -> dict[str, bool]:
+        return dict(HAS_W=self.weight is not None, HAS_B=self.bias is not None, HAS_R=self.residual is not None,
+                    HAS_E=self.emb is not None, GELU=self.gelu)
+
+
+def two_pass_launches(p: _Problem, cfg: ForwardConfig) -> tuple[Any, Any]:
+    """The two launches of the two-pass forward as callables (statistics, apply), so that they can be
+    timed apart; the apply reads what the statistics wrote."""
+    c, hw, rows, length = p.x.shape[1], p.hw, p.rows, p.length
+    block = min(cfg.block, triton.next_power_of_2(length))
+    nchunk = max(1, min(-(-_target_programs(p.x.device) // rows), -(-length // block), 1024))
+    chunk = -(-length // (nchunk * block)) * block
+    nchunk = -(-length // chunk)
+    mean_p = torch.empty(rows, nchunk, device=p.x.device, dtype=torch.float32)
+    m2_p = torch.empty_like(mean_p)
+    grid = (rows, nchunk)
+
+    def stats() -> None:
+        _stats_kernel[grid](p.x, mean_p, m2_p, length, nchunk, CHUNK=chunk, BLOCK=block, num_warps=cfg.warps)
+
+    def apply() -> None:
+        _apply_kernel[grid](
+            *p.pointers(), mean_p, m2_p, p.mean, p.rstd, length, nchunk, p.num_groups, p.eps,
+            CHUNK=chunk, HW=hw, CPG=c // p.num_groups, C=c, MODE=_mode(p.channels_last, c, hw, block),
+            FAST_ERF=cfg.fast_erf, NCHUNK_P2=triton.next_power_of_2(nchunk), BLOCK=block, num_warps=cfg.warps,
+            **p.flags(),
+        )
+
+    return stats, apply
+
+
+def persistent_launch(p: _Problem, cfg: ForwardConfig) -> tuple[PersistentPlan | None, Any]:
+    """The persistent forward's plan and launch (None, None where a row cannot be resident at once)."""
+    c, hw, rows, length = p.x.shape[1], p.hw, p.rows, p.length
+    block = min(cfg.persistent_block, triton.next_power_of_2(length))
+    mode = _mode(p.channels_last, c, hw, block)
+    tiles = -(-length // block)
+    ptrs = p.pointers()
+    mean_p = torch.empty(2, rows * tiles, device=p.x.device, dtype=torch.float32)
+    consts: dict[str, Any] = dict(BLOCK=block, HW=hw, CPG=c // p.num_groups, C=c, MODE=mode, FAST_ERF=cfg.fast_erf,
+                                  T_P2=triton.next_power_of_2(tiles), num_warps=cfg.persistent_warps,
+                                  launch_cooperative_grid=cfg.cooperative, **p.flags())
+
+    def args(cnt: torch.Tensor, rpw: int, waves: int) -> tuple[Any, ...]:
+        return (*ptrs, mean_p[0], mean_p[1], cnt, p.mean, p.rstd, length, rows, tiles, rpw, waves, p.num_groups,
+                p.eps)
+
+    key = (tuple(sorted(consts.items())), tuple(str(t.dtype) for t in ptrs),
+           tuple(t.data_ptr() % 16 == 0 for t in ptrs), length % 16 == 0, length == 1)
+    placeholder = torch.empty(1, device=p.x.device, dtype=torch.int32)  # compiled for, never launched on
+    resident = _resident(p.x.device, key,
+                         lambda: _persistent_kernel.warmup(*args(placeholder, 1, 1), grid=(1,), **consts), cfg)
+    plan = plan_persistent(rows, length, block, resident)
+    if plan is None:
+        return None, None
+
+    def launch() -> None:
+        cnt = _counters(p.x.device, rows)
+        _persistent_kernel[(plan.grid,)](*args(cnt, plan.rows_per_wave, plan.waves), **consts)
+
+    return plan, launch
+
+
+def _problem(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
+             eps: float, residual: torch.Tensor | None, emb: torch.Tensor | None, gelu: bool) -> _Problem:
+    x, channels_last = _layout(x, num_groups)
+    if residual is not None:
+        residual = _like(residual, channels_last)
+    rows = x.shape[0] * num_groups
+    return _Problem(x, torch.empty_like(x), torch.empty(rows, device=x.device, dtype=torch.float32),
+                    torch.empty(rows, device=x.device, dtype=torch.float32), weight, bias, residual,
+                    emb.contiguous() if emb is not None else None, num_groups, float(eps), gelu, channels_last)
+
+
 def group_norm_act_forward(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None,
                            bias: torch.Tensor | None, eps: float, residual: torch.Tensor | None,
                            emb: torch.Tensor | None, gelu: bool) -> ForwardResult:
     """Launch the forward kernels; returns (out, mean, rstd, x, residual, channels_last) where x and
-    residual are in the layout the kernels read (saved for the backward)."""
-    x, channels_last = _layout(x, num_groups)
-    if residual is not None:
-        residual = _like(residual, channels_last)
-    n, c = x.shape[0], x.shape[1]
-    hw = math.prod(x.shape[2:])
-    rows = n * num_groups
-    length = (c // num_groups) * hw
-    y = torch.empty_like(x)
-    mean = torch.empty(rows, device=x.device, dtype=torch.float32)
-    rstd = torch.empty(rows, device=x.device, dtype=torch.float32)
-    if x.numel() == 0:
-        mean.fill_(float("nan"))
-        rstd.fill_(float("nan"))
-        return y, mean, rstd, x, residual, channels_last
-    cfg = FORWARD_CONFIG if x.device.type == "cuda" else ForwardConfig(block=1024, warps=4)
-    block = min(cfg.block, triton.next_power_of_2(length))
-    nchunk = max(1, min(-(-_target_programs(x.device) // rows), -(-length // block), 1024))
-    chunk = -(-length // (nchunk * block)) * block
-    nchunk = -(-length // chunk)
-    mean_p = torch.empty(rows, nchunk, device=x.device, dtype=torch.float32)
-    m2_p = torch.empty_like(mean_p)
-    grid = (rows, nchunk)
-    warps = cfg.warps
-    _stats_kernel[grid](x, mean_p, m2_p, length, nchunk, CHUNK=chunk, BLOCK=block, num_warps=warps)
-    dummy = x
-    e = emb.contiguous() if emb is not None else None
-    _apply_kernel[grid](
-        x, y, weight if weight is not None else dummy, bias if bias is not None else dummy,
-        residual if residual is not None else dummy, e if e is not None else dummy,
-        mean_p, m2_p, mean, rstd, length, nchunk, num_groups, float(eps),
-        CHUNK=chunk, HW=hw, CPG=c // num_groups, C=c, MODE=_mode(channels_last, c, hw, block),
-        HAS_W=weight is not None, HAS_B=bias is not None, HAS_R=residual is not None, HAS_E=emb is not None,
-        GELU=gelu, FAST_ERF=cfg.fast_erf, NCHUNK_P2=triton.next_power_of_2(nchunk), BLOCK=block, num_warps=warps,
-    )
-    return y, mean, rstd, x, residual, channels_last
+    residual are in the layout the kernels read (saved for the backward).
+
+    Path: ``select_path`` on the config's ``path`` (CUDA: persistent, interpreter/CPU: two-pass); the
+    persistent kernel then runs where ``plan_persistent`` finds a grid, and the two launches elsewhere
+    (or a ValueError when the persistent path was asked for explicitly)."""
+    p = _problem(x, num_groups, weight, bias, eps, residual, emb, gelu)
+    if p.x.numel() == 0:
+        p.mean.fill_(float("nan"))
+        p.rstd.fill_(float("nan"))
+        return p.y, p.mean, p.rstd, p.x, p.residual, p.channels_last
+    cfg = FORWARD_CONFIG if p.x.device.type == "cuda" else CPU_FORWARD_CONFIG
+    if select_path(cfg.path, p.x.device.type, triton_interpret()) == "persistent":
+        launch = persistent_launch(p, cfg)[1]
+        if launch is not None:
+            launch()
+            return p.y, p.mean, p.rstd, p.x, p.residual, p.channels_last
+        if cfg.path == "persistent":
+            raise ValueError(f"x.shape={tuple(p.x.shape)}, num_groups={num_groups}: a group of {p.length} values "
+                             f"needs more tiles of {cfg.persistent_block} than programs can be resident at once; "
+                             "use path='auto' or 'two_pass'")
+    stats, apply = two_pass_launches(p, cfg)
+    stats()
+    apply()
+    return p.y, p.mean, p.rstd, p.x, p.residual, p.channels_last
 
 
 def group_norm_act_backward(dy: torch.Tensor, x: torch.Tensor, num_groups: int, weight: torch.Tensor | None,

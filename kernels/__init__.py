@@ -4,7 +4,7 @@
 ``kernels.explain(op, *args)`` says why; ``python -m kernels info`` lists what runs here.
 """
 
-from kernels import amcl, forest
+from kernels import amcl, forest, torch_ops
 from kernels.attention import attention
 from kernels.diffusion import ddim_step, ddpm_seed_step, ddpm_step, q_sample
 from kernels.fused import add_layer_norm, group_norm_act, tokens_layer_norm, upsample_concat
@@ -47,6 +47,7 @@ __all__ = [
     "q_sample",
     "register_kernel",
     "tokens_layer_norm",
+    "torch_ops",
     "upsample_concat",
     "use_backend",
 ]

@@ -262,7 +262,6 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
     return out.transpose(1, 2) if layout == "bnhd" else out
 
 
-@torch.compiler.disable  # a graph break: dynamo must not trace the dispatcher or the Triton launch
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, scale: float | None = None,
               key_padding_mask: torch.Tensor | None = None, layout: str = "bhnd", deterministic: bool = False,
               backend: str | None = None) -> torch.Tensor:
@@ -274,7 +273,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     key_padding_mask: (B, Nk) bool, True = ignore that key (as nn.MultiheadAttention). A row that
     sees no key returns 0. deterministic: the backward pass sums in a fixed order.
     backend: "triton", "sdpa" or "reference"; by default the first that can run the inputs.
-    Differentiable in q, k and v. Under torch.compile the call runs eagerly (a graph break).
+    Differentiable in q, k and v. Under torch.compile it is one graph node, ``torch.ops.modelkernels.attention``
+    (kernels/torch_ops.py), which dispatches at run time.
     """
+    if torch.compiler.is_compiling():
+        return torch.ops.modelkernels.attention(q, k, v, key_padding_mask, causal, scale, layout, deterministic,
+                                                backend)
     return call("attention", q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask, layout=layout,
                 deterministic=deterministic, backend=backend)

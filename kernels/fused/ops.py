@@ -160,6 +160,9 @@ def group_norm_act(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None
     residual: x's shape; emb: (N, C); activation: 'gelu' (exact) or 'none'. Output in x's dtype and
     layout. ``backend``: 'triton' or 'reference'.
     """
+    if torch.compiler.is_compiling():  # one opaque node in the graph (kernels/torch_ops.py)
+        return torch.ops.modelkernels.group_norm_act(x, num_groups, weight, bias, eps, residual, emb, activation,
+                                                     backend)
     out: torch.Tensor = call("group_norm_act", x, num_groups, weight, bias, eps, residual=residual, emb=emb,
                              activation=activation, backend=backend)
     return out
@@ -241,6 +244,8 @@ def tokens_layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias:
 
     x: (B, C, H, W); weight, bias: (C,) or None. ``backend``: 'triton' or 'reference'.
     """
+    if torch.compiler.is_compiling():
+        return torch.ops.modelkernels.tokens_layer_norm(x, weight, bias, eps, backend)
     out: tuple[torch.Tensor, torch.Tensor] = call("tokens_layer_norm", x, weight, bias, eps, backend=backend)
     return out
 
@@ -308,6 +313,8 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor
                    bias: torch.Tensor | None = None, eps: float = 1e-5, *,
                    backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(s, LayerNorm(s))`` with ``s = x + residual`` over the last dimension (C)."""
+    if torch.compiler.is_compiling():
+        return torch.ops.modelkernels.add_layer_norm(x, residual, weight, bias, eps, backend)
     out: tuple[torch.Tensor, torch.Tensor] = call("add_layer_norm", x, residual, weight, bias, eps, backend=backend)
     return out
 
@@ -379,5 +386,7 @@ def upsample_concat(x: torch.Tensor, skip: torch.Tensor, *, backend: str | None 
 
     x: (B, C, H, W); skip: (B, C_skip, 2H, 2W) of x's dtype. ``backend``: 'triton' or 'reference'.
     """
+    if torch.compiler.is_compiling():
+        return torch.ops.modelkernels.upsample_concat(x, skip, backend)
     out: torch.Tensor = call("upsample_concat", x, skip, backend=backend)
     return out

@@ -5,6 +5,7 @@ numerics, the drop-ins' wiring, and a whole patched UNet forward and backward)."
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -67,8 +68,11 @@ def test_layer_norm_and_upsample_references_are_the_seed_composition() -> None:
 @pytest.mark.parametrize("offset", [0.0, 1e4])
 def test_group_norm_statistics_over_many_chunks(monkeypatch: pytest.MonkeyPatch, offset: float) -> None:
     """Many chunks per row (Chan's merge) and a mean far from zero (the per-chunk shift): fp32
-    statistics within float32 rounding of float64 ones."""
+    statistics within float32 rounding of float64 ones (the two-pass path; the persistent one has its
+    own test in test_fused_group_norm.py)."""
     monkeypatch.setattr(group_norm_triton, "_target_programs", lambda device: 64)
+    monkeypatch.setattr(group_norm_triton, "FORWARD_CONFIG",
+                        dataclasses.replace(group_norm_triton.FORWARD_CONFIG, path="two_pass"))
     x = (torch.randn(2, 3, 37, 41, generator=_gen(2), dtype=torch.float64) + offset).to(DEV)
     out = kernels.group_norm_act(x.float(), 1, backend="triton")
     want = ref.group_norm_act(x, 1)

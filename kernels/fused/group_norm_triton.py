@@ -78,7 +78,7 @@ def _stats_kernel(X, MEAN_P, M2_P, L, NCHUNK, CHUNK: tl.constexpr, BLOCK: tl.con
 def _erf_fast(x):
     # Abramowitz & Stegun 7.1.26: |error| <= 1.5e-7, a third of libdevice's erff instructions
     a = tl.abs(x)
-    t = 1.0 / (1.0 + 0.3275911 * a)
+    t = tl.math.fdiv(1.0, 1.0 + 0.3275911 * a)  # approximate division (2 ulp): the formula's error dominates
     poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
     r = 1.0 - poly * tl.exp(-a * a)
     return tl.where(x < 0, -r, r)
@@ -101,7 +101,7 @@ def _finish(y, e, R, r_off, m, HAS_R: tl.constexpr, HAS_E: tl.constexpr, GELU: t
     return y
 
 
-MODE_NCHW, MODE_NCHW_PLANE, MODE_NHWC_TILE, MODE_NHWC = 0, 1, 2, 3
+MODE_NCHW, MODE_NCHW_PLANE, MODE_NHWC_TILE, MODE_NHWC, MODE_NCHW_PLANES = 0, 1, 2, 3, 4
 
 
 @triton.jit
@@ -215,12 +215,15 @@ def _persistent_kernel(X, Y, W, B, R, E, MEAN_P, M2_P, CNT, MEAN, RSTD,
                        HAS_E: tl.constexpr, GELU: tl.constexpr, FAST_ERF: tl.constexpr, T_P2: tl.constexpr):
     # Program p owns tile p % T of row (w * RPW + p // T) in wave w; its tile stays in registers from
     # the load to the store. Pipelined: the next wave's tile is loaded before waiting on this one's row.
+    # MODE as in _apply_kernel, plus 4: NCHW tiles of whole channel planes ([BLOCK / HW, HW], weights per plane).
     pid = tl.program_id(0)
     tile = pid % T
     slot = pid // T
     start = tile * BLOCK
     if MODE == 2:
         loc = tl.arange(0, BLOCK // C)[:, None] * C + tl.arange(0, C)[None, :]
+    elif MODE == 4:
+        loc = tl.arange(0, BLOCK // HW)[:, None] * HW + tl.arange(0, HW)[None, :]
     else:
         loc = tl.arange(0, BLOCK)
     o = start + loc
@@ -269,6 +272,20 @@ def _persistent_kernel(X, Y, W, B, R, E, MEAN_P, M2_P, CNT, MEAN, RSTD,
                     e = tl.load(E + n * C + cols).to(tl.float32)
                 y = (x.to(tl.float32) - mean) * a[None, :] + sh[None, :]
                 y = _finish(y, e[None, :], R, base + o, inb, HAS_R, HAS_E, GELU, FAST_ERF)
+            elif MODE == 4:
+                c = g * CPG + start // HW + tl.arange(0, BLOCK // HW)
+                cm = c < (g + 1) * CPG
+                a = tl.full([BLOCK // HW], 1.0, tl.float32) * rstd
+                if HAS_W:
+                    a = a * tl.load(W + c, mask=cm, other=1.0).to(tl.float32)
+                sh = tl.zeros([BLOCK // HW], tl.float32)
+                if HAS_B:
+                    sh = tl.load(B + c, mask=cm, other=0.0).to(tl.float32)
+                e = tl.zeros([BLOCK // HW], tl.float32)
+                if HAS_E:
+                    e = tl.load(E + n * C + c, mask=cm, other=0.0).to(tl.float32)
+                y = (x.to(tl.float32) - mean) * a[:, None] + sh[:, None]
+                y = _finish(y, e[:, None], R, base + o, inb, HAS_R, HAS_E, GELU, FAST_ERF)
             elif MODE == 1:
                 c = g * CPG + start // HW
                 a = rstd
@@ -445,6 +462,13 @@ def _mode(channels_last: bool, c: int, hw: int, block: int) -> int:
     return MODE_NCHW_PLANE if hw % block == 0 else MODE_NCHW
 
 
+def _persistent_mode(channels_last: bool, c: int, hw: int, block: int) -> int:
+    """As ``_mode``, plus [planes x HW] tiles (per-plane weights) where an NCHW tile holds whole planes."""
+    if not channels_last and hw & (hw - 1) == 0 and block % hw == 0 and block > hw:
+        return MODE_NCHW_PLANES
+    return _mode(channels_last, c, hw, block)
+
+
 def select_path(requested: str, device_type: str, interpreting: bool) -> str:
     """The forward path before the persistent kernel's own check: 'two_pass' on the interpreter and
     CPU tensors unless 'persistent' is asked for, 'persistent' on CUDA for 'auto'."""
@@ -612,7 +636,7 @@ def persistent_launch(p: _Problem, cfg: ForwardConfig) -> tuple[PersistentPlan |
     """The persistent forward's plan and launch (None, None where a row cannot be resident at once)."""
     c, hw, rows, length = p.x.shape[1], p.hw, p.rows, p.length
     block = min(cfg.persistent_block, triton.next_power_of_2(length))
-    mode = _mode(p.channels_last, c, hw, block)
+    mode = _persistent_mode(p.channels_last, c, hw, block)
     tiles = -(-length // block)
     ptrs = p.pointers()
     mean_p = torch.empty(2, rows * tiles, device=p.x.device, dtype=torch.float32)

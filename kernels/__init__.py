@@ -7,7 +7,7 @@
 from kernels import amcl, forest, torch_ops
 from kernels.attention import attention
 from kernels.diffusion import ddim_step, ddpm_seed_step, ddpm_step, q_sample
-from kernels.fused import add_layer_norm, group_norm_act, tokens_layer_norm, upsample_concat
+from kernels.fused import add_layer_norm, feed_forward, group_norm_act, tokens_layer_norm, upsample_concat
 from kernels.registry import (
     Backend,
     Op,
@@ -37,6 +37,7 @@ __all__ = [
     "ddpm_seed_step",
     "ddpm_step",
     "explain",
+    "feed_forward",
     "forest",
     "get_op",
     "group_norm_act",

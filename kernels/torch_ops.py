@@ -1,7 +1,8 @@
 """The PyTorch ops of the registry as ``torch.library`` custom ops, so they compose with torch.compile.
 
 Under ``torch.compile`` the public functions (``kernels.attention``, ``kernels.group_norm_act``,
-``kernels.tokens_layer_norm``, ``kernels.add_layer_norm``, ``kernels.upsample_concat``) call
+``kernels.tokens_layer_norm``, ``kernels.add_layer_norm``, ``kernels.upsample_concat``,
+``kernels.feed_forward``) call
 ``torch.ops.modelkernels.<op>``: dynamo records one opaque node per call instead of tracing the
 dispatcher and the Triton launch, so a patched model compiles as one graph (``fullgraph=True``
 holds). At run time the node runs the usual dispatch. Each op's fake implementation gives the
@@ -364,3 +365,52 @@ def _up_grad(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
 
 
 upsample_concat.register_autograd(_up_grad, setup_context=_up_setup)
+
+
+# -------------------------------------------------------------------------------- feed_forward
+
+@torch.library.custom_op("modelkernels::feed_forward", mutates_args=())
+def feed_forward(h: Tensor, s: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None,
+                 backend: str | None) -> Tensor:
+    """``kernels.feed_forward`` as one graph node; the output is contiguous."""
+    from kernels.fused.ops import feed_forward as eager
+
+    out = eager(h, s, w1, b1, w2, b2, backend=backend).contiguous()
+    return _owned([out], (h, s, w1, b1, w2, b2))[0]
+
+
+@feed_forward.register_fake
+def _(h: Tensor, s: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None,
+      backend: str | None) -> Tensor:
+    return h.new_empty(h.shape, dtype=torch.promote_types(h.dtype, s.dtype))
+
+
+@torch.library.custom_op("modelkernels::feed_forward_backward", mutates_args=())
+def feed_forward_backward(grad: Tensor, h: Tensor, s: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor,
+                          b2: Tensor | None, backend: str | None, wanted: list[bool]) -> list[Tensor]:
+    from kernels.fused.ops import feed_forward as eager
+
+    def fn(h: Tensor, s: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None) -> Tensor:
+        return eager(h, s, w1, b1, w2, b2, backend=backend)
+
+    return _input_grads(fn, (h, s, w1, b1, w2, b2), (grad,), wanted)
+
+
+@feed_forward_backward.register_fake
+def _(grad: Tensor, h: Tensor, s: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None,
+      backend: str | None, wanted: list[bool]) -> list[Tensor]:
+    return _fake_grads((h, s, w1, b1, w2, b2))
+
+
+def _ff_setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+    ctx.save_for_backward(*inputs[:6])
+    ctx.backend = inputs[6]
+
+
+def _ff_grad(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+    wanted = _wanted(ctx, range(6))
+    grads = feed_forward_backward(grad, *ctx.saved_tensors, ctx.backend, wanted)
+    return (*_from_op(grads, wanted), None)
+
+
+feed_forward.register_autograd(_ff_grad, setup_context=_ff_setup)

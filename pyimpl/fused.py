@@ -17,6 +17,8 @@ fused kernel has one formula to match:
   returns both (``s`` is added back after the feed-forward).
 - ``upsample_concat``: ``Up``'s bilinear 2x upsampling (``align_corners=True``) and
   ``torch.cat([skip, up(x)], dim=1)``.
+- ``feed_forward``: the rest of ``SelfAttention``'s ``ff_self`` after its LayerNorm, with the residual:
+  ``s + Linear2(GELU(Linear1(h)))`` where ``h = LayerNorm(s)`` comes from ``add_layer_norm``.
 
 GELU is the exact one (``nn.GELU()``): ``gelu(z) = z * Phi(z) = z / 2 * (1 + erf(z / sqrt(2)))``.
 """
@@ -32,10 +34,13 @@ __all__ = [
     "ACTIVATIONS",
     "add_layer_norm",
     "check_add_layer_norm_args",
+    "check_feed_forward_args",
     "check_group_norm_args",
     "check_layer_norm_args",
     "check_tokens_layer_norm_args",
     "check_upsample_concat_args",
+    "feed_forward",
+    "feed_forward_dtype",
     "gelu",
     "group_norm_act",
     "tokens_layer_norm",
@@ -219,3 +224,60 @@ def upsample_concat(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
     check_upsample_concat_args(x, skip)
     up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
     return torch.cat([skip, up], dim=1)
+
+
+def check_feed_forward_args(h: torch.Tensor, s: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None,
+                            w2: torch.Tensor, b2: torch.Tensor | None) -> None:
+    """Raise a clear error for arguments ``feed_forward`` cannot take."""
+    for name, t in (("h", h), ("s", s), ("w1", w1), ("w2", w2)):
+        _check_float(name, t)
+    if h.dim() < 1:
+        raise ValueError(f"h.shape={tuple(h.shape)}: expected (..., C) with at least 1 dimension")
+    if s.shape != h.shape:
+        raise ValueError(f"s.shape={tuple(s.shape)}: expected h's shape {tuple(h.shape)} (the residual)")
+    c = h.shape[-1]
+    if w1.dim() != 2 or w1.shape[1] != c:
+        raise ValueError(f"w1.shape={tuple(w1.shape)}: expected (F, C) with C={c}, as Linear(C, F).weight")
+    f = w1.shape[0]
+    if tuple(w2.shape) != (c, f):
+        raise ValueError(f"w2.shape={tuple(w2.shape)}: expected (C, F) = {(c, f)}, as Linear(F, C).weight")
+    for name, p, n in (("b1", b1, f), ("b2", b2, c)):
+        if p is not None:
+            _check_float(name, p)
+            if tuple(p.shape) != (n,):
+                raise ValueError(f"{name}.shape={tuple(p.shape)}: expected ({n},)")
+    for name, other in (("s", s), ("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)):
+        if other is not None and other.device != h.device:
+            raise ValueError(f"{name} is on {other.device}, h on {h.device}: move them to one device")
+
+
+def feed_forward_dtype(h: torch.Tensor, s: torch.Tensor) -> torch.dtype:
+    """The output dtype of ``feed_forward``: h's and s's promoted (eager's ``lin2(...) + s`` under autocast)."""
+    return torch.promote_types(h.dtype, s.dtype)
+
+
+def feed_forward(
+    h: torch.Tensor,
+    s: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor | None,
+    w2: torch.Tensor,
+    b2: torch.Tensor | None,
+) -> torch.Tensor:
+    """``s + (gelu(h @ w1.T + b1) @ w2.T + b2)``: ``SelfAttention``'s ``ff_self`` after its LayerNorm
+    (``Linear(C, F)``, exact GELU, ``Linear(F, C)``) and the residual add; biases may be None.
+
+    h, s: (..., C) of one shape; w1: (F, C), b1: (F,), w2: (C, F), b2: (C,) (the seed: F = C). The weights
+    are rounded to h's dtype (what autocast does to ``nn.Linear``); arithmetic in fp32 for float16 /
+    bfloat16 h (the Triton kernel accumulates in fp32 too, but rounds the hidden activation to h's dtype
+    before the second product); output contiguous in ``promote_types(h.dtype, s.dtype)``.
+    """
+    check_feed_forward_args(h, s, w1, b1, w2, b2)
+    out_dtype = feed_forward_dtype(h, s)
+    wd = h.dtype
+    cd = torch.float32 if h.dtype in (torch.float16, torch.bfloat16) else h.dtype
+    p1, p2 = w1.to(wd).to(cd), w2.to(wd).to(cd)
+    q1 = None if b1 is None else b1.to(cd)
+    q2 = None if b2 is None else b2.to(cd)
+    y = F.linear(gelu(F.linear(h.to(cd), p1, q1)), p2, q2)
+    return (s.to(cd) + y).to(out_dtype).contiguous()

@@ -29,7 +29,8 @@ from pyimpl.unet import DoubleConv, SelfAttention, UNet, Up
 needs_triton = pytest.mark.skipif(not (torch.cuda.is_available() or triton_interpret()),
                                   reason="Triton needs CUDA or TRITON_INTERPRET=1")
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
-OURS_ON_TRITON = dict.fromkeys(["group_norm_act", "tokens_layer_norm", "add_layer_norm", "upsample_concat"], "triton")
+OURS_ON_TRITON = dict.fromkeys(["group_norm_act", "tokens_layer_norm", "add_layer_norm", "upsample_concat",
+                                "feed_forward"], "triton")
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -44,6 +44,8 @@ def _cases() -> list[tuple[str, Any, tuple[Any, ...]]]:
         ("tokens_layer_norm", OPS.tokens_layer_norm, (x, w, b, 1e-5, None)),
         ("add_layer_norm", OPS.add_layer_norm, (tok, _randn(2, 35, 6, seed=12), w, b, 1e-5, None)),
         ("upsample_concat", OPS.upsample_concat, (small, _randn(2, 5, 6, 8, seed=13), None)),
+        ("feed_forward", OPS.feed_forward, (_randn(2, 7, 6, seed=14), tok[:, :7], _randn(9, 6, seed=15),
+                                            _randn(9, seed=16), _randn(6, 9, seed=17), None, None)),
     ]
 
 
@@ -68,6 +70,7 @@ def test_gradients_equal_the_eager_functions(name: str, op: Any, args: tuple[Any
         "tokens_layer_norm": lambda x, w, b, e, be: kernels.tokens_layer_norm(x, w, b, e, backend=be),
         "add_layer_norm": lambda x, r, w, b, e, be: kernels.add_layer_norm(x, r, w, b, e, backend=be),
         "upsample_concat": lambda x, s, be: kernels.upsample_concat(x, s, backend=be),
+        "feed_forward": lambda h, s, w1, b1, w2, b2, be: kernels.feed_forward(h, s, w1, b1, w2, b2, backend=be),
     }
     eager = public[name.split()[0]]
     leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]

@@ -9,7 +9,8 @@ the attention of a fused block as well.
   GroupNorm pass instead of a separate ``repeat`` and add.
 - ``FusedUp``: upsample+concat in one pass, two fused DoubleConvs, the embedding as in Down.
 - ``FusedSelfAttention``: transpose+LayerNorm in one pass, the attention with ``need_weights=False``
-  (the seed discards the weights), the residual add fused with the feed-forward's LayerNorm.
+  (the seed discards the weights), the residual add fused with the feed-forward's LayerNorm, and the
+  feed-forward (Linear, GELU, Linear, residual add) in one kernel when both are plain ``nn.Linear``.
 
 Which backend runs is the dispatcher's choice per call: Triton for CUDA tensors, the references
 (plain PyTorch) on the CPU unless Triton is forced under ``TRITON_INTERPRET=1``.
@@ -22,7 +23,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from kernels.fused.ops import add_layer_norm, group_norm_act, tokens_layer_norm, upsample_concat
+from kernels.fused.ops import add_layer_norm, feed_forward, group_norm_act, tokens_layer_norm, upsample_concat
 
 __all__ = [
     "FusedDoubleConv",
@@ -204,8 +205,17 @@ def self_attention_reasons(m: nn.Module) -> list[str]:
     return out
 
 
+def _plain_linears(lin1: nn.Module, lin2: nn.Module, channels: int) -> bool:
+    """Both feed-forward layers are plain ``nn.Linear`` (not a subclass with its own forward) from C
+    channels back to C: ``feed_forward`` runs them with the GELU and the residual add in one kernel."""
+    return (type(lin1) is nn.Linear and type(lin2) is nn.Linear and lin1.in_features == channels
+            and lin2.out_features == channels and lin2.in_features == lin1.out_features)
+
+
 class FusedSelfAttention(_BlockView):
-    """The seed's ``SelfAttention`` block with its layout change and norms fused."""
+    """The seed's ``SelfAttention`` block with its layout change, norms and feed-forward fused. The
+    feed-forward runs ``feed_forward`` when ``ff_self``'s Linears are plain ``nn.Linear(C, F)``,
+    ``nn.Linear(F, C)``, else the modules themselves (GELU and the residual add as separate ops)."""
 
     ATTRIBUTES = ("channels", "size")
     channels: int
@@ -226,5 +236,10 @@ class FusedSelfAttention(_BlockView):
         attention, _ = _child(self, "mha")(x_ln, x_ln, x_ln, need_weights=False)
         norm = cast(nn.LayerNorm, ff_ln)
         s, h = add_layer_norm(attention, tokens, norm.weight, norm.bias, norm.eps)
-        out = lin2(act(lin1(h))) + s
+        if _plain_linears(lin1, lin2, self.channels):
+            if torch.is_autocast_enabled(h.device.type):  # what autocast would do to the Linear's input
+                h = h.to(torch.get_autocast_dtype(h.device.type))
+            out = feed_forward(h, s, lin1.weight, lin1.bias, lin2.weight, lin2.bias)
+        else:
+            out = lin2(act(lin1(h))) + s
         return out.swapaxes(2, 1).view(-1, self.channels, x.shape[-2], x.shape[-1])

@@ -1,7 +1,8 @@
 """The fused norm / activation / upsample ops: references (``pyimpl.fused``), samples, error
 inputs, and their Triton backends (CUDA; CPU tensors under ``TRITON_INTERPRET=1`` when forced).
 
-Ops: ``group_norm_act``, ``tokens_layer_norm``, ``add_layer_norm``, ``upsample_concat``. Every
+Ops: ``group_norm_act``, ``tokens_layer_norm``, ``add_layer_norm``, ``upsample_concat``,
+``feed_forward``. Every
 sample with ``grad=True`` also checks the backward of the Triton backend against the reference's
 autograd (in float64).
 """
@@ -389,4 +390,126 @@ def upsample_concat(x: torch.Tensor, skip: torch.Tensor, *, backend: str | None 
     if torch.compiler.is_compiling():
         return torch.ops.modelkernels.upsample_concat(x, skip, backend)
     out: torch.Tensor = call("upsample_concat", x, skip, backend=backend)
+    return out
+
+
+# -------------------------------------------------------------------------------- feed_forward
+
+MAX_FEED_FORWARD_CHANNELS = 256  # the Triton kernel holds a [rows x C] fp32 accumulator in registers
+
+# Values are O(1): h, s ~ N(0, 1), weights ~ N(0, 1/fan_in) (nn.Linear's scale). float32 runs TF32 products
+# on the GPU (10-bit mantissas): emulated on these samples and at C = 64, 256, 4096 rows, the largest error
+# is 1.6e-3 (0.3 of the 5e-3 allowed). float16 / bfloat16 round the hidden activation and the output (and
+# fp32 weights) to the input dtype; measured under the interpreter at most 0.25 (bf16) and 0.06 (fp16) of
+# the allowance. Gradients come from PyTorch ops in the input dtype (every intermediate rounded, as eager
+# autocast does) and sum over the rows; fp32 gradients use full-precision cuBLAS (PyTorch's default).
+FF_TOLERANCES = {
+    "float32": Tolerance(5e-3, 5e-3),
+    "float16": Tolerance(4e-3, 4e-3),
+    "bfloat16": Tolerance(3e-2, 3e-2),
+    "grad:float32": Tolerance(1e-4, 1e-4),
+    "grad:float16": Tolerance(2e-2, 2e-2),
+    "grad:bfloat16": Tolerance(2e-1, 6e-2),
+}
+
+
+def _ff_sample(name: str, rows: tuple[int, ...], c: int, f: int | None = None, *, biases: bool = True,
+               layout: str = "contiguous", weights: str = "input", residual: str = "input", nan: bool = False,
+               grad: bool = True, seed: int = 80) -> Sample:
+    def make(device: str, dtype: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        hidden = c if f is None else f
+        shape = (*rows, c)
+        if layout == "strided":  # h: a transposed view of (..., C, N); s: every other channel of a wider tensor
+            h = _randn((*rows[:-1], c, rows[-1]), seed, device, dtype).transpose(-1, -2)
+            s = _randn((*rows, 2 * c), seed + 1, device, dtype)[..., ::2]
+        else:
+            h = _randn(shape, seed, device, dtype)
+            s = _randn(shape, seed + 1, device, dtype)
+        if residual == "float32":  # an fp32 residual stream with low-precision activations
+            s = s.float()
+        if nan:
+            h[0, 1, 3] = float("nan")
+            s[-1, -1, 0] = float("inf")
+        wdt = "float32" if weights == "float32" else dtype
+        w1 = _randn((hidden, c), seed + 2, device, wdt, c**-0.5)
+        w2 = _randn((c, hidden), seed + 3, device, wdt, max(hidden, 1) ** -0.5)
+        b1 = _randn((hidden,), seed + 4, device, wdt, 0.5) if biases else None
+        b2 = _randn((c,), seed + 5, device, wdt, 0.5) if biases else None
+        return (h, s, w1, b1, w2, b2), {}
+
+    return Sample(name, make, grad=grad)
+
+
+FF_SAMPLES = [
+    _ff_sample("(2,9,16)", (2, 9), 16),
+    _ff_sample("odd rows and channels (37,24) F=40", (37,), 24, 40, seed=81),
+    _ff_sample("strided h and s (2,7,12)", (2, 7), 12, layout="strided", seed=82),
+    _ff_sample("no biases (3,5,32)", (3, 5), 32, biases=False, seed=83),
+    _ff_sample("narrow C, wide F (1,33,8) F=48", (1, 33), 8, 48, seed=84),
+    _ff_sample("fp32 weights (2,6,20)", (2, 6), 20, weights="float32", seed=85),
+    _ff_sample("fp32 residual (3,11,16)", (3, 11), 16, residual="float32", seed=86),
+    _ff_sample("one channel, F=3 (5,1)", (5,), 1, 3, seed=87),
+    _ff_sample("NaN in h, Inf in s (3,4,16)", (3, 4), 16, nan=True, grad=False, seed=88),
+    _ff_sample("empty N=0 (2,0,16)", (2, 0), 16, seed=89),
+]
+
+
+def _ff_bad(**kw: Any) -> Callable[[], tuple[tuple[Any, ...], dict[str, Any]]]:
+    def make() -> tuple[tuple[Any, ...], dict[str, Any]]:
+        args: dict[str, Any] = dict(h=torch.zeros(2, 3, 4), s=torch.zeros(2, 3, 4), w1=torch.zeros(5, 4),
+                                    b1=torch.zeros(5), w2=torch.zeros(4, 5), b2=torch.zeros(4))
+        args.update(kw)
+        return tuple(args.values()), {}
+
+    return make
+
+
+FF_ERRORS = [
+    ErrorSample("s shape", _ff_bad(s=torch.zeros(2, 4, 3)), ValueError, "s.shape=(2, 4, 3)"),
+    ErrorSample("w1 columns", _ff_bad(w1=torch.zeros(5, 3)), ValueError, "w1.shape=(5, 3)"),
+    ErrorSample("w2 shape", _ff_bad(w2=torch.zeros(5, 4)), ValueError, "w2.shape=(5, 4)"),
+    ErrorSample("b1 length", _ff_bad(b1=torch.zeros(4)), ValueError, "b1.shape=(4,)"),
+    ErrorSample("b2 length", _ff_bad(b2=torch.zeros(5)), ValueError, "b2.shape=(5,)"),
+    ErrorSample("integer h", _ff_bad(h=torch.zeros(2, 3, 4, dtype=torch.int32)), TypeError, "h.dtype"),
+    ErrorSample("0-d h", _ff_bad(h=torch.tensor(1.0), s=torch.tensor(1.0)), ValueError, "h.shape=()"),
+]
+
+define_op(
+    "feed_forward",
+    reference=ref.feed_forward,
+    dtypes=DTYPES,
+    samples=FF_SAMPLES,
+    error_samples=FF_ERRORS,
+    reference_dtype=_f64,
+    doc="s + Linear2(GELU(Linear1(h))) in one pass, the hidden activation kept on chip (the seed's ff_self)",
+)
+
+
+def _ff_reasons(h: Any, *args: Any, **kwargs: Any) -> list[str]:
+    if isinstance(h, torch.Tensor) and h.dim() >= 1 and h.shape[-1] > MAX_FEED_FORWARD_CHANNELS:
+        return [f"C={h.shape[-1]}: supported up to {MAX_FEED_FORWARD_CHANNELS} (the [rows x C] accumulator is "
+                "held in registers)"]
+    return []
+
+
+@register_kernel("feed_forward", "triton", devices=("cuda",), interpret_devices=("cpu",), dtypes=TRITON_DTYPES,
+                 priority=10, reasons=_ff_reasons, available=triton_unavailable, tolerances=FF_TOLERANCES)
+def feed_forward_triton(h: torch.Tensor, s: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None,
+                        w2: torch.Tensor, b2: torch.Tensor | None) -> torch.Tensor:
+    """Triton: per block of rows, both products and the GELU on chip, bias and residual in the epilogue."""
+    from kernels.fused import feed_forward_triton as fft
+
+    return fft.feed_forward(h, s, w1, b1, w2, b2)
+
+
+def feed_forward(h: torch.Tensor, s: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
+                 b2: torch.Tensor | None, *, backend: str | None = None) -> torch.Tensor:
+    """``s + (gelu(h @ w1.T + b1) @ w2.T + b2)`` (exact GELU; b1, b2 may be None).
+
+    h, s: (..., C) of one shape; w1: (F, C), w2: (C, F) (``nn.Linear`` weights); output contiguous in
+    ``promote_types(h.dtype, s.dtype)``. ``backend``: 'triton' or 'reference'.
+    """
+    if torch.compiler.is_compiling():
+        return torch.ops.modelkernels.feed_forward(h, s, w1, b1, w2, b2, backend)
+    out: torch.Tensor = call("feed_forward", h, s, w1, b1, w2, b2, backend=backend)
     return out

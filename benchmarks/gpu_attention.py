@@ -2,14 +2,20 @@
 
     PYTHONPATH=$PWD python3 benchmarks/gpu_attention.py check sweep     # parity + tile sweep
     PYTHONPATH=$PWD python3 benchmarks/gpu_attention.py check bench unet  # parity + tables + plot
+    PYTHONPATH=$PWD python3 benchmarks/gpu_attention.py compile   # in parallel with check, then alone:
+    PYTHONPATH=$PWD python3 benchmarks/gpu_attention.py tune overhead bwd
 
-Parts: ``check`` runs the registry's parity cases on CUDA and larger odd shapes against a float64
-reference (forward and gradients); ``sweep`` times candidate tiles per head dim (forward and
-backward) and prints the best; ``bench`` times ours against SDPA's flash / cuDNN / efficient
-backends (forward, backward), re-runs the project's H200 anchor shapes, and plots TFLOP/s over N
-per head dim; ``unet`` times the seed UNet's six attention blocks (nn.MultiheadAttention with
-need_weights=True, SDPA, ours) and checks the patched UNet's output. Every timing is verified
-first. Results go to $OUT (JSON, PNG); a short table is printed last.
+Parts: ``tune`` times forward variants (pointer / K rows / tensor descriptors / warp specialisation,
+tiles) per head dim against SDPA cuDNN and flash, two rounds; ``compile`` only compiles and verifies
+them; ``tmacheck`` checks every forward variant on odd shapes; ``overhead`` splits a small call's host
+time into its parts and times whole calls (wall clock, CUDA events, graph replay) against SDPA; ``bwd``
+times the backward at four shapes. ``check`` runs the registry's parity cases on CUDA and larger odd
+shapes against a float64 reference (forward and gradients); ``sweep`` times candidate tiles per head dim
+(forward and backward) and prints the best; ``bench`` times ours against SDPA's flash / cuDNN /
+efficient backends (forward, backward), re-runs the project's H200 anchor shapes, and plots TFLOP/s over
+N per head dim; ``unet`` times the seed UNet's six attention blocks (nn.MultiheadAttention with
+need_weights=True, SDPA, ours) and checks the patched UNet's output. Every timing is verified first.
+Results go to $OUT (JSON, PNG); a short table is printed last.
 """
 
 from __future__ import annotations
@@ -331,55 +337,243 @@ def unet_dtype(model: Any, dtype: torch.dtype, res: dict[str, Any], knn: Any) ->
                    f"{patched_ms:.2f}ms; rel err {err:.1e}")
 
 
-D128_CANDIDATES = [FlashConfig(*c) for c in ((64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 8, 3), (128, 64, 8, 2),
-                                             (128, 128, 8, 2), (64, 64, 8, 3), (128, 32, 8, 3), (64, 32, 4, 3))]
+def _variants(*specs: tuple[str, tuple[int, int, int, int]]) -> list[FlashConfig]:
+    return [FlashConfig(*c, variant) for variant, c in specs]
 
 
-def part_sweep128() -> None:
-    """More forward tiles at (4, 16, 4096, 128), the shape where cuDNN leads."""
-    b, h, n, d = 4, 16, 4096, 128
-    q, k, v = qkv(b, h, n, n, d, torch.float16)
+# forward candidates per head dim: pointer loads (Kᵀ by transposed pointers or K rows + tl.trans), tensor
+# descriptors (TMA), descriptors with Triton's warp-specialised loop; BLOCK_M 64 (one warpgroup) or 128
+TUNE_CANDIDATES = {
+    128: _variants(("ptr", (64, 64, 4, 3)), ("ptr", (128, 64, 8, 3)), ("ptr", (128, 128, 8, 2)),
+                   ("ptr", (64, 128, 4, 3)),
+                   ("krows", (64, 64, 4, 3)), ("krows", (128, 64, 8, 3)), ("krows", (128, 128, 8, 2)),
+                   ("tma", (64, 64, 4, 3)), ("tma", (64, 128, 4, 3)), ("tma", (64, 64, 4, 4)),
+                   ("tma", (128, 64, 8, 2)), ("tma", (128, 64, 8, 3)), ("tma", (128, 64, 8, 4)),
+                   ("tma", (128, 128, 8, 2)), ("tma", (128, 128, 8, 3)), ("tma", (128, 32, 8, 4)),
+                   ("tma_ws", (128, 64, 8, 3)), ("tma_ws", (128, 128, 8, 2)), ("tma_ws", (64, 64, 4, 3))),
+    64: _variants(("ptr", (64, 64, 4, 3)), ("krows", (64, 64, 4, 3)), ("tma", (64, 64, 4, 3)),
+                  ("tma", (64, 128, 4, 3)), ("tma", (128, 64, 8, 3)), ("tma", (128, 128, 8, 3)),
+                  ("tma", (128, 64, 4, 3))),
+    32: _variants(("ptr", (64, 64, 4, 3)), ("tma", (64, 64, 4, 3)), ("tma", (128, 64, 8, 3)),
+                  ("tma", (128, 128, 8, 3))),
+    16: _variants(("ptr", (64, 64, 4, 3)), ("tma", (64, 64, 4, 3)), ("tma", (128, 64, 8, 3)),
+                  ("tma", (128, 128, 8, 3))),
+}
+TUNE_SHAPES = [((4, 16, 4096, 128), torch.float16), ((4, 16, 4096, 128), torch.bfloat16),
+               ((16, 4, 1024, 128), torch.float16), ((4, 16, 4096, 64), torch.float16),
+               ((32, 4, 1024, 32), torch.float16), ((16, 4, 4096, 16), torch.float16)]
+
+
+def part_tune(timed: bool = True) -> None:
+    """Forward variants per head dim, each verified, timed twice (two rounds, interleaved with SDPA's
+    cuDNN and flash backends) so run-to-run spread shows; ratio to cuDNN from the same round."""
+    rows: list[dict[str, Any]] = []
+    for (b, h, n, d), dtype in TUNE_SHAPES:
+        tune_shape(b, h, n, d, dtype, rows, timed)
+    RESULTS["tune"] = rows
+
+
+def part_compile() -> None:
+    """``tune`` without timing: compiles and verifies every candidate (Triton's disk cache keeps the
+    binaries, so a ``tune`` run in a second process times without compiling)."""
+    part_tune(timed=False)
+
+
+def tune_shape(b: int, h: int, n: int, d: int, dtype: torch.dtype, rows: list[dict[str, Any]], timed: bool) -> None:
+    q, k, v = qkv(b, h, n, n, d, dtype)
     scale = 1 / math.sqrt(d)
-    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-        t_cudnn = ms(lambda: F.scaled_dot_product_attention(q, k, v))
-    for cfg in D128_CANDIDATES:
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        want = F.scaled_dot_product_attention(q, k, v).double()
+    ok = []
+    for cfg in TUNE_CANDIDATES[d]:
         try:
-            t = ms(lambda cfg=cfg: flash_forward(q, k, v, None, False, scale, False, config=cfg))
-        except Exception as e:
-            print(f"sweep128 {cfg}: {type(e).__name__}", flush=True)
+            o = flash_forward(q, k, v, None, False, scale, False, config=cfg)[0]
+            err = rel_err(o, want)
+        except Exception as e:  # a variant that does not compile or fit is reported and skipped
+            print(f"tune {(b, h, n, d)} {cfg}: {type(e).__name__} {str(e)[:160]}", flush=True)
             continue
-        SUMMARY.append(f"sweep128 {cfg}: {tflops(b, h, n, n, d, t):.0f} TF/s = {t_cudnn / t:.2f}x cuDNN "
-                       f"({tflops(b, h, n, n, d, t_cudnn):.0f})")
+        if err < 2e-2:
+            ok.append(cfg)
+        else:
+            print(f"tune {(b, h, n, d)} {cfg} wrong: rel err {err:.2e}", flush=True)
+    if not timed:
+        SUMMARY.append(f"compile {(b, h, n, d)} {dtype}: {len(ok)}/{len(TUNE_CANDIDATES[d])} variants verified")
+        return
+    times: dict[str, list[float]] = {}
+    for _ in range(2):
+        for name in ("cudnn", "flash"):
+            with sdpa_kernel(SDPA_BACKENDS[name]):
+                times.setdefault(name, []).append(ms(lambda: F.scaled_dot_product_attention(q, k, v), rep=30))
+        for cfg in ok:
+            times.setdefault(str(cfg), []).append(
+                ms(lambda cfg=cfg: flash_forward(q, k, v, None, False, scale, False, config=cfg, need_lse=False),
+                   rep=30))
+    cudnn = times["cudnn"]
+    tag = str(dtype).removeprefix("torch.")
+    for cfg in ok:
+        t = times[str(cfg)]
+        rows.append(dict(shape=(b, h, n, d), dtype=tag, cfg=cfg.__dict__, ms=t,
+                         tflops=[tflops(b, h, n, n, d, x) for x in t], vs_cudnn=[c / x for c, x in zip(cudnn, t)]))
+    ranked = sorted(ok, key=lambda c: min(times[str(c)]))
+    cur = f"{tflops(b, h, n, n, d, min(times['cudnn'])):.0f}/{tflops(b, h, n, n, d, min(times['flash'])):.0f}"
+    SUMMARY.append(f"tune {(b, h, n, d)} {tag}: cudnn/flash TF/s {cur}")
+    for cfg in ranked[:4] + [c for c in ok if c == FlashConfig(64, 64, 4, 3)]:
+        t = times[str(cfg)]
+        SUMMARY.append(f"   {cfg.variant:6s} {cfg.block_m}x{cfg.block_n} w{cfg.num_warps} s{cfg.num_stages}: TF/s "
+                       + " ".join(f"{tflops(b, h, n, n, d, x):.0f}" for x in t) + " | x cuDNN "
+                       + " ".join(f"{c / x:.2f}" for c, x in zip(cudnn, t)))
+
+
+def part_tmacheck() -> None:
+    """Every forward variant on odd shapes (masks, causal, (B, N, H, D) views, Nq != Nk) against float64."""
+    worst = 0.0
+    for variant in ("krows", "tma", "tma_ws"):  # "ptr" is the path `check` covers
+        for dtype in (torch.float16, torch.bfloat16):
+            for d in (16, 64, 128):
+                for causal, masked, bnhd, nq, nk in ((False, False, False, 333, 333), (True, True, True, 517, 300),
+                                                     (False, True, True, 200, 777), (True, False, False, 129, 129)):
+                    b, h = 2, 3
+                    if bnhd:
+                        q, k, v = (torch.randn(b, n, h, d, device=DEV, dtype=dtype).transpose(1, 2)
+                                   for n in (nq, nk, nk))
+                    else:
+                        q, k, v = qkv(b, h, nq, nk, d, dtype)
+                    kpm = (torch.rand(b, nk, device=DEV) < 0.3) if masked else None
+                    cfg = FlashConfig(128, 64, 8, 3, variant) if d == 128 else FlashConfig(64, 64, 4, 3, variant)
+                    try:
+                        o = flash_forward(q, k, v, kpm, causal, d ** -0.5, bnhd, config=cfg)[0]
+                    except Exception as e:
+                        print(f"tmacheck {variant} {dtype} d={d}: {type(e).__name__} {str(e)[:160]}", flush=True)
+                        break
+                    want = ref.attention(q.double(), k.double(), v.double(), causal=causal, key_padding_mask=kpm)
+                    err = rel_err(o, want)
+                    worst = max(worst, err)
+                    if not err < (2e-2 if dtype == torch.bfloat16 else 5e-3):
+                        print(f"TMACHECK FAIL {variant} {dtype} d={d} causal={causal} masked={masked} bnhd={bnhd} "
+                              f"{nq}x{nk}: {err:.2e}", flush=True)
+    SUMMARY.append(f"tmacheck: forward variants on odd shapes, worst relative error {worst:.1e}")
+
+
+def _per_call_us(fn: Callable[[], Any], n: int = 2000) -> tuple[float, float]:
+    """(wall-clock µs per call, CUDA-event µs per call) over ``n`` back-to-back calls: both are the
+    host's issue time when the GPU work per call is shorter than it."""
+    for _ in range(50):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    t0 = time.perf_counter()
+    start.record()
+    for _ in range(n):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) / n * 1e6
+    return wall, start.elapsed_time(end) * 1e3 / n
+
+
+def _host_us(fn: Callable[[], Any], n: int = 20000) -> float:
+    import timeit
+
+    return min(timeit.repeat(fn, number=n, repeat=3)) / n * 1e6
 
 
 def part_overhead() -> None:
-    """Where the time of a small call goes: raw launcher, backend function, dispatch, SDPA (fp16, N = 64)."""
-    import cProfile
-    import io
-    import pstats
+    """Host time per call at small N: components (timeit on this host's CPU), then whole calls
+    (wall clock and CUDA events over back-to-back calls), ours against SDPA, and the GPU time
+    of the same calls replayed from a CUDA graph."""
+    res: dict[str, Any] = {}
+    for b, h, n, d in ((16, 4, 64, 64), (32, 4, 256, 64), (16, 4, 1024, 32)):
+        overhead_shape(b, h, n, d, res)
+    RESULTS["overhead"] = res
 
+
+def overhead_shape(b: int, h: int, n: int, d: int, res: dict[str, Any]) -> None:
+    import triton
+
+    from kernels import registry
+    from kernels.attention import flash
+    from kernels.attention import flash_triton as kt
     from kernels.attention.ops import attention_triton
 
-    q, k, v = qkv(16, 4, 64, 64, 64, torch.float16)
+    q, k, v = qkv(b, h, n, n, d, torch.float16)
+    kw = dict(causal=False, scale=None, key_padding_mask=None, layout="bhnd", deterministic=False)
+    o = torch.empty_like(q)
+    cfg = flash.forward_config(d, q.dtype)
+    args = (q, k, v, o, o, q, *q.stride(), *k.stride(), *v.stride(), *o.stride(), 0, 0, h, n, n, 0.125 * flash.LOG2E)
+    cx = dict(HEAD_DIM=d, CAUSAL=False, HAS_MASK=False, PRECISION="ieee", K_ROWS=cfg.variant == "krows",
+              STORE_LSE=False, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n)
+    grid = (triton.cdiv(n, cfg.block_m), b * h)
+    compiled = kt.attention_fwd_kernel[grid](*args, **cx, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    tail = tuple(cx[name] for name in kt.attention_fwd_kernel.arg_names[len(args):])
+    stream = torch.cuda.current_stream().cuda_stream
+    comp: dict[str, float] = {}
     with torch.no_grad():
-        for name, fn in (("raw flash_forward", lambda: flash_forward(q, k, v, None, False, 0.125, False)),
+        for name, fn in (
+                ("registry.select", lambda: registry.select("attention", (q, k, v), kw)),
+                ("check_attention_args", lambda: ref.check_attention_args(q, k, v, None, "bhnd", None)),
+                ("torch.empty (B,H,N,D)", lambda: torch.empty((b, h, n, d), device=DEV, dtype=q.dtype)),
+                ("specialisation(args)", lambda: flash.specialisation(args)),
+                ("4 tensor descriptors", lambda: [flash._descriptor(x, 64) for x in (q, k, v, o)]),
+                ("triton kernel[grid](...)", lambda: kt.attention_fwd_kernel[grid](
+                    *args, **cx, num_warps=cfg.num_warps, num_stages=cfg.num_stages)),
+                ("compiled.run (bare launcher)", lambda: compiled.run(
+                    grid[0], grid[1], 1, stream, compiled.function, compiled.packed_metadata, None, None, None,
+                    *args, *tail)),
+                ("flash.launch (cached handle)", lambda: flash.launch(
+                    kt.attention_fwd_kernel, ("fwd", d, q.dtype, False, None, False), cfg,
+                    lambda c: (triton.cdiv(n, c.block_m), b * h), args, HEAD_DIM=d, CAUSAL=False, HAS_MASK=False,
+                    PRECISION="ieee", K_ROWS=cfg.variant == "krows", STORE_LSE=False)),
+                ("flash_forward", lambda: flash.flash_forward(q, k, v, None, False, 0.125, False, need_lse=False)),
+                ("backend fn attention_triton", lambda: attention_triton(q, k, v)),
+                ("kernels.attention", lambda: kernels.attention(q, k, v)),
+                ("sdpa (default)", lambda: F.scaled_dot_product_attention(q, k, v))):
+            comp[name] = _host_us(fn, n=2000 if "sdpa" in name or "attention" in name or "flash" in name
+                                  or "kernel" in name or "run" in name else 20000)
+            torch.cuda.synchronize()
+        calls: dict[str, tuple[float, float]] = {}
+        for name, fn in (("kernels.attention", lambda: kernels.attention(q, k, v)),
                          ("backend fn", lambda: attention_triton(q, k, v)),
-                         ("kernels.attention forced", lambda: kernels.attention(q, k, v, backend="triton")),
-                         ("kernels.attention", lambda: kernels.attention(q, k, v)),
-                         ("sdpa", lambda: F.scaled_dot_product_attention(q, k, v))):
-            SUMMARY.append(f"overhead {name}: {ms(fn) * 1e3:.1f} us")
-        prof = cProfile.Profile()
-        prof.enable()
-        for _ in range(2000):
-            kernels.attention(q, k, v)
-        prof.disable()
-    text = io.StringIO()
-    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(18)
-    print(text.getvalue()[-4000:], flush=True)
+                         ("sdpa (default)", lambda: F.scaled_dot_product_attention(q, k, v)),
+                         ("sdpa flash", None), ("sdpa cudnn", None)):
+            if fn is None:
+                be = SDPA_BACKENDS[name.split()[1]]
+
+                def fn(be: Any = be) -> Any:
+                    with sdpa_kernel(be):
+                        return F.scaled_dot_product_attention(q, k, v)
+            calls[name] = _per_call_us(fn)
+        gpu: dict[str, float] = {}
+        for name, fn in (("ours", lambda: kernels.attention(q, k, v)),
+                         ("sdpa (default)", lambda: F.scaled_dot_product_attention(q, k, v))):
+            fn()
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for _ in range(20):
+                    fn()
+            gpu[name] = ms(graph.replay) * 1e3 / 20
+    res[str((b, h, n, d))] = dict(components_us=comp, per_call_us=calls, gpu_us=gpu)
+    SUMMARY.append(f"overhead {(b, h, n, d)} fp16, host µs (timeit): "
+                   + "; ".join(f"{k} {x:.1f}" for k, x in comp.items()))
+    SUMMARY.append(f"overhead {(b, h, n, d)} per call µs (wall / CUDA events): "
+                   + "; ".join(f"{k} {w:.1f}/{e:.1f}" for k, (w, e) in calls.items())
+                   + " | GPU only (graph replay): " + "; ".join(f"{k} {x:.1f}" for k, x in gpu.items()))
 
 
-PARTS = {"overhead": part_overhead, "check": part_check, "sweep": part_sweep, "sweep128": part_sweep128,
-         "bench": part_bench, "unet": part_unet}
+def part_bwd() -> None:
+    """Backward through autograd at the large shapes (fp16, ms): ours (deterministic, atomic) against SDPA."""
+    for b, h, n, d in ((4, 16, 4096, 128), (4, 16, 4096, 64), (32, 4, 1024, 32), (16, 4, 256, 64)):
+        r = fwd_row(b, h, n, d, torch.float16, backward=True)
+        RESULTS.setdefault("bwd", []).append(r)
+        SUMMARY.append(f"bwd {(b, h, n, d)} fp16 ms: ours det {r['ours_bwd_ms']:.3f} "
+                       f"atomic {r['ours_bwd_atomic_ms']:.3f}"
+                       f" | flash {r['flash_bwd_ms'] or float('nan'):.3f} cudnn {r['cudnn_bwd_ms'] or float('nan'):.3f}"
+                       f" | fwd TF/s ours {r['ours_tflops']:.0f} cudnn {r['cudnn_tflops'] or 0:.0f}")
+
+
+PARTS = {"overhead": part_overhead, "check": part_check, "sweep": part_sweep, "tune": part_tune,
+         "compile": part_compile,
+         "tmacheck": part_tmacheck, "bwd": part_bwd, "bench": part_bench, "unet": part_unet}
 
 if __name__ == "__main__":
     for part in sys.argv[1:] or ["check", "bench", "unet"]:
@@ -392,6 +586,6 @@ if __name__ == "__main__":
             traceback.print_exc()
             SUMMARY.append(f"{part}: FAILED {type(e).__name__}: {str(e)[:200]}")
         SUMMARY.append(f"[{part} took {time.time() - t0:.0f}s]")
-        with open(os.path.join(OUT, "gpu_attention.json"), "w") as f:
+        with open(os.path.join(OUT, f"gpu_attention_{'_'.join(sys.argv[1:]) or 'default'}.json"), "w") as f:
             json.dump(RESULTS, f, indent=1, default=str)
     print("\n".join(SUMMARY))

@@ -195,6 +195,8 @@ def test_tile_table_and_the_shared_memory_fallback() -> None:
     calls: list[tuple[int, int, int, bool]] = []
 
     class FakeKernel:  # runs out of shared memory above 32 keys per tile or with pipelining
+        arg_names = ("X", "EVEN_N", "BLOCK_M", "BLOCK_N")
+
         def __getitem__(self, grid: tuple[int, ...]) -> object:
             def run(*args: object, BLOCK_M: int, BLOCK_N: int, num_warps: int, num_stages: int, EVEN_N: bool) -> None:
                 calls.append((BLOCK_M, BLOCK_N, num_stages, EVEN_N))
@@ -203,7 +205,7 @@ def test_tile_table_and_the_shared_memory_fallback() -> None:
             return run
 
     start = flash.FlashConfig(64, 64, 4, 3)
-    flash.launch(FakeKernel(), ("test",), start, lambda c: (1,), EVEN_N=lambda c: 48 % c.block_n == 0)
+    flash.launch(FakeKernel(), ("test",), start, lambda c: (1,), (), EVEN_N=lambda c: 48 % c.block_n == 0)
     assert calls[-1] == (64, 32, 1, False) and len(calls) == 5
-    flash.launch(FakeKernel(), ("test",), start, lambda c: (1,), EVEN_N=lambda c: 48 % c.block_n == 0)
+    flash.launch(FakeKernel(), ("test",), start, lambda c: (1,), (), EVEN_N=lambda c: 48 % c.block_n == 0)
     assert len(calls) == 6 and calls[-1] == (64, 32, 1, False)  # the fitted tile is remembered

@@ -3,7 +3,7 @@
 Forward (Dao et al., "FlashAttention", 2022; FlashAttention-2, 2023): each program owns
 BLOCK_M query rows and streams BLOCK_N keys at a time, keeping the running row maximum ``m``,
 the running sum ``l`` and the unnormalised output ``acc`` (online softmax, Milakov & Gimelshein
-2018). It writes O and the row log-sum-exp (base 2) for the backward pass. Work: 4·B·H·Nq·Nk·D
+2018). It writes O and, when a backward pass will follow, the row log-sum-exp (base 2). Work: 4·B·H·Nq·Nk·D
 FLOPs (two matmuls); memory: q, k, v read once per query block, O written once.
 
 Backward (FlashAttention-2, algorithm 2): P is recomputed from the saved log-sum-exp;
@@ -13,7 +13,8 @@ second pass, one program per query block (deterministic, no atomics), or from fp
 in the key-block pass (one pass fewer, summation order varies from run to run).
 
 Every tensor is addressed through its four strides, so (B, H, N, D) and (B, N, H, D) views and
-the q/k/v slices of one fused projection run without a copy. Scores are scaled by
+the q/k/v slices of one fused projection run without a copy. A second forward kernel reads q, k,
+v and writes O through 4-D tensor descriptors (TMA on Hopper) where the strides allow it. Scores are scaled by
 ``scale · log2(e)`` and exponentiated with ``exp2``. A row that sees no key stores
 ``lse = +inf`` so the backward pass gives it P = 0.
 """
@@ -25,18 +26,10 @@ import triton.language as tl
 
 
 @triton.jit
-def _fwd_key_block(acc, l_i, m_i, q, k_base, v_base, kpm_base, start_n, offs_m, offs_d, n_k, qk_scale,
-                   stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
-                   BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, BOUNDARY: tl.constexpr,
-                   PRECISION: tl.constexpr):
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    k_ptrs = k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
-    v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
-    if BOUNDARY:
-        kt = tl.load(k_ptrs, mask=offs_n[None, :] < n_k, other=0.0)
-    else:
-        kt = tl.load(k_ptrs)
-    s = tl.dot(q, kt, input_precision=PRECISION)
+def _online_softmax(s, acc, l_i, m_i, offs_m, offs_n, kpm_base, n_k, qk_scale, stride_mn,
+                    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, BOUNDARY: tl.constexpr):
+    """Mask the raw scores ``s`` (BLOCK_M x BLOCK_N), move the running maximum, and return
+    ``p = exp2(s·qk_scale − m)``, the rescaled accumulator, the new running sum and maximum."""
     if BOUNDARY:
         s = tl.where(offs_n[None, :] < n_k, s, float("-inf"))
     if CAUSAL:
@@ -50,11 +43,38 @@ def _fwd_key_block(acc, l_i, m_i, q, k_base, v_base, kpm_base, start_n, offs_m, 
     p = tl.exp2(s * qk_scale - m_new[:, None])
     alpha = tl.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
+    return p, acc * alpha[:, None], l_i, m_new
+
+
+@triton.jit
+def _fwd_key_block(acc, l_i, m_i, q, k_base, v_base, kpm_base, start_n, offs_m, offs_d, n_k, qk_scale,
+                   stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
+                   BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, BOUNDARY: tl.constexpr,
+                   PRECISION: tl.constexpr, K_ROWS: tl.constexpr):
+    """One key block through pointers. ``K_ROWS``: load K as [BLOCK_N, D] (rows along memory) and
+    transpose in the dot; else load Kᵀ [D, BLOCK_N] through transposed pointers."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    if K_ROWS:
+        k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
+        if BOUNDARY:
+            kt = tl.trans(tl.load(k_ptrs, mask=offs_n[:, None] < n_k, other=0.0))
+        else:
+            kt = tl.trans(tl.load(k_ptrs))
+    else:
+        k_ptrs = k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
+        if BOUNDARY:
+            kt = tl.load(k_ptrs, mask=offs_n[None, :] < n_k, other=0.0)
+        else:
+            kt = tl.load(k_ptrs)
+    s = tl.dot(q, kt, input_precision=PRECISION)
+    p, acc, l_i, m_new = _online_softmax(s, acc, l_i, m_i, offs_m, offs_n, kpm_base, n_k, qk_scale, stride_mn,
+                                         CAUSAL, HAS_MASK, BOUNDARY)
+    v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
     if BOUNDARY:
         v = tl.load(v_ptrs, mask=offs_n[:, None] < n_k, other=0.0)
     else:
         v = tl.load(v_ptrs)
-    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
+    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
     return acc, l_i, m_new
 
 
@@ -68,7 +88,8 @@ def attention_fwd_kernel(
     stride_mb, stride_mn,
     H, N_Q, N_K, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr, K_ROWS: tl.constexpr,
+    STORE_LSE: tl.constexpr,
 ):
     start_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -91,18 +112,75 @@ def attention_fwd_kernel(
     for start_n in range(0, full_end, BLOCK_N):
         acc, l_i, m_i = _fwd_key_block(acc, l_i, m_i, q, k_base, v_base, kpm_base, start_n, offs_m, offs_d, N_K,
                                        qk_scale, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
-                                       BLOCK_N, CAUSAL, HAS_MASK, False, PRECISION)
+                                       BLOCK_N, CAUSAL, HAS_MASK, False, PRECISION, K_ROWS)
     if full_end < hi:
         acc, l_i, m_i = _fwd_key_block(acc, l_i, m_i, q, k_base, v_base, kpm_base, full_end, offs_m, offs_d, N_K,
                                        qk_scale, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
-                                       BLOCK_N, CAUSAL, HAS_MASK, True, PRECISION)
+                                       BLOCK_N, CAUSAL, HAS_MASK, True, PRECISION, K_ROWS)
     seen = l_i > 0.0
     o = acc / tl.where(seen, l_i, 1.0)[:, None]
     lse = tl.where(seen, m_i + tl.log2(l_i), float("inf"))
     row_ok = offs_m < N_Q
     o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od
     tl.store(o_ptrs, o.to(Out.dtype.element_ty), mask=row_ok[:, None])
-    tl.store(LSE + bh.to(tl.int64) * N_Q + offs_m, lse, mask=row_ok)
+    if STORE_LSE:
+        tl.store(LSE + bh.to(tl.int64) * N_Q + offs_m, lse, mask=row_ok)
+
+
+@triton.jit
+def _fwd_tma_block(acc, l_i, m_i, q, k_desc, v_desc, kpm_base, b, h, start_n, offs_m, n_k, qk_scale, stride_mn,
+                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
+                   BOUNDARY: tl.constexpr, PRECISION: tl.constexpr):
+    """One key block through tensor descriptors (TMA): rows past N_K arrive as zeros."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    k = k_desc.load([b, h, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+    p, acc, l_i, m_new = _online_softmax(s, acc, l_i, m_i, offs_m, offs_n, kpm_base, n_k, qk_scale, stride_mn,
+                                         CAUSAL, HAS_MASK, BOUNDARY)
+    v = v_desc.load([b, h, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def attention_fwd_tma_kernel(
+    q_desc, k_desc, v_desc, o_desc, LSE, KPM,
+    stride_mb, stride_mn,
+    H, N_Q, N_K, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr, WARP_SPEC: tl.constexpr,
+    STORE_LSE: tl.constexpr,
+):
+    """The forward pass with q, k, v and O addressed through 4-D (B, H, N, D) tensor descriptors
+    (Hopper's TMA copy engine on the GPU): block loads without per-element address arithmetic.
+    Rows past N read as zeros and are not stored, so no row masks on q or O."""
+    start_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    row0 = start_m * BLOCK_M
+    offs_m = row0 + tl.arange(0, BLOCK_M)
+    q = q_desc.load([b, h, row0, 0]).reshape(BLOCK_M, HEAD_DIM)
+    kpm_base = KPM + b.to(tl.int64) * stride_mb
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    hi = N_K
+    if CAUSAL:
+        hi = tl.minimum(N_K, (start_m + 1) * BLOCK_M)
+    full_end = (hi // BLOCK_N) * BLOCK_N
+    for start_n in tl.range(0, full_end, BLOCK_N, warp_specialize=WARP_SPEC):
+        acc, l_i, m_i = _fwd_tma_block(acc, l_i, m_i, q, k_desc, v_desc, kpm_base, b, h, start_n, offs_m, N_K,
+                                       qk_scale, stride_mn, HEAD_DIM, BLOCK_N, CAUSAL, HAS_MASK, False, PRECISION)
+    if full_end < hi:
+        acc, l_i, m_i = _fwd_tma_block(acc, l_i, m_i, q, k_desc, v_desc, kpm_base, b, h, full_end, offs_m, N_K,
+                                       qk_scale, stride_mn, HEAD_DIM, BLOCK_N, CAUSAL, HAS_MASK, True, PRECISION)
+    seen = l_i > 0.0
+    o = acc / tl.where(seen, l_i, 1.0)[:, None]
+    lse = tl.where(seen, m_i + tl.log2(l_i), float("inf"))
+    o_desc.store([b, h, row0, 0], o.to(o_desc.dtype).reshape(1, 1, BLOCK_M, HEAD_DIM))
+    if STORE_LSE:
+        tl.store(LSE + bh.to(tl.int64) * N_Q + offs_m, lse, mask=offs_m < N_Q)
 
 
 @triton.jit

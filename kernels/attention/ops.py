@@ -214,7 +214,7 @@ def attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causa
         out = FlashAttention.apply(qh, kh, vh, key_padding_mask, bool(causal), sm_scale, bool(deterministic),
                                    layout == "bnhd")
     else:  # inference: skip autograd's bookkeeping (~10 us a call)
-        out = flash_forward(qh, kh, vh, key_padding_mask, bool(causal), sm_scale, layout == "bnhd")[0]
+        out = flash_forward(qh, kh, vh, key_padding_mask, bool(causal), sm_scale, layout == "bnhd", need_lse=False)[0]
     return out.transpose(1, 2) if layout == "bnhd" else out
 
 

@@ -261,9 +261,11 @@ def part_kernels() -> None:
 GN_SHAPES = [(16, 64, 64, False), (64, 64, 64, False), (128, 64, 64, False),
              (16, 128, 32, True), (64, 128, 32, True), (128, 128, 32, True)]
 GN_VARIANTS = ("GN+GELU", "GN+res+GELU", "GN+emb")
-# persistent launch parameters tried by the gn part: (tile, warps, programs per SM cap)
-GN_SWEEP = [(8192, 8, 0), (4096, 4, 0), (4096, 8, 0), (8192, 16, 0), (16384, 16, 0), (16384, 8, 0), (8192, 8, 2),
-            (2048, 4, 0)]
+# persistent launch parameters tried by the gn part, most promising first (a budget cut drops the last):
+# (tile, warps, programs per SM cap, early publish)
+GN_SWEEP = [(8192, 8, 0, False), (16384, 16, 0, False), (8192, 8, 0, True), (16384, 16, 0, True),
+            (4096, 4, 0, False), (4096, 8, 0, False), (8192, 16, 0, False), (16384, 8, 0, False),
+            (4096, 4, 0, True), (8192, 8, 2, False)]
 
 
 def gn_case(b: int, c: int, s: int, cl: bool, variant: str, dtype: torch.dtype = torch.bfloat16,
@@ -398,33 +400,35 @@ def part_gn() -> None:
         best_total = float("inf")
         srows: list[dict[str, Any]] = []
         RESULTS["gn_sweep"] = srows
-        for block, warps, cap in GN_SWEEP:
+        for block, warps, cap, early in GN_SWEEP:
             if left() < 200:
                 note("gn sweep: time budget reached")
                 break
             cfg = dataclasses.replace(gnt.FORWARD_CONFIG, path="persistent", persistent_block=block,
-                                      persistent_warps=warps, ctas_per_sm=cap)
+                                      persistent_warps=warps, ctas_per_sm=cap, early_publish=early)
             try:
                 errs = [rel_err(ours_with(cs, cfg)(), cs["want"]()) for cs in sweep_cases]
                 if not max(errs) < 1e-2:
-                    note(f"gn sweep {block}/{warps}/{cap}: WRONG {errs}")
+                    note(f"gn sweep {block}/{warps}/{cap}/{early}: WRONG {errs}")
                     continue
                 times = [gpu_ms(ours_with(cs, cfg)) * 1e3 for cs in sweep_cases]
             except Exception as ex:  # a configuration that does not compile or fit is reported
-                note(f"gn sweep {block}/{warps}/{cap}: {type(ex).__name__} {str(ex)[:200]}")
+                note(f"gn sweep {block}/{warps}/{cap}/{early}: {type(ex).__name__} {str(ex)[:200]}")
                 continue
             info = sorted({v for k, v in gnt.KERNEL_INFO.items()
-                           if k[1] == cap and dict(k[2])["BLOCK"] == block and dict(k[2])["num_warps"] == warps})
-            srows.append(dict(block=block, warps=warps, ctas_per_sm=cap, us=times, total_us=sum(times),
-                              regs_shared_per_sm=info))
-            note(f"gn sweep tile={block} warps={warps} cap={cap}: total {sum(times):6.1f}us "
+                           if k[1] == cap and dict(k[2])["BLOCK"] == block and dict(k[2])["num_warps"] == warps
+                           and dict(k[2])["EARLY_PUBLISH"] == early})
+            srows.append(dict(block=block, warps=warps, ctas_per_sm=cap, early_publish=early, us=times,
+                              total_us=sum(times), regs_shared_per_sm=info))
+            note(f"gn sweep tile={block} warps={warps} cap={cap} early={early:d}: total {sum(times):6.1f}us "
                  + " ".join(f"{t:.1f}" for t in times) + f" (regs, smem, per SM) {info}")
             if sum(times) < best_total:
                 best, best_total = cfg, sum(times)
         best = dataclasses.replace(best, path="auto")
         gnt.FORWARD_CONFIG = best
         note(f"gn persistent best: tile={best.persistent_block} warps={best.persistent_warps} "
-             f"cap={best.ctas_per_sm}; kernels (n_regs, shared, per SM): {sorted(set(gnt.KERNEL_INFO.values()))}")
+             f"cap={best.ctas_per_sm} early={best.early_publish:d}; "
+             f"kernels (n_regs, shared, per SM): {sorted(set(gnt.KERNEL_INFO.values()))}")
     # 3. every pattern: two-pass, persistent, torch.compile
     prow: list[dict[str, Any]] = []
     RESULTS["gn_patterns"] = prow

@@ -131,13 +131,14 @@ MODES = [  # shape, groups, channels-last, persistent mode on the interpreter (4
 @needs_triton
 @pytest.mark.parametrize("shape,groups,cl,mode", MODES)
 @pytest.mark.parametrize("variant", ["all", "plain"])
+@pytest.mark.parametrize("early", [False, True])
 def test_persistent_kernel_matches_the_reference(monkeypatch: pytest.MonkeyPatch, shape: tuple[int, ...],
-                                                 groups: int, cl: bool, mode: int, variant: str) -> None:
+                                                 groups: int, cl: bool, mode: int, variant: str, early: bool) -> None:
     """Every tile layout, one row per wave on the interpreter (several waves), the counters back at zero
     after each call (the next call reuses them), output written everywhere and in x's layout."""
     length = shape[1] // groups * shape[2] * shape[3]
     assert gnt._persistent_mode(cl, shape[1], shape[2] * shape[3], gnt.triton.next_power_of_2(length)) == mode
-    _force(monkeypatch, "persistent")
+    _force(monkeypatch, "persistent", early_publish=early)
     counters = torch.zeros(64, dtype=torch.int32, device=DEV)
     monkeypatch.setattr(gnt, "_counters", lambda device, rows: counters)
     t = _inputs(shape, groups, cl, torch.float32, seed=11)
@@ -219,10 +220,11 @@ def test_persistent_statistics_with_a_large_mean_on_cuda(monkeypatch: pytest.Mon
 
 
 @pytest.mark.gpu
-def test_persistent_many_waves_one_program_per_sm(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("early", [False, True])
+def test_persistent_many_waves_one_program_per_sm(monkeypatch: pytest.MonkeyPatch, early: bool) -> None:
     """One program per SM and 512-value tiles: rows of 1024 values are 2 tiles, 66 rows a wave on 132
     SMs, 6 waves; a CUDA-graph replay on new values."""
-    _force(monkeypatch, "persistent", persistent_block=512, ctas_per_sm=1)
+    _force(monkeypatch, "persistent", persistent_block=512, ctas_per_sm=1, early_publish=early)
     t = _inputs((96, 16, 16, 16), 4, False, torch.float32, seed=5)
     want = _run(t, 4, "all", "ref")
     assert _rel(_run(t, 4, "all", "triton"), want) < 1e-5

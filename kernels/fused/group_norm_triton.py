@@ -212,9 +212,12 @@ def _persistent_kernel(X, Y, W, B, R, E, MEAN_P, M2_P, CNT, MEAN, RSTD,
                        L, NROWS, T, RPW, NWAVES, G, eps,
                        BLOCK: tl.constexpr, HW: tl.constexpr, CPG: tl.constexpr, C: tl.constexpr,
                        MODE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr,
-                       HAS_E: tl.constexpr, GELU: tl.constexpr, FAST_ERF: tl.constexpr, T_P2: tl.constexpr):
+                       HAS_E: tl.constexpr, GELU: tl.constexpr, FAST_ERF: tl.constexpr, T_P2: tl.constexpr,
+                       EARLY_PUBLISH: tl.constexpr):
     # Program p owns tile p % T of row (w * RPW + p // T) in wave w; its tile stays in registers from
-    # the load to the store. Pipelined: the next wave's tile is loaded before waiting on this one's row.
+    # the load to the store. Pipelined: the next wave's tile is loaded before waiting on this one's row,
+    # and its statistics are published after this tile is written (EARLY_PUBLISH: before it is normalized,
+    # so that the next row's programs wait less, at the cost of waiting here for the next tile's load).
     # MODE as in _apply_kernel, plus 4: NCHW tiles of whole channel planes ([BLOCK / HW, HW], weights per plane).
     pid = tl.program_id(0)
     tile = pid % T
@@ -256,6 +259,9 @@ def _persistent_kernel(X, Y, W, B, R, E, MEAN_P, M2_P, CNT, MEAN, RSTD,
             if tile == 0:
                 tl.store(MEAN + row, mean)
                 tl.store(RSTD + row, rstd)
+            if EARLY_PUBLISH:
+                if nxt < NROWS:
+                    _publish(xn, inb, cnt, MEAN_P, M2_P, CNT, nxt, tile, T)
             n = row // G
             g = row % G
             base = row.to(tl.int64) * L
@@ -314,8 +320,9 @@ def _persistent_kernel(X, Y, W, B, R, E, MEAN_P, M2_P, CNT, MEAN, RSTD,
                     e = tl.load(E + n * C + c, mask=inb, other=0.0).to(tl.float32)
                 y = _finish((x.to(tl.float32) - mean) * a + sh, e, R, base + o, inb, HAS_R, HAS_E, GELU, FAST_ERF)
             tl.store(Y + base + o, y.to(Y.dtype.element_ty), mask=inb)
-        if nxt < NROWS:
-            _publish(xn, inb, cnt, MEAN_P, M2_P, CNT, nxt, tile, T)
+        if not EARLY_PUBLISH:
+            if nxt < NROWS:
+                _publish(xn, inb, cnt, MEAN_P, M2_P, CNT, nxt, tile, T)
         x = xn
         row = nxt
 
@@ -435,7 +442,8 @@ class ForwardConfig:
     ``path``: 'auto' (the persistent kernel where it can run, else the two launches), 'persistent'
     (raise where it cannot run) or 'two_pass'. Two-pass: ``block`` elements per tile, ``warps`` per
     program. Persistent: ``persistent_block`` elements per tile (held in registers), ``persistent_warps``,
-    ``ctas_per_sm`` (at most this many programs per SM; 0: as many as are resident) and ``cooperative``
+    ``ctas_per_sm`` (at most this many programs per SM; 0: as many as are resident), ``early_publish``
+    (publish the next wave's tile statistics before normalizing the current tile) and ``cooperative``
     (a cooperative launch: the driver refuses a grid it cannot keep resident). ``fast_erf``: the A&S
     erf (|error| <= 1.5e-7) instead of libdevice's in the GELU."""
 
@@ -446,6 +454,7 @@ class ForwardConfig:
     persistent_block: int = 8192
     persistent_warps: int = 8
     ctas_per_sm: int = 0
+    early_publish: bool = False
     cooperative: bool = False
 
 
@@ -495,13 +504,14 @@ def plan_persistent(rows: int, length: int, block: int, resident: int) -> Persis
     """The persistent grid for ``rows`` rows of ``length`` values in ``block``-value tiles when at most
     ``resident`` programs can run at once; None when a row's tiles cannot all be resident together.
 
-    Why it cannot deadlock: the grid (rows_per_wave * tiles <= resident) is resident as a whole, and
-    rows are aligned to waves (row r is in wave r // rows_per_wave, its tile t in program
-    (r % rows_per_wave) * tiles + t), so a program waits in wave w only on the tiles of its own row,
-    which the other programs of that row publish in wave w: at the start for wave 0, and right after
-    finishing their own wave-(w-1) row otherwise. By induction on w every row of wave w completes once
-    every row of wave w-1 has. A row with more tiles than resident programs would wait on a program
-    that never starts: refused (the two-pass path takes it)."""
+    Why it cannot deadlock: the grid (rows_per_wave * tiles <= resident) fits on the GPU as a whole
+    (SM slots held by other kernels free up without waiting on this one), and rows are aligned to waves
+    (row r is in wave r // rows_per_wave, its tile t in program (r % rows_per_wave) * tiles + t), so a
+    program waits in wave w only on the tiles of its own row, which the other programs of that row
+    publish in wave w: at the start for wave 0, otherwise once they have passed their own wait in wave
+    w-1 (after writing that tile, or before with early_publish). By induction on w every row of wave w
+    completes once every row of wave w-1 has. A row with more tiles than resident programs would wait
+    on a program that never starts: refused (the two-pass path takes it)."""
     if rows < 1 or length < 1 or block < 1 or resident < 1:
         raise ValueError(f"rows={rows}, length={length}, block={block}, resident={resident}: all must be >= 1")
     tiles = -(-length // block)
@@ -639,9 +649,11 @@ def persistent_launch(p: _Problem, cfg: ForwardConfig) -> tuple[PersistentPlan |
     mode = _persistent_mode(p.channels_last, c, hw, block)
     tiles = -(-length // block)
     ptrs = p.pointers()
-    mean_p = torch.empty(2, rows * tiles, device=p.x.device, dtype=torch.float32)
+    # per-tile (mean, M2); both rows 16-byte aligned, as the compiled kernel assumes
+    mean_p = torch.empty(2, -(-rows * tiles // 4) * 4, device=p.x.device, dtype=torch.float32)
     consts: dict[str, Any] = dict(BLOCK=block, HW=hw, CPG=c // p.num_groups, C=c, MODE=mode, FAST_ERF=cfg.fast_erf,
-                                  T_P2=triton.next_power_of_2(tiles), num_warps=cfg.persistent_warps,
+                                  T_P2=triton.next_power_of_2(tiles), EARLY_PUBLISH=cfg.early_publish,
+                                  num_warps=cfg.persistent_warps,
                                   launch_cooperative_grid=cfg.cooperative, **p.flags())
 
     def args(cnt: torch.Tensor, rpw: int, waves: int) -> tuple[Any, ...]:
@@ -650,9 +662,12 @@ def persistent_launch(p: _Problem, cfg: ForwardConfig) -> tuple[PersistentPlan |
 
     key = (tuple(sorted(consts.items())), tuple(str(t.dtype) for t in ptrs),
            tuple(t.data_ptr() % 16 == 0 for t in ptrs), length % 16 == 0, length == 1)
-    placeholder = torch.empty(1, device=p.x.device, dtype=torch.int32)  # compiled for, never launched on
-    resident = _resident(p.x.device, key,
-                         lambda: _persistent_kernel.warmup(*args(placeholder, 1, 1), grid=(1,), **consts), cfg)
+
+    def compile_kernel() -> Any:  # compiled for an int32 counter buffer, never launched
+        return _persistent_kernel.warmup(*args(torch.empty(1, device=p.x.device, dtype=torch.int32), 1, 1),
+                                         grid=(1,), **consts)
+
+    resident = _resident(p.x.device, key, compile_kernel, cfg)
     plan = plan_persistent(rows, length, block, resident)
     if plan is None:
         return None, None

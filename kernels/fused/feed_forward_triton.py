@@ -30,6 +30,7 @@ backward costs the eager backward (4 GEMMs) plus one recomputed forward (2 GEMMs
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,18 +93,29 @@ class Config:
     stages: int
 
 
-def default_config(c: int, dtype: torch.dtype, device: torch.device) -> Config:
-    """Tiles for C channels (``tl.dot`` needs every dimension >= 16). On the CPU (interpreter) small tiles,
-    so the samples' odd row counts and hidden widths run several programs and loop steps."""
+@functools.lru_cache(maxsize=8)
+def _sm_count(index: int) -> int:
+    return int(torch.cuda.get_device_properties(index).multi_processor_count)
+
+
+def default_config(m: int, c: int, dtype: torch.dtype, device: torch.device) -> Config:
+    """Tiles for M rows of C channels (``tl.dot`` needs every dimension >= 16). Fewer rows per program
+    where M rows would not give every SM a program. On the CPU (interpreter) small tiles, so the
+    samples' odd row counts and hidden widths run several programs and loop steps."""
     if device.type != "cuda":
         return Config(16, 16, 4, 1)
     bc = max(16, triton.next_power_of_2(c))
     wide = dtype == torch.float32
     if bc <= 64:
-        return Config(64 if wide else 128, 64 if bc == 64 else bc, 4, 2)
-    if bc <= 128:
-        return Config(64 if wide else 128, 32 if wide else 64, 8, 2)
-    return Config(32 if wide else 64, 32 if wide else 64, 8, 2)
+        cfg = Config(64 if wide else 128, bc, 4, 2)
+    elif bc <= 128:
+        cfg = Config(64 if wide else 128, 32 if wide else 64, 8, 2)
+    else:
+        cfg = Config(32 if wide else 64, 32 if wide else 64, 8, 2)
+    block_m = cfg.block_m
+    while block_m > 32 and triton.cdiv(m, block_m) < _sm_count(device.index or 0):
+        block_m //= 2
+    return Config(block_m, cfg.block_f, cfg.warps, cfg.stages)
 
 
 def _smaller(cfg: Config) -> Config | None:
@@ -117,7 +129,7 @@ def _smaller(cfg: Config) -> Config | None:
     return None
 
 
-_FITS: dict[tuple[int, int, torch.dtype, torch.dtype, str], Config] = {}
+_FITS: dict[tuple[Config, int, int, torch.dtype, torch.dtype, str], Config] = {}  # first choice -> what fits
 
 
 def forward(h: torch.Tensor, s: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
@@ -130,8 +142,9 @@ def forward(h: torch.Tensor, s: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor
         return out
     h2, s2 = h.reshape(-1, c), s.reshape(-1, c)
     m = h2.shape[0]
-    key = (c, nf, h.dtype, w1.dtype, str(h.device))
-    cfg: Config | None = config or _FITS.get(key) or default_config(c, h.dtype, h.device)
+    first = config or default_config(m, c, h.dtype, h.device)
+    key = (first, c, nf, h.dtype, w1.dtype, str(h.device))
+    cfg: Config | None = _FITS.get(key, first)
     while cfg is not None:
         try:
             _ff_fwd_kernel[(triton.cdiv(m, cfg.block_m),)](

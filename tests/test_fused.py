@@ -295,3 +295,130 @@ def test_patched_seed_unet_on_cuda(dtype: torch.dtype, tol: float) -> None:
 def test_gelu_reference_is_torch_exact_gelu() -> None:
     z = torch.linspace(-6, 6, 101, dtype=torch.float64)
     torch.testing.assert_close(ref.gelu(z), F.gelu(z), rtol=1e-14, atol=1e-14)
+
+
+# ------------------------------------------------------------------------------ feed_forward
+
+
+def test_feed_forward_reference_is_the_seed_composition() -> None:
+    """``ff_self[1:](h) + s`` of the seed's block (Linear, exact GELU, Linear), biases or none."""
+    torch.manual_seed(9)
+    block = SelfAttention(8, 4).double()
+    _, lin1, _, lin2 = block.ff_self
+    g = _gen(9)
+    h, s = (torch.randn(2, 7, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    want = block.ff_self[1:](h) + s
+    got = ref.feed_forward(h, s, lin1.weight, lin1.bias, lin2.weight, lin2.bias)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    no_bias = F.linear(F.gelu(F.linear(h, lin1.weight)), lin2.weight) + s
+    torch.testing.assert_close(ref.feed_forward(h, s, lin1.weight, None, lin2.weight, None), no_bias,
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_feed_forward_reference_rounds_weights_and_promotes_like_autocast() -> None:
+    """bf16 h with fp32 weights and an fp32 residual: weights rounded to bf16, output fp32 (eager's
+    ``lin2(gelu(lin1(h))) + s`` under autocast), within bf16 rounding of the autocast module."""
+    g = _gen(10)
+    h = torch.randn(3, 16, generator=g).bfloat16()
+    s = torch.randn(3, 16, generator=g)
+    lin1, lin2 = nn.Linear(16, 24), nn.Linear(24, 16)
+    out = ref.feed_forward(h, s, lin1.weight, lin1.bias, lin2.weight, lin2.bias)
+    assert out.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = lin2(F.gelu(lin1(h))) + s
+    assert want.dtype == torch.float32
+    torch.testing.assert_close(out, want, rtol=2e-2, atol=2e-2)
+
+
+def test_fused_self_attention_runs_feed_forward_only_for_plain_linears(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain ``nn.Linear`` layers go through ``feed_forward``; a subclass (its own forward) keeps the
+    modules; both match the seed's block."""
+    from kernels.fused import modules
+
+    calls = []
+    real = modules.feed_forward
+
+    def counting(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(modules, "feed_forward", counting)
+    torch.manual_seed(11)
+    block = SelfAttention(8, 4).double()
+    x = torch.randn(2, 8, 4, 4, dtype=torch.float64)
+    torch.testing.assert_close(FusedSelfAttention.from_module(block)(x), block(x), rtol=1e-10, atol=1e-10)
+    assert len(calls) == 1
+
+    class ScaledLinear(nn.Linear):
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward(z)
+
+    custom = ScaledLinear(8, 8).double()
+    block.ff_self[3] = custom
+    torch.testing.assert_close(FusedSelfAttention.from_module(block)(x), block(x), rtol=1e-10, atol=1e-10)
+    assert len(calls) == 1
+
+
+def test_fused_self_attention_under_autocast_keeps_the_blocks_dtype() -> None:
+    torch.manual_seed(12)
+    block = SelfAttention(16, 4)
+    fused = FusedSelfAttention.from_module(block)
+    x = torch.randn(2, 16, 4, 4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want, got = block(x), fused(x)
+    assert got.dtype == want.dtype
+    err = float((got.double() - want.double()).norm() / want.double().norm())
+    assert err < 3e-2, err
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_feed_forward_triton_gradients_of_the_inputs_asked_for(dtype: torch.dtype) -> None:
+    """Weights only (h, s frozen), then h only: each asked gradient equals the reference's, the
+    others are not computed."""
+    g = _gen(13)
+    h = torch.randn(2, 19, 24, generator=g).to(DEV, dtype)
+    s = torch.randn(2, 19, 24, generator=g).to(DEV, dtype)
+    w1, w2 = (torch.randn(40, 24, generator=g) / 5).to(DEV), (torch.randn(24, 40, generator=g) / 6).to(DEV)
+    b1, b2 = torch.randn(40, generator=g).to(DEV), torch.randn(24, generator=g).to(DEV)
+    cot = torch.randn(2, 19, 24, generator=g).to(DEV)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=6e-2, atol=2e-1)
+
+    def grads(backend: str, wrt: list[int]) -> list[torch.Tensor]:
+        args = [t.detach().requires_grad_(i in wrt) for i, t in enumerate((h, s, w1, b1, w2, b2))]
+        out = kernels.feed_forward(*args, backend=backend)
+        assert out.dtype == dtype  # fp32 weights do not change the dtype: h's and s's promoted
+        return list(torch.autograd.grad(out, [args[i] for i in wrt], cot.to(out.dtype)))
+
+    for wrt in ([2, 3, 4, 5], [0]):
+        for got, want in zip(grads("triton", wrt), grads("reference", wrt)):
+            torch.testing.assert_close(got.float(), want.float(), **tol)
+
+
+@needs_triton
+def test_feed_forward_triton_tile_configurations_agree() -> None:
+    """Several tile shapes (rows per program, hidden units per step) give the reference's output,
+    and the fallback ladder for a GPU that lacks the resources steps down to 16 x 16 tiles."""
+    from kernels.fused import feed_forward_triton as fft
+
+    g = _gen(14)
+    h, s = torch.randn(45, 40, generator=g).to(DEV), torch.randn(45, 40, generator=g).to(DEV)
+    w1, w2 = (torch.randn(72, 40, generator=g) / 6).to(DEV), (torch.randn(40, 72, generator=g) / 8).to(DEV)
+    want = ref.feed_forward(h.double(), s.double(), w1.double(), None, w2.double(), None)
+    for cfg in (fft.Config(16, 16, 4, 1), fft.Config(32, 64, 4, 1), fft.Config(64, 32, 4, 2)):
+        torch.testing.assert_close(fft.forward(h, s, w1, None, w2, None, config=cfg).double(), want,
+                                   rtol=5e-3, atol=5e-3)
+    ladder, cfg = [], fft.Config(64, 64, 8, 2)
+    while (nxt := fft._smaller(cfg)) is not None:
+        ladder.append(nxt)
+        cfg = nxt
+    assert ladder[0] == fft.Config(64, 64, 8, 1) and ladder[-1] == fft.Config(16, 16, 8, 1)
+
+
+@needs_triton
+def test_feed_forward_declines_wide_channels_and_says_why() -> None:
+    h, w = torch.zeros(2, 300, device=DEV), torch.zeros(300, 300, device=DEV)
+    why = kernels.get_op("feed_forward").backends["triton"].reasons((h, h, w, None, w, None), {}, forced=True)
+    assert why == ["C=300: supported up to 256 (the [rows x C] accumulator is held in registers)"]
+    assert kernels.get_op("feed_forward").backends["triton"].reasons((h[:, :256], h[:, :256], w[:, :256], None,
+                                                                       w[:256], None), {}, forced=True) == []

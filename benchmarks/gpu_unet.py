@@ -1,0 +1,282 @@
+"""The seed's UNet end to end on a CUDA GPU: patched vs torch.compile, patched + torch.compile, and
+where the GPU time of one step goes, by kernel family.
+
+    PYTHONPATH=$PWD python3 benchmarks/gpu_unet.py step profile sample --batches 16 64 128 --budget 500
+
+Parts: ``step`` times one sampling step (the seed's update formula around the model, bf16 autocast,
+as ``benchmarks/gpu_fused.py unet`` and the project's anchor script run it) at each batch for:
+SDPA eager, torch.compile of the unpatched model (the peer), the model patched by
+``kernels.nn.patch``, and the patched model under torch.compile (``fullgraph=True``: the drop-ins
+are custom ops, kernels/torch_ops.py). Each is timed per call and captured in a CUDA graph (as the
+library's sampler runs a step); outputs are checked against the seed's fp32 model first.
+``profile`` runs torch.profiler over eager steps and sums GPU kernel time per family (convolution,
+GEMM, attention, GroupNorm, LayerNorm, upsample/concat, feed-forward, elementwise, layout copies),
+for the patched and the unpatched step. ``host`` profiles the Python time of an eager patched step
+(cProfile). ``layout`` times the graph-captured patched step with the bf16 weight casts kept out of
+the graph (one autocast region around capture) and with channels-last weights and input.
+``sample`` is ``gpu_fused.py``'s 999-step sampling.
+Results go to $OUT/gpu_unet.json; a summary is printed last. ``--budget S`` stops starting new
+measurements after S seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import re
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from benchmarks import gpu_fused as gf
+from pyimpl.unet import UNet
+
+DEV = "cuda"
+OUT = os.environ.get("OUT", ".")
+RESULTS: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+SUMMARY: list[str] = []
+START = time.time()
+BUDGET = float(sys.argv[sys.argv.index("--budget") + 1]) if "--budget" in sys.argv else 480.0
+
+
+def _batches() -> list[int]:
+    if "--batches" not in sys.argv:
+        return [16]
+    values = []
+    for a in sys.argv[sys.argv.index("--batches") + 1:]:
+        if not a.isdigit():
+            break
+        values.append(int(a))
+    return values
+
+
+def left() -> float:
+    return BUDGET - (time.time() - START)
+
+
+def note(line: str) -> None:
+    print(line, flush=True)
+    SUMMARY.append(line)
+
+
+def save() -> None:
+    with open(os.path.join(OUT, "gpu_unet.json"), "w") as fh:
+        json.dump(RESULTS, fh, indent=1, default=str)
+
+
+def part_step() -> None:
+    torch.manual_seed(0)
+    base = UNet().to(DEV).eval()
+    peer = gf.sdpa_model(base)
+    ours, report = gf.patched_model(base)
+    note(f"patched seed UNet: {len(report.replaced)} modules replaced, {len(report.kept)} kept")
+    RESULTS["step"] = rows = []
+    for b in _batches():
+        x = torch.randn(b, 3, 64, 64, device=DEV)
+        t = torch.full((b,), 500, device=DEV, dtype=torch.long)
+        with torch.no_grad():
+            want = base(x, t).float()
+        row: dict[str, Any] = {"batch": b}
+        rows.append(row)
+        torch._dynamo.reset()  # a static-shape compile per batch, as a user with one batch size gets
+        peer_c = torch.compile(peer, dynamic=False)
+        ours_c = torch.compile(ours, dynamic=False, fullgraph=True)
+        variants: list[tuple[str, Any]] = [("sdpa", peer), ("compile", peer_c), ("ours", ours),
+                                           ("ours+compile", ours_c)]
+        for name, model in variants:
+            if left() < 30:
+                note(f"step B={b}: time budget reached before {name}")
+                break
+            try:
+                t0 = time.time()
+                row[f"{name}_err"] = gf.model_error(model, want, x, t)  # compiles on first call
+                row[f"{name}_first_call_s"] = time.time() - t0
+                fn = gf.step(model, x)
+                fn()
+                row[f"{name}_ms"] = gf.ms(fn)
+                row[f"{name}_graph_ms"] = gf.ms(gf.graphed(fn))
+            except Exception as ex:  # report and go on
+                print(f"step B={b} {name}: {type(ex).__name__} {str(ex)[:400]}", flush=True)
+                row[f"{name}_error"] = f"{type(ex).__name__}: {str(ex)[:200]}"
+            print(f"step B={b} {name}: " + ", ".join(f"{k}={v}" for k, v in row.items() if k.startswith(name + "_")),
+                  flush=True)
+            save()
+        cells = [f"{n} {row[n + '_ms']:.2f}/{row[n + '_graph_ms']:.2f}" for n, _ in variants if n + "_graph_ms" in row]
+        note(f"UNet step B={b} bf16, ms per call / in a CUDA graph: " + ", ".join(cells))
+        errs = [f"{n} {row[n + '_err']:.1e}" for n, _ in variants if n + "_err" in row]
+        note("  rel. L2 error vs the seed's fp32 model: " + ", ".join(errs)
+             + "; compile s: " + ", ".join(f"{n} {row[n + '_first_call_s']:.0f}" for n in ("compile", "ours+compile")
+                                           if n + "_first_call_s" in row))
+
+
+FAMILIES = [
+    ("attention", r"attention_fwd|attention_bwd|flash|fmha|sdpa|_attn|attn_"),
+    ("feed-forward (fused)", r"feed_forward|_ff_"),
+    ("GroupNorm", r"group_norm|groupnorm|_gn_|_stats_kernel|_apply_kernel|_persistent|RowwiseMoments|"
+                  r"GroupNormKernel|ComputeFusedParams|_norm_act"),
+    ("LayerNorm", r"layer_norm|layernorm|_tokens_ln|_add_ln|_ln_"),
+    ("upsample / concat", r"upsample|bilinear|_up_concat|CatArray|cat_"),
+    ("convolution", r"conv|implicit|fprop|dgrad|wgrad|winograd|xmma_fprop|nhwc.*kernel.*sm"),
+    ("GEMM (linear)", r"gemm|cutlass|cublas|sm90_xmma|Kernel2|ampere_|sm80_"),
+    ("layout copies", r"nchwToNhwc|nhwcToNchw|transpose|copy_kernel|permute"),
+    ("elementwise / reductions", r"elementwise|vectorized|unrolled|reduce_kernel|triton_|index_|fill|gelu|add|mul"),
+]
+
+
+def family(name: str) -> str:
+    for fam, pattern in FAMILIES:
+        if re.search(pattern, name, re.IGNORECASE):
+            return fam
+    return "other"
+
+
+def kernel_times(fn: Callable[[], Any], steps: int = 5) -> dict[str, float]:
+    """GPU time (µs per step) of each CUDA kernel name over ``steps`` calls of ``fn``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+    totals: dict[str, float] = defaultdict(float)
+    for evt in prof.events():
+        if evt.device_type == torch.autograd.DeviceType.CUDA:
+            totals[evt.name] += float(getattr(evt, "device_time", None) or evt.cuda_time) / steps
+    return dict(totals)
+
+
+def part_profile() -> None:
+    torch.manual_seed(0)
+    base = UNet().to(DEV).eval()
+    RESULTS["profile"] = out = {}
+    for b in _batches()[:1]:
+        x = torch.randn(b, 3, 64, 64, device=DEV)
+        for name, model in (("sdpa", gf.sdpa_model(base)), ("ours", gf.patched_model(base)[0])):
+            if left() < 20:
+                break
+            per_kernel = kernel_times(gf.step(model, x))
+            fams: dict[str, float] = defaultdict(float)
+            for k, us in per_kernel.items():
+                fams[family(k)] += us
+            total = sum(fams.values())
+            out[f"{name}_B{b}"] = {"families_us": dict(fams), "total_us": total,
+                                   "top_kernels_us": dict(sorted(per_kernel.items(), key=lambda kv: -kv[1])[:30])}
+            note(f"GPU time by kernel family, {name}, B={b}, bf16 eager step, total {total / 1000:.2f} ms: "
+                 + ", ".join(f"{f} {us / 1000:.3f} ms ({100 * us / total:.0f}%)"
+                             for f, us in sorted(fams.items(), key=lambda kv: -kv[1])))
+            for k, us in sorted(per_kernel.items(), key=lambda kv: -kv[1])[:12]:
+                print(f"    {us:9.1f} us  [{family(k)}] {k[:110]}", flush=True)
+            save()
+
+
+def part_host() -> None:
+    """Where the host time of an eager (not graph-captured) patched step goes: cProfile over 20 calls."""
+    import cProfile
+    import io
+    import pstats
+
+    torch.manual_seed(0)
+    ours = gf.patched_model(UNet().to(DEV).eval())[0]
+    fn = gf.step(ours, torch.randn(16, 3, 64, 64, device=DEV))
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    for _ in range(20):
+        fn()
+    prof.disable()
+    torch.cuda.synchronize()
+    note(f"host profile: patched eager step B=16 {(time.perf_counter() - t0) / 20 * 1000:.2f} ms per call "
+         "(under cProfile)")
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(30)
+    RESULTS["host_profile"] = text.getvalue()
+    print(text.getvalue()[:9000], flush=True)
+
+
+@contextlib.contextmanager
+def cached_casts() -> Iterator[None]:
+    """One bf16 autocast region around warm-up, capture and replays: autocast caches the weights'
+    bf16 casts (made in the warm-up, outside the graph), so the captured step does not recast them."""
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        yield
+
+
+def part_layout() -> None:
+    """The patched step in a CUDA graph, as ``step`` runs it, against two cheaper set-ups: the
+    autocast region kept open around capture (no weight casts in the graph), and that plus
+    channels-last weights and input (no NCHW/NHWC conversions around cuDNN's convolutions)."""
+    torch.manual_seed(0)
+    base = UNet().to(DEV).eval()
+    RESULTS["layout"] = rows = []
+    for b in _batches():
+        x = torch.randn(b, 3, 64, 64, device=DEV)
+        t = torch.full((b,), 500, device=DEV, dtype=torch.long)
+        with torch.no_grad():
+            want = base(x, t).float()
+        row: dict[str, Any] = {"batch": b}
+        rows.append(row)
+        for name, cl in (("ours", False), ("ours_cached_casts", False), ("ours_cached_casts_channels_last", True)):
+            if left() < 20:
+                break
+            model = gf.patched_model(base)[0]
+            xin = x
+            if cl:
+                model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+                xin = x.contiguous(memory_format=torch.channels_last)
+            if name == "ours":
+                row[name + "_graph_ms"] = gf.ms(gf.graphed(gf.step(model, xin)))
+                continue
+            with cached_casts():
+                row[name + "_err"] = rel_err(model(xin, t).float(), want)
+                replay = gf.graphed(functools.partial(gf.seed_step_fn, model, xin, 500))
+                row[name + "_graph_ms"] = gf.ms(replay)
+            save()
+        note(f"UNet step B={b}, patched, CUDA graph, ms: " + ", ".join(
+            f"{k[:-9]} {v:.2f}" for k, v in row.items() if k.endswith("_graph_ms"))
+            + "; rel. L2 error vs fp32 seed: " + ", ".join(f"{k[:-4]} {v:.1e}" for k, v in row.items()
+                                                           if k.endswith("_err")))
+
+
+def rel_err(out: torch.Tensor, want: torch.Tensor) -> float:
+    return float((out.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30))
+
+
+def part_sample() -> None:
+    gf.BUDGET = max(left(), 60.0)
+    gf.START = time.time()
+    gf.SUMMARY.clear()
+    gf.part_sample()
+    RESULTS["sample"] = gf.RESULTS.get("sample")
+    SUMMARY.extend(gf.SUMMARY)
+
+
+def main() -> None:
+    table = {"step": part_step, "profile": part_profile, "host": part_host, "layout": part_layout,
+             "sample": part_sample}
+    for name in [a for a in sys.argv[1:] if a in table]:
+        try:
+            table[name]()
+        except Exception as ex:  # report and go on: one call must bring back what it can
+            import traceback
+
+            traceback.print_exc()
+            note(f"part {name} failed: {type(ex).__name__}: {str(ex)[:300]}")
+        save()
+    print("\n==== summary (" + RESULTS["device"] + f", {time.time() - START:.0f}s) ====")
+    for line in SUMMARY:
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -17,6 +17,21 @@ it walks the chunks in reverse, so the chunks the statistics pass read last are 
 GELU's erf is Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7). Bytes: x read twice (the second read
 comes from L2 when x fits), residual read once, output written once; the statistics are a few KB.
 
+Forward, one persistent launch (``_persistent_kernel``, opt-in: ``ForwardConfig(path='persistent')`` or
+'auto'). The grid is as many programs as can be resident at once (SMs x programs per SM from the compiled
+kernel's registers and shared memory), rounded down to whole rows; in each wave a program holds one tile of
+one row in registers from load to store: it publishes the tile's (mean, M2), counts its arrival on the
+row's counter in global memory (atomic, release), spins on that counter (atomic, acquire) until the row's
+tiles have all arrived, merges them (Chan), normalizes the tile it holds and writes it; the next wave's tile
+is loaded before the wait. DRAM traffic is one read and one write, but each wave waits on its slowest tile:
+on an H100 it measured no faster than the two launches (docs/notes/fused-gpu.md, version 3), so the default
+path is 'two_pass'. The interpreter runs programs one after another (a program waiting on another would
+hang), so there the persistent kernel runs only when forced and each row is one tile (``plan_persistent``
+with one resident program); a row with more tiles than resident programs is refused (``plan_persistent``
+returns None; 'auto' then takes the two launches, 'persistent' raises). The row counters are zeroed again
+by each row's last departing program; eager calls reuse one counter buffer per (device, stream), a call
+captured in a CUDA graph gets its own (a memset node in the graph).
+
 Layouts: contiguous NCHW (any number of groups; a group is a contiguous block) and channels-last
 for GroupNorm(1, C) (the sample is a contiguous block; the seed's attention blocks hand the next
 level channels-last tensors). The apply pass loads a channel's weight once per tile where a tile
@@ -459,8 +474,10 @@ class ForwardConfig:
 
 
 PATHS = ("auto", "persistent", "two_pass")
-# CUDA; the best of benchmarks/gpu_fused.py's sweep (docs/notes/fused-gpu.md)
-FORWARD_CONFIG = ForwardConfig()
+# CUDA: the two launches (2048-value tiles, 8 warps, A&S erf: version 2's sweep on an H200), since the
+# persistent kernel measured no faster on an H100 (version 3); its parameters are that sweep's best
+# (4096-value tiles, 4 warps) for whoever selects it (docs/notes/fused-gpu.md)
+FORWARD_CONFIG = ForwardConfig(path="two_pass", persistent_block=4096, persistent_warps=4)
 # the interpreter runs programs one after another: few, large ones, and the two launches
 CPU_FORWARD_CONFIG = ForwardConfig(block=1024, warps=4, persistent_block=4096, persistent_warps=4)
 

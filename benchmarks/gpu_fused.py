@@ -15,8 +15,8 @@ pattern on the seed's 64x64 UNet shapes (batch 16, 64, 128, bf16), verified firs
 call captured in a CUDA graph, as the sampler runs it; the per-call time with the host's launch overhead
 is listed too), with achieved bandwidth (bytes = inputs read once + outputs written once) against the
 copy bandwidth; ``unet`` times one sampling step of the seed's UNet with the seed's update formula (as
-the project's anchor script ``seed_unet.py`` runs it): eager with SDPA (bf16 autocast), that step CUDA-
-graph captured, torch.compile, and the model patched by ``kernels.nn.patch`` (fused blocks and
+the project's anchor script ``seed_unet.py`` runs it): eager with SDPA (bf16 autocast), that step
+CUDA-graph captured, torch.compile, and the model patched by ``kernels.nn.patch`` (fused blocks and
 attention) CUDA-graph captured, also compiled; ``sample`` times the whole 999-step sampling of 16 images
 with the library's sampler (CUDA graph) unpatched and patched, against the seed's loop as written.
 Results go to $OUT/gpu_fused.json; a short table is printed last. ``--budget S`` stops starting new

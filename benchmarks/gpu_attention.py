@@ -3,19 +3,19 @@
     PYTHONPATH=$PWD python3 benchmarks/gpu_attention.py check sweep     # parity + tile sweep
     PYTHONPATH=$PWD python3 benchmarks/gpu_attention.py check bench unet  # parity + tables + plot
     PYTHONPATH=$PWD python3 benchmarks/gpu_attention.py compile   # in parallel with check, then alone:
-    PYTHONPATH=$PWD python3 benchmarks/gpu_attention.py tune overhead bwd
+    PYTHONPATH=$PWD python3 benchmarks/gpu_attention.py tune overhead table
 
 Parts: ``tune`` times forward variants (pointer / K rows / tensor descriptors / warp specialisation,
 tiles) per head dim against SDPA cuDNN and flash, two rounds; ``compile`` only compiles and verifies
 them; ``tmacheck`` checks every forward variant on odd shapes; ``overhead`` splits a small call's host
-time into its parts and times whole calls (wall clock, CUDA events, graph replay) against SDPA; ``bwd``
-times the backward at four shapes. ``check`` runs the registry's parity cases on CUDA and larger odd
-shapes against a float64 reference (forward and gradients); ``sweep`` times candidate tiles per head dim
-(forward and backward) and prints the best; ``bench`` times ours against SDPA's flash / cuDNN /
-efficient backends (forward, backward), re-runs the project's H200 anchor shapes, and plots TFLOP/s over
-N per head dim; ``unet`` times the seed UNet's six attention blocks (nn.MultiheadAttention with
-need_weights=True, SDPA, ours) and checks the patched UNet's output. Every timing is verified first.
-Results go to $OUT (JSON, PNG); a short table is printed last.
+time into its parts and times whole calls (wall clock, CUDA events, graph replay) against SDPA;
+``table`` gives BENCHMARKS.md's rows (forward TFLOP/s, backward ms). ``check`` runs the registry's
+parity cases on CUDA and larger odd shapes against a float64 reference (forward and gradients);
+``sweep`` times candidate tiles per head dim (forward and backward) and prints the best; ``bench`` times
+ours against SDPA's flash / cuDNN / efficient backends (forward, backward), re-runs the project's H200
+anchor shapes, and plots TFLOP/s over N per head dim; ``unet`` times the seed UNet's six attention
+blocks (nn.MultiheadAttention with need_weights=True, SDPA, ours) and checks the patched UNet's output.
+Every timing is verified first. Results go to $OUT (JSON, PNG); a short table is printed last.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def sweep_shape(b: int, h: int, n: int, d: int, rows: list[dict[str, Any]]) -> N
         except Exception as e:  # a tile that does not fit (shared memory, registers) is skipped
             print(f"sweep fwd {(b, h, n, d)} {cfg}: {type(e).__name__} {str(e)[:120]}", flush=True)
             continue
-        rows.append(dict(kind="fwd", shape=(b, h, n, d), cfg=cfg.__dict__, ms=t, tflops=tflops(b, h, n, n, d, t)))
+        rows.append(dict(kind="fwd", shape=(b, h, n, d), cfg=cfg._asdict(), ms=t, tflops=tflops(b, h, n, n, d, t)))
         if best is None or t < best[1]:
             best = (cfg, t)
     ref_t = {}
@@ -181,7 +181,7 @@ def sweep_shape(b: int, h: int, n: int, d: int, rows: list[dict[str, Any]]) -> N
             except Exception as e:
                 print(f"sweep bwd {(b, h, n, d)} {cfg}: {type(e).__name__} {str(e)[:120]}", flush=True)
                 continue
-            rows.append(dict(kind="bwd", deterministic=deterministic, shape=(b, h, n, d), cfg=cfg.__dict__, ms=t,
+            rows.append(dict(kind="bwd", deterministic=deterministic, shape=(b, h, n, d), cfg=cfg._asdict(), ms=t,
                              tflops=tflops(b, h, n, n, d, t, 2.5)))
             if bbest is None or t < bbest[1]:
                 bbest = (cfg, t)
@@ -362,6 +362,12 @@ TUNE_CANDIDATES = {
 TUNE_SHAPES = [((4, 16, 4096, 128), torch.float16), ((4, 16, 4096, 128), torch.bfloat16),
                ((16, 4, 1024, 128), torch.float16), ((4, 16, 4096, 64), torch.float16),
                ((32, 4, 1024, 32), torch.float16), ((16, 4, 4096, 16), torch.float16)]
+ROUNDS = 2
+if os.environ.get("TUNE_D128_FINAL"):  # the second call: the leading D = 128 variants of the first, three rounds
+    TUNE_CANDIDATES[128] = _variants(("ptr", (64, 64, 4, 3)), ("krows", (64, 64, 4, 3)), ("tma", (64, 64, 4, 3)),
+                                     ("tma_ws", (64, 64, 4, 3)), ("tma", (128, 128, 8, 3)), ("ptr", (128, 64, 8, 3)))
+    TUNE_SHAPES = [s for s in TUNE_SHAPES if s[0][3] == 128] + [((2, 16, 16384, 128), torch.float16)]
+    ROUNDS = 3
 
 
 def part_tune(timed: bool = True) -> None:
@@ -400,28 +406,33 @@ def tune_shape(b: int, h: int, n: int, d: int, dtype: torch.dtype, rows: list[di
         SUMMARY.append(f"compile {(b, h, n, d)} {dtype}: {len(ok)}/{len(TUNE_CANDIDATES[d])} variants verified")
         return
     times: dict[str, list[float]] = {}
-    for _ in range(2):
-        for name in ("cudnn", "flash"):
-            with sdpa_kernel(SDPA_BACKENDS[name]):
-                times.setdefault(name, []).append(ms(lambda: F.scaled_dot_product_attention(q, k, v), rep=30))
-        for cfg in ok:
-            times.setdefault(str(cfg), []).append(
-                ms(lambda cfg=cfg: flash_forward(q, k, v, None, False, scale, False, config=cfg, need_lse=False),
-                   rep=30))
-    cudnn = times["cudnn"]
+    ratios: dict[str, list[float]] = {}
+    for _ in range(ROUNDS):
+        with sdpa_kernel(SDPA_BACKENDS["flash"]):
+            times.setdefault("flash", []).append(ms(lambda: F.scaled_dot_product_attention(q, k, v), rep=30))
+        for cfg in ok:  # cuDNN timed right before each variant: the ratio survives clock drift
+            with sdpa_kernel(SDPA_BACKENDS["cudnn"]):
+                t_cudnn = ms(lambda: F.scaled_dot_product_attention(q, k, v), rep=30)
+            times.setdefault("cudnn", []).append(t_cudnn)
+            t_ours = ms(lambda cfg=cfg: flash_forward(q, k, v, None, False, scale, False, config=cfg,
+                                                      need_lse=False), rep=30)
+            times.setdefault(str(cfg), []).append(t_ours)
+            ratios.setdefault(str(cfg), []).append(t_cudnn / t_ours)
     tag = str(dtype).removeprefix("torch.")
     for cfg in ok:
         t = times[str(cfg)]
-        rows.append(dict(shape=(b, h, n, d), dtype=tag, cfg=cfg.__dict__, ms=t,
-                         tflops=[tflops(b, h, n, n, d, x) for x in t], vs_cudnn=[c / x for c, x in zip(cudnn, t)]))
-    ranked = sorted(ok, key=lambda c: min(times[str(c)]))
+        rows.append(dict(shape=(b, h, n, d), dtype=tag, cfg=cfg._asdict(), ms=t,
+                         tflops=[tflops(b, h, n, n, d, x) for x in t], vs_cudnn=ratios[str(cfg)]))
+    ranked = sorted(ok, key=lambda c: -sum(ratios[str(c)]))
     cur = f"{tflops(b, h, n, n, d, min(times['cudnn'])):.0f}/{tflops(b, h, n, n, d, min(times['flash'])):.0f}"
+    if d == 128:
+        cur += f" (cuDNN over the run: {min(times['cudnn']) * 1e3:.0f}-{max(times['cudnn']) * 1e3:.0f} us)"
     SUMMARY.append(f"tune {(b, h, n, d)} {tag}: cudnn/flash TF/s {cur}")
     for cfg in ranked[:4] + [c for c in ok if c == FlashConfig(64, 64, 4, 3)]:
         t = times[str(cfg)]
         SUMMARY.append(f"   {cfg.variant:6s} {cfg.block_m}x{cfg.block_n} w{cfg.num_warps} s{cfg.num_stages}: TF/s "
                        + " ".join(f"{tflops(b, h, n, n, d, x):.0f}" for x in t) + " | x cuDNN "
-                       + " ".join(f"{c / x:.2f}" for c, x in zip(cudnn, t)))
+                       + " ".join(f"{r:.2f}" for r in ratios[str(cfg)]))
 
 
 def part_tmacheck() -> None:
@@ -454,9 +465,22 @@ def part_tmacheck() -> None:
     SUMMARY.append(f"tmacheck: forward variants on odd shapes, worst relative error {worst:.1e}")
 
 
-def _per_call_us(fn: Callable[[], Any], n: int = 2000) -> tuple[float, float]:
+def _per_call_us(fn: Callable[[], Any], n: int = 2000, gc_off: bool = False) -> tuple[float, float]:
     """(wall-clock µs per call, CUDA-event µs per call) over ``n`` back-to-back calls: both are the
-    host's issue time when the GPU work per call is shorter than it."""
+    host's issue time when the GPU work per call is shorter than it. ``gc_off``: with Python's cyclic
+    garbage collector paused (as ``timeit`` runs), to see what the collections cost."""
+    import gc
+
+    if gc_off:
+        gc.disable()
+    try:
+        return _per_call_loop(fn, n)
+    finally:
+        if gc_off:
+            gc.enable()
+
+
+def _per_call_loop(fn: Callable[[], Any], n: int) -> tuple[float, float]:
     for _ in range(50):
         fn()
     torch.cuda.synchronize()
@@ -498,7 +522,7 @@ def overhead_shape(b: int, h: int, n: int, d: int, res: dict[str, Any]) -> None:
     q, k, v = qkv(b, h, n, n, d, torch.float16)
     kw = dict(causal=False, scale=None, key_padding_mask=None, layout="bhnd", deterministic=False)
     o = torch.empty_like(q)
-    cfg = flash.forward_config(d, q.dtype)
+    cfg = flash.forward_config(d, q.dtype, n)
     args = (q, k, v, o, o, q, *q.stride(), *k.stride(), *v.stride(), *o.stride(), 0, 0, h, n, n, 0.125 * flash.LOG2E)
     cx = dict(HEAD_DIM=d, CAUSAL=False, HAS_MASK=False, PRECISION="ieee", K_ROWS=cfg.variant == "krows",
               STORE_LSE=False, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n)
@@ -512,7 +536,7 @@ def overhead_shape(b: int, h: int, n: int, d: int, res: dict[str, Any]) -> None:
                 ("registry.select", lambda: registry.select("attention", (q, k, v), kw)),
                 ("check_attention_args", lambda: ref.check_attention_args(q, k, v, None, "bhnd", None)),
                 ("torch.empty (B,H,N,D)", lambda: torch.empty((b, h, n, d), device=DEV, dtype=q.dtype)),
-                ("specialisation(args)", lambda: flash.specialisation(args)),
+                ("pointer_alignment (6 pointers)", lambda: flash.pointer_alignment(args[:6])),
                 ("4 tensor descriptors", lambda: [flash._descriptor(x, 64) for x in (q, k, v, o)]),
                 ("triton kernel[grid](...)", lambda: kt.attention_fwd_kernel[grid](
                     *args, **cx, num_warps=cfg.num_warps, num_stages=cfg.num_stages)),
@@ -520,9 +544,9 @@ def overhead_shape(b: int, h: int, n: int, d: int, res: dict[str, Any]) -> None:
                     grid[0], grid[1], 1, stream, compiled.function, compiled.packed_metadata, None, None, None,
                     *args, *tail)),
                 ("flash.launch (cached handle)", lambda: flash.launch(
-                    kt.attention_fwd_kernel, ("fwd", d, q.dtype, False, None, False), cfg,
-                    lambda c: (triton.cdiv(n, c.block_m), b * h), args, HEAD_DIM=d, CAUSAL=False, HAS_MASK=False,
-                    PRECISION="ieee", K_ROWS=cfg.variant == "krows", STORE_LSE=False)),
+                    kt.attention_fwd_kernel, ("fwd", d, q.dtype, False, False, False), cfg, n, b * h, args[:6],
+                    args[6:-1], args[-1:], HEAD_DIM=d, CAUSAL=False, HAS_MASK=False, PRECISION="ieee",
+                    K_ROWS=cfg.variant == "krows", STORE_LSE=False)),
                 ("flash_forward", lambda: flash.flash_forward(q, k, v, None, False, 0.125, False, need_lse=False)),
                 ("backend fn attention_triton", lambda: attention_triton(q, k, v)),
                 ("kernels.attention", lambda: kernels.attention(q, k, v)),
@@ -560,20 +584,41 @@ def overhead_shape(b: int, h: int, n: int, d: int, res: dict[str, Any]) -> None:
                    + " | GPU only (graph replay): " + "; ".join(f"{k} {x:.1f}" for k, x in gpu.items()))
 
 
-def part_bwd() -> None:
-    """Backward through autograd at the large shapes (fp16, ms): ours (deterministic, atomic) against SDPA."""
-    for b, h, n, d in ((4, 16, 4096, 128), (4, 16, 4096, 64), (32, 4, 1024, 32), (16, 4, 256, 64)):
-        r = fwd_row(b, h, n, d, torch.float16, backward=True)
-        RESULTS.setdefault("bwd", []).append(r)
-        SUMMARY.append(f"bwd {(b, h, n, d)} fp16 ms: ours det {r['ours_bwd_ms']:.3f} "
-                       f"atomic {r['ours_bwd_atomic_ms']:.3f}"
-                       f" | flash {r['flash_bwd_ms'] or float('nan'):.3f} cudnn {r['cudnn_bwd_ms'] or float('nan'):.3f}"
-                       f" | fwd TF/s ours {r['ours_tflops']:.0f} cudnn {r['cudnn_tflops'] or 0:.0f}")
+TABLE_SHAPES = [(16, 4, 4096, 16), (16, 4, 1024, 16), (32, 4, 1024, 32), (16, 4, 256, 64), (16, 4, 64, 64),
+                (4, 16, 4096, 64), (4, 16, 4096, 128), (2, 16, 16384, 128)]
+BWD_SHAPES = [(4, 16, 4096, 64), (4, 16, 4096, 128), (128, 4, 1024, 32), (32, 4, 1024, 32)]
+
+
+def part_table() -> None:
+    """BENCHMARKS.md's attention table (fp16): ours (the kernel alone, and through ``kernels.attention``)
+    against SDPA's three backends, forward TFLOP/s; then the backward through autograd, ms."""
+    rows = []
+    for b, h, n, d in TABLE_SHAPES:
+        q, k, v = qkv(b, h, n, n, d, torch.float16)
+        scale = 1 / math.sqrt(d)
+        with torch.no_grad():
+            kernel_ms = ms(lambda q=q, k=k, v=v, scale=scale: flash_forward(q, k, v, None, False, scale, False,
+                                                                             need_lse=False))
+        r = fwd_row(b, h, n, d, torch.float16, backward=(b, h, n, d) in BWD_SHAPES)
+        r["kernel_tflops"] = tflops(b, h, n, n, d, kernel_ms)
+        rows.append(r)
+        SUMMARY.append(f"table {(b, h, n, d)} fp16 fwd TF/s: kernel {r['kernel_tflops']:.0f} op {r['ours_tflops']:.0f}"
+                       f" | flash {r['flash_tflops'] or 0:.0f} cudnn {r['cudnn_tflops'] or 0:.0f} "
+                       f"eff {r['efficient_tflops'] or 0:.0f}")
+    for b, h, n, d in BWD_SHAPES:
+        if (b, h, n, d) not in TABLE_SHAPES:
+            rows.append(fwd_row(b, h, n, d, torch.float16, backward=True))
+    for r in rows:
+        if "ours_bwd_ms" in r:
+            SUMMARY.append(f"bwd {(r['B'], r['H'], r['N'], r['D'])} fp16 ms: ours det {r['ours_bwd_ms']:.3f} "
+                           f"atomic {r['ours_bwd_atomic_ms']:.3f} | flash {r['flash_bwd_ms'] or float('nan'):.3f} "
+                           f"cudnn {r['cudnn_bwd_ms'] or float('nan'):.3f}")
+    RESULTS["table"] = rows
 
 
 PARTS = {"overhead": part_overhead, "check": part_check, "sweep": part_sweep, "tune": part_tune,
          "compile": part_compile,
-         "tmacheck": part_tmacheck, "bwd": part_bwd, "bench": part_bench, "unet": part_unet}
+         "tmacheck": part_tmacheck, "table": part_table, "bench": part_bench, "unet": part_unet}
 
 if __name__ == "__main__":
     for part in sys.argv[1:] or ["check", "bench", "unet"]:

@@ -189,7 +189,10 @@ def test_tile_table_and_the_shared_memory_fallback() -> None:
 
     from kernels.attention import flash
 
-    assert flash.forward_config(64, torch.float16) == flash.FlashConfig(64, 64, 4, 3)
+    assert flash.forward_config(64, torch.float16, 4096) == flash.FlashConfig(64, 64, 4, 3)
+    assert flash.forward_config(128, torch.bfloat16, 4096).variant == "tma"
+    assert flash.forward_config(128, torch.float16, 512).variant == "ptr"
+    assert flash.forward_config(128, torch.float32, 4096).variant == "ptr"
     assert flash.use_atomic_dq(16, 4096, deterministic=False) and not flash.use_atomic_dq(16, 64, deterministic=True)
     assert not flash.use_atomic_dq(64, 1024, deterministic=False)
     calls: list[tuple[int, int, int, bool]] = []
@@ -205,7 +208,105 @@ def test_tile_table_and_the_shared_memory_fallback() -> None:
             return run
 
     start = flash.FlashConfig(64, 64, 4, 3)
-    flash.launch(FakeKernel(), ("test",), start, lambda c: (1,), (), EVEN_N=lambda c: 48 % c.block_n == 0)
+    flash.launch(FakeKernel(), ("test",), start, 48, 1, (), (), EVEN_N=lambda c: 48 % c.block_n == 0)
     assert calls[-1] == (64, 32, 1, False) and len(calls) == 5
-    flash.launch(FakeKernel(), ("test",), start, lambda c: (1,), (), EVEN_N=lambda c: 48 % c.block_n == 0)
+    flash.launch(FakeKernel(), ("test",), start, 48, 1, (), (), EVEN_N=lambda c: 48 % c.block_n == 0)
     assert len(calls) == 6 and calls[-1] == (64, 32, 1, False)  # the fitted tile is remembered
+
+
+@TRITON_CPU
+@pytest.mark.parametrize("variant", ["ptr", "krows", "tma", "tma_ws"])
+def test_forward_variants_match_the_reference(variant: str) -> None:
+    """Pointer loads, K rows + tl.trans, and the 4-D tensor-descriptor kernel (the interpreter runs it
+    too) on odd shapes: masks with dead rows, causal, (B, N, H, D) views, Nq != Nk, partial tiles."""
+    from kernels.attention import flash
+
+    g = torch.Generator().manual_seed(21)
+    for b, h, nq, nk, d, causal, masked, bnhd in ((2, 3, 37, 29, 16, False, False, False),
+                                                    (1, 2, 33, 40, 32, True, True, True),
+                                                    (2, 1, 17, 5, 16, False, True, False)):
+        q, k, v = (torch.randn((b, n, h, d) if bnhd else (b, h, n, d), generator=g).to(DEVICE) for n in (nq, nk, nk))
+        if bnhd:
+            q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+        kpm = (torch.rand(b, nk, generator=g) < 0.3).to(DEVICE) if masked else None
+        if kpm is not None:
+            kpm[0] = True  # batch 0 sees no key: zero rows
+        cfg = flash.FlashConfig(16, 16, 1, 1, variant) if DEVICE == "cpu" else flash.FlashConfig(64, 64, 4, 3, variant)
+        assert flash.tma_ready(q, k, v)
+        out, lse = flash.flash_forward(q, k, v, kpm, causal, d ** -0.5, bnhd, config=cfg)
+        want = ref.attention(q.double(), k.double(), v.double(), causal=causal, key_padding_mask=kpm)
+        torch.testing.assert_close(out.double(), want, atol=1e-5 if DEVICE == "cpu" else 5e-3, rtol=1e-5)
+        assert lse is not None and lse.shape == (b, h, nq)
+        alone, no_lse = flash.flash_forward(q, k, v, kpm, causal, d ** -0.5, bnhd, config=cfg, need_lse=False)
+        assert no_lse is None and torch.equal(alone, out)
+
+
+def test_launch_cache_key_tells_apart_pointer_alignment() -> None:
+    pytest.importorskip("triton")
+    from kernels.attention import flash
+
+    x = torch.zeros(64, dtype=torch.float16)
+    assert flash.pointer_alignment((x, x[8:])) == (True, True)  # 16 bytes in: still aligned
+    assert flash.pointer_alignment((x, x[4:], x[1:])) == (True, False, False)
+
+
+def test_cached_launch_reuses_the_compiled_kernel_and_recompiles_on_a_new_specialisation(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU path of ``launch`` with a stand-in kernel: the first call compiles through ``kernel[grid]``,
+    later calls with equal integers and alignment go straight to the compiled launcher with the
+    arguments in signature order; other integers, alignment or tiles compile again."""
+    pytest.importorskip("triton")
+    from kernels.attention import flash
+
+    compiles: list[tuple[int, ...]] = []
+    runs: list[tuple[object, ...]] = []
+
+    class Compiled:
+        function, packed_metadata = "fn", "meta"
+
+        def run(self, *args: object) -> None:
+            runs.append(args)
+
+    class Kernel:
+        arg_names = ("P", "N", "S", "BLOCK_M", "FLAG", "BLOCK_N")
+
+        def __getitem__(self, grid: tuple[int, ...]) -> object:
+            def compile_and_run(*args: object, **kw: object) -> Compiled:
+                compiles.append(grid)
+                return Compiled()
+            return compile_and_run
+
+    monkeypatch.setattr(flash, "triton_interpret", lambda: False)
+    monkeypatch.setattr(flash, "_device_and_stream", lambda: (lambda: 0, lambda device: 7))
+    kernel, cfg, x = Kernel(), flash.FlashConfig(32, 16, 4, 2), torch.zeros(64, dtype=torch.float16)
+    flash.launch(kernel, ("fake",), cfg, 100, 3, (x,), (100,), (0.5,), FLAG=True)
+    flash.launch(kernel, ("fake",), cfg, 100, 3, (x,), (100,), (0.25,), FLAG=True)
+    assert compiles == [(4, 3)]
+    assert runs == [(4, 3, 1, 7, "fn", "meta", None, None, None, x, 100, 0.25, 32, True, 16)]
+    flash.launch(kernel, ("fake",), cfg, 100, 3, (x[1:],), (100,), (0.5,), FLAG=True)  # misaligned pointer
+    flash.launch(kernel, ("fake",), cfg, 101, 3, (x,), (101,), (0.5,), FLAG=True)  # another length
+    flash.launch(kernel, ("fake",), cfg._replace(block_m=64), 100, 3, (x,), (100,), (0.5,), FLAG=True)
+    assert compiles == [(4, 3), (4, 3), (4, 3), (2, 3)] and len(runs) == 1
+    flash.launch(kernel, ("fake",), cfg, 100, 5, (x,), (100,), (0.5,), by_n=True, FLAG=True)
+    assert runs[-1][:3] == (7, 5, 1)  # the grid follows the call: 100 keys in tiles of 16, 5 programs
+
+
+@pytest.mark.gpu
+def test_gpu_cached_launch_respecialises_on_strides_alignment_and_lengths() -> None:
+    """The cached launch handles must not reuse a kernel compiled for other strides, alignment or N."""
+    from kernels.attention import flash
+
+    for nq, nk, offset, bnhd in ((64, 64, 0, False), (64, 64, 0, True), (37, 64, 0, False), (64, 64, 4, False),
+                                 (64, 64, 0, False), (48, 33, 0, True)):
+        buf = torch.randn(3 * 2 * 3 * max(nq, nk) * 64 + offset, device="cuda", dtype=torch.float16)
+        parts = []
+        for i, n in enumerate((nq, nk, nk)):
+            start = offset + i * 2 * 3 * max(nq, nk) * 64
+            flat = buf[start:start + 2 * 3 * n * 64]
+            parts.append(flat.view(2, n, 3, 64).transpose(1, 2) if bnhd else flat.view(2, 3, n, 64))
+        q, k, v = parts
+        want = ref.attention(q.double(), k.double(), v.double())
+        for _ in range(2):  # the second call takes the cached handle
+            out = kernels.attention(q, k, v)
+            assert float((out.double() - want).norm() / want.norm()) < 5e-3
+        assert flash.pointer_alignment((q,)) == (offset % 8 == 0,)

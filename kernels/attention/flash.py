@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import triton
@@ -26,8 +25,7 @@ LOG2E = 1.4426950408889634
 FP32_PRECISION = "tf32"
 
 
-@dataclass(frozen=True)
-class FlashConfig:
+class FlashConfig(NamedTuple):
     """Tile shape and launch shape of one kernel: BLOCK_M query rows x BLOCK_N keys.
 
     ``variant`` (forward only): "ptr" loads Kᵀ through transposed pointers, "krows" loads K rows
@@ -45,13 +43,21 @@ class FlashConfig:
 _INTERPRET = FlashConfig(16, 16, 1, 1)  # small tiles: the interpreter runs every block on the CPU
 
 
-def forward_config(head_dim: int, dtype: torch.dtype) -> FlashConfig:
-    """Forward tiles. On an H200, 64 x 64 tiles, 4 warps, 3 stages were the fastest of ten candidates
-    at every measured shape (D 16..128, N 64..4096; docs/notes/attention-gpu.md). float32 tiles
+_FWD = FlashConfig(64, 64, 4, 3)
+_FWD_TMA = FlashConfig(64, 64, 4, 3, "tma")
+_FWD_F32 = FlashConfig(64, 64, 4, 2)
+_FWD_F32_D128 = FlashConfig(64, 32, 4, 2)
+
+
+def forward_config(head_dim: int, dtype: torch.dtype, n_k: int) -> FlashConfig:
+    """Forward tiles. 64 x 64 tiles, 4 warps, 3 stages were the fastest pointer-load tile at every
+    measured shape (H200 and H100, D 16..128, N 64..4096; docs/notes/attention-gpu.md). At D = 128
+    loading q, k, v and storing O through tensor descriptors (TMA) measured ~4 % faster at N >= 1024
+    (H100); below that the four descriptors' host cost (~11 µs a call) outweighs it. float32 tiles
     take twice the shared memory: fewer stages, and narrower key tiles at D = 128."""
     if dtype == torch.float32:
-        return FlashConfig(64, 32, 4, 2) if head_dim == 128 else FlashConfig(64, 64, 4, 2)
-    return FlashConfig(64, 64, 4, 3)
+        return _FWD_F32_D128 if head_dim == 128 else _FWD_F32
+    return _FWD_TMA if head_dim == 128 and n_k >= 1024 else _FWD
 
 
 def use_atomic_dq(head_dim: int, n_q: int, deterministic: bool) -> bool:
@@ -75,32 +81,25 @@ def backward_config(head_dim: int, n_q: int, dtype: torch.dtype, atomic: bool) -
 def smaller(cfg: FlashConfig) -> FlashConfig | None:
     """The next smaller tile when a launch runs out of shared memory: fewer stages, then halves."""
     if cfg.num_stages > 1:
-        return replace(cfg, num_stages=cfg.num_stages - 1)
+        return cfg._replace(num_stages=cfg.num_stages - 1)
     if cfg.block_n > 16:
-        return replace(cfg, block_n=cfg.block_n // 2, num_stages=2)
+        return cfg._replace(block_n=cfg.block_n // 2, num_stages=2)
     if cfg.block_m > 16:
-        return replace(cfg, block_m=cfg.block_m // 2, num_stages=2)
+        return cfg._replace(block_m=cfg.block_m // 2, num_stages=2)
     return None
 
 
 _FITTED: dict[tuple[Any, ...], FlashConfig] = {}
-# (kernel, key, tile, specialisation, device) -> (compiled kernel, tile used, constexpr values in signature order)
+# (key, tile asked for, integer arguments, pointer alignment, device) -> (compiled kernel, tile used,
+# constexpr values in signature order)
 _HANDLES: dict[tuple[Any, ...], tuple[Any, FlashConfig, tuple[Any, ...]]] = {}
 HANDLE_LIMIT = 4096  # distinct specialisations kept; the cache starts over past this
 
 
-def specialisation(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """What Triton compiles a kernel for, per runtime argument: a tensor's dtype and whether its
-    address is 16-byte aligned, an integer's value (Triton specialises on == 1 and on divisibility
-    by 16; the exact value is a finer key), a float's or a tensor descriptor's type (the descriptor's
-    dtype and block shape are fixed by the tile and the dtype in the cache key)."""
-    return tuple([a if type(a) is int else (a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor)
-                  else type(a) for a in args])
-
-
-def _launch_hooks_set() -> bool:
-    return bool(getattr(knobs.runtime.launch_enter_hook, "calls", True)
-                or getattr(knobs.runtime.launch_exit_hook, "calls", True))
+def pointer_alignment(ptrs: tuple[Any, ...]) -> tuple[bool, ...]:
+    """Per pointer argument, whether its address is a multiple of 16 bytes: what Triton specialises a
+    pointer on besides its dtype. A tensor descriptor counts as aligned (its constructor asserts it)."""
+    return tuple([p.data_ptr() % 16 == 0 if isinstance(p, torch.Tensor) else True for p in ptrs])
 
 
 @functools.cache
@@ -108,51 +107,56 @@ def _device_and_stream() -> tuple[Callable[[], int], Callable[[int], int]]:
     return triton.runtime.driver.active.get_current_device, triton.runtime.driver.active.get_current_stream
 
 
-def launch(kernel: Any, key: tuple[Any, ...], cfg: FlashConfig, grid: Callable[[FlashConfig], tuple[int, ...]],
-           args: tuple[Any, ...], **constexprs: Any) -> None:
-    """Launch ``kernel[grid(cfg)](*args, **constexprs)``; on ``OutOfResources`` step down to smaller
+def launch(kernel: Any, key: tuple[Any, ...], cfg: FlashConfig, rows: int, programs: int, ptrs: tuple[Any, ...],
+           ints: tuple[int, ...], floats: tuple[float, ...] = (), by_n: bool = False, **constexprs: Any) -> None:
+    """Launch ``kernel`` on a (cdiv(rows, BLOCK_M), programs) grid (BLOCK_N when ``by_n``) with the
+    arguments ``(*ptrs, *ints, *floats)`` and ``constexprs``; on ``OutOfResources`` step down to smaller
     tiles (remembered per key). A callable constexpr is evaluated on the tile finally used (``EVEN_N``
-    depends on BLOCK_N).
+    depends on BLOCK_N). ``key`` names the kernel and must fix every constexpr that is not derived
+    from the tile or the integers, and the dtype of every pointer.
 
-    On the GPU the compiled kernel is kept per specialisation (``specialisation(args)``, the tile,
-    the current device) and later calls go straight to its launcher: Triton 3.6's ``kernel[grid]``
-    re-binds and re-specialises every argument and builds launch metadata for hooks on each call,
-    tens of µs for these ~30-argument kernels. With a launch hook installed (a profiler), every call
-    takes Triton's own path.
+    On the GPU the compiled kernel is kept per (key, tile, integer values, pointer alignment, device),
+    a key at least as fine as Triton's own specialisation (it specialises integers on == 1 and on
+    divisibility by 16, pointers on dtype and 16-byte alignment), and later calls go straight to its
+    launcher: Triton 3.6's ``kernel[grid]`` re-binds and re-specialises every argument and builds
+    launch metadata on each call, tens of µs for these ~30-argument kernels. With a launch hook
+    installed (a profiler) or under the interpreter every call takes Triton's own path.
     """
-    key = (*key, cfg)
-    interpret = triton_interpret()
-    hooks = interpret or _launch_hooks_set()
-    if not hooks:
+    runtime = knobs.runtime
+    fast = not (getattr(runtime.launch_enter_hook, "calls", True) or getattr(runtime.launch_exit_hook, "calls", True)
+                or triton_interpret())
+    if fast:
         get_device, get_stream = _device_and_stream()
         device = get_device()
-        hkey = (kernel, key, specialisation(args), device)
+        hkey = (key, cfg, ints, pointer_alignment(ptrs), device)
         entry = _HANDLES.get(hkey)
         if entry is not None:
             compiled, used, tail = entry
-            g = grid(used)
-            compiled.run(g[0], g[1] if len(g) > 1 else 1, g[2] if len(g) > 2 else 1, get_stream(device),
-                         compiled.function, compiled.packed_metadata, None, None, None, *args, *tail)
+            tile = used.block_n if by_n else used.block_m
+            compiled.run((rows + tile - 1) // tile, programs, 1, get_stream(device), compiled.function,
+                         compiled.packed_metadata, None, None, None, *ptrs, *ints, *floats, *tail)
             return
-    cfg = _FITTED.get(key, cfg)
+    fit_key = (key, cfg)
+    cfg = _FITTED.get(fit_key, cfg)
+    args = (*ptrs, *ints, *floats)
     while True:
         values = {name: value(cfg) if callable(value) else value for name, value in constexprs.items()}
         values.update({name: size for name, size in (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n))
                        if name in kernel.arg_names})
+        grid = (triton.cdiv(rows, cfg.block_n if by_n else cfg.block_m), programs)
         try:
-            compiled = kernel[grid(cfg)](*args, **values, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            compiled = kernel[grid](*args, **values, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         except triton.runtime.errors.OutOfResources:
             next_cfg = smaller(cfg)
             if next_cfg is None:
                 raise
             cfg = next_cfg
             continue
-        _FITTED[key] = cfg
-        if not hooks and compiled is not None:
+        _FITTED[fit_key] = cfg
+        if fast and compiled is not None:
             if len(_HANDLES) >= HANDLE_LIMIT:
                 _HANDLES.clear()
-            names = kernel.arg_names[len(args):]
-            _HANDLES[hkey] = (compiled, cfg, tuple(values[name] for name in names))
+            _HANDLES[hkey] = (compiled, cfg, tuple(values[name] for name in kernel.arg_names[len(args):]))
         return
 
 
@@ -214,26 +218,26 @@ def flash_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding
     interpret = triton_interpret()
     if interpret:
         interpreter_index_fix()
-    cfg = config or (_INTERPRET if interpret else forward_config(d, q.dtype))
+    cfg = config or (_INTERPRET if interpret else forward_config(d, q.dtype, n_k))
     if out_bnhd:
         o = torch.empty((b, n_q, h, d), device=q.device, dtype=q.dtype).transpose(1, 2)
     else:
         o = torch.empty((b, h, n_q, d), device=q.device, dtype=q.dtype)
     lse = torch.empty((b, h, n_q), device=q.device, dtype=torch.float32) if need_lse else None
     kpm, smb, smn = _mask_args(key_padding_mask, q)
-    grid = lambda c: (triton.cdiv(n_q, c.block_m), b * h)
-    common = dict(HEAD_DIM=d, CAUSAL=causal, HAS_MASK=key_padding_mask is not None, PRECISION=_precision(q),
-                  STORE_LSE=need_lse)
+    has_mask = key_padding_mask is not None
+    lse_ptr = o if lse is None else lse
     if cfg.variant.startswith("tma") and tma_ready(q, k, v, o):
-        launch(kt.attention_fwd_tma_kernel, ("fwd-tma", d, q.dtype, causal, config, need_lse), cfg, grid,
+        launch(kt.attention_fwd_tma_kernel, ("fwd-tma", d, q.dtype, causal, has_mask, need_lse), cfg, n_q, b * h,
                (_descriptor(q, cfg.block_m), _descriptor(k, cfg.block_n), _descriptor(v, cfg.block_n),
-                _descriptor(o, cfg.block_m), o if lse is None else lse, kpm, smb, smn, h, n_q, n_k, scale * LOG2E),
-               WARP_SPEC=cfg.variant == "tma_ws", **common)
+                _descriptor(o, cfg.block_m), lse_ptr, kpm), (smb, smn, h, n_q, n_k), (scale * LOG2E,),
+               HEAD_DIM=d, CAUSAL=causal, HAS_MASK=has_mask, PRECISION=_precision(q),
+               WARP_SPEC=cfg.variant == "tma_ws", STORE_LSE=need_lse)
     else:
-        launch(kt.attention_fwd_kernel, ("fwd", d, q.dtype, causal, config, need_lse), cfg, grid,
-               (q, k, v, o, o if lse is None else lse, kpm, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
-                smb, smn, h, n_q, n_k, scale * LOG2E),
-               K_ROWS=cfg.variant == "krows", **common)
+        launch(kt.attention_fwd_kernel, ("fwd", d, q.dtype, causal, has_mask, need_lse), cfg, n_q, b * h,
+               (q, k, v, o, lse_ptr, kpm), (*q.stride(), *k.stride(), *v.stride(), *o.stride(), smb, smn, h, n_q, n_k),
+               (scale * LOG2E,), HEAD_DIM=d, CAUSAL=causal, HAS_MASK=has_mask, PRECISION=_precision(q),
+               K_ROWS=cfg.variant == "krows", STORE_LSE=need_lse)
     return o, lse
 
 
@@ -252,28 +256,27 @@ def flash_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
     cfg = config or (_INTERPRET if interpret else backward_config(d, n_q, q.dtype, atomic))
     delta = torch.empty((b, h, n_q), device=q.device, dtype=torch.float32)
     rows = _INTERPRET.block_m if interpret else 64
-    launch(kt.attention_bwd_delta_kernel, ("delta", d), FlashConfig(rows, rows, 4, 1),
-           lambda c: (triton.cdiv(n_q, c.block_m), b * h), (o, do, delta, *o.stride(), *do.stride(), h, n_q),
-           HEAD_DIM=d)
+    launch(kt.attention_bwd_delta_kernel, ("delta", d, o.dtype, do.dtype), FlashConfig(rows, rows, 4, 1), n_q, b * h,
+           (o, do, delta), (*o.stride(), *do.stride(), h, n_q), HEAD_DIM=d)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     kpm, smb, smn = _mask_args(key_padding_mask, q)
     has_mask = key_padding_mask is not None
     dq32 = torch.zeros((b, h, n_q, d), device=q.device, dtype=torch.float32) if atomic else q
-    even_n = lambda c: n_k % c.block_n == 0
-    launch(kt.attention_bwd_dkdv_kernel, ("dkdv", d, q.dtype, causal, atomic, config), cfg,
-           lambda c: (triton.cdiv(n_k, c.block_n), b * h),
-           (q, k, v, do, dk, dv, dq32, lse, delta, kpm, *q.stride(), *k.stride(), *v.stride(), *do.stride(),
-            *dk.stride(), *dv.stride(), smb, smn, h, n_q, n_k, scale * LOG2E, scale),
-           HEAD_DIM=d, CAUSAL=causal, HAS_MASK=has_mask, EVEN_N=even_n, ATOMIC_DQ=atomic, PRECISION=_precision(q))
+    floats = (scale * LOG2E, scale)
+    launch(kt.attention_bwd_dkdv_kernel, ("dkdv", d, q.dtype, do.dtype, causal, has_mask, atomic), cfg, n_k, b * h,
+           (q, k, v, do, dk, dv, dq32, lse, delta, kpm),
+           (*q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(), smb, smn, h, n_q, n_k),
+           floats, by_n=True, HEAD_DIM=d, CAUSAL=causal, HAS_MASK=has_mask, EVEN_N=lambda c: n_k % c.block_n == 0,
+           ATOMIC_DQ=atomic, PRECISION=_precision(q))
     if atomic:
         return dq32.to(q.dtype), dk, dv
     dq = torch.empty_like(q)
-    launch(kt.attention_bwd_dq_kernel, ("dq", d, q.dtype, causal, config), cfg,
-           lambda c: (triton.cdiv(n_q, c.block_m), b * h),
-           (q, k, v, do, dq, lse, delta, kpm, *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
-            smb, smn, h, n_q, n_k, scale * LOG2E, scale),
-           HEAD_DIM=d, CAUSAL=causal, HAS_MASK=has_mask, EVEN_N=even_n, PRECISION=_precision(q))
+    launch(kt.attention_bwd_dq_kernel, ("dq", d, q.dtype, do.dtype, causal, has_mask), cfg, n_q, b * h,
+           (q, k, v, do, dq, lse, delta, kpm),
+           (*q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), smb, smn, h, n_q, n_k),
+           floats, HEAD_DIM=d, CAUSAL=causal, HAS_MASK=has_mask, EVEN_N=lambda c: n_k % c.block_n == 0,
+           PRECISION=_precision(q))
     return dq, dk, dv
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -294,6 +295,26 @@ def test_sampler_cfg_ddim_uint8_and_png(tmp_path) -> None:  # type: ignore[no-un
         sample(model, 1, cuda_graph=True, progress=False)
     with pytest.raises(ValueError, match="uint8"):
         save_grid(torch.zeros(1, 1, 2, 2), path)
+
+
+def test_sampler_autocast_region() -> None:
+    model = _tiny()
+    kw: dict[str, Any] = dict(method="ddim", steps=4, seed=3, progress=False, output="float")
+    want = sample(model, 3, **kw)
+    got = sample(model, 3, autocast=torch.bfloat16, **kw)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    assert not torch.equal(got, want)  # the model really ran in bf16
+    assert float((got - want).norm() / want.norm()) < 5e-2
+    with pytest.raises(ValueError, match=r"autocast=torch.int32: supported None, torch.float16, torch.bfloat16"):
+        sample(model, 1, autocast=torch.int32, progress=False)
+
+
+@pytest.mark.gpu
+def test_sampler_autocast_graph_equals_the_plain_loop_on_gpu() -> None:
+    model = _tiny().cuda()
+    s = ref.make_schedule(num_train_timesteps=20)
+    kw: dict[str, Any] = dict(schedule=s, seed=2, progress=False, output="float", autocast=torch.bfloat16)
+    torch.testing.assert_close(sample(model, 3, cuda_graph=True, **kw), sample(model, 3, **kw), atol=1e-3, rtol=1e-3)
 
 
 @pytest.mark.gpu

@@ -16,6 +16,7 @@ and replayed ``steps`` times.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -118,6 +119,8 @@ class _Loop:
         t = self.ts.index_select(0, self.k)[0]
         prev_t = self.prev.index_select(0, self.k)[0]
         cond, uncond = cfg_model_output(self.model, self.x, t, self.labels, self.cfg_scale, self.cfg_batched)
+        cond = cond.to(self.x.dtype)  # a model under autocast answers in bf16/fp16; the update runs in x's dtype
+        uncond = None if uncond is None else uncond.to(self.x.dtype)
         guide: dict[str, Any] = {} if uncond is None else {"model_output_uncond": uncond,
                                                            "guidance_scale": self.cfg_scale}
         if self.method == "seed":
@@ -152,6 +155,7 @@ def sample(
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     cuda_graph: bool = False,
+    autocast: torch.dtype | None = None,
     progress: bool = True,
     output: str = "uint8",
     save_path: str | Path | None = None,
@@ -166,6 +170,10 @@ def sample(
     seed's (linear 1e-4 .. 0.02, T = 1000). seed: initial noise (torch generator) and Philox key.
     output: "uint8" (the seed's ``(x.clamp(-1, 1) + 1) / 2 * 255``) or "float" (x itself).
     save_path: also write a PNG grid. ``cuda_graph``: capture one step and replay it (CUDA only).
+    autocast: torch.float16 or torch.bfloat16 runs the model under ``torch.autocast`` in one region
+    around the whole loop (warm-up, capture and replays), so autocast casts the weights once and
+    reuses the casts (a region per call would recast every weight at every step, inside the graph
+    too); the model's output is cast back to ``dtype`` for the update.
     """
     if output not in ("uint8", "float"):
         raise ValueError(f"output={output!r}: supported 'uint8', 'float'")
@@ -183,6 +191,8 @@ def sample(
         labels = labels.to(dev)
     if cuda_graph and dev.type != "cuda":
         raise ValueError(f"cuda_graph=True needs a CUDA device, got {dev}")
+    if autocast not in (None, torch.float16, torch.bfloat16):
+        raise ValueError(f"autocast={autocast}: supported None, torch.float16, torch.bfloat16")
     sched = (schedule if schedule is not None else make_schedule()).to(dev)
     ts, prev = sampling_timesteps(method, sched.num_train_timesteps, steps)
     gen = torch.Generator(device=dev).manual_seed(seed)
@@ -193,7 +203,8 @@ def sample(
         model.eval()
     bar = _progress(len(ts), progress)
     try:
-        with torch.no_grad():
+        region = contextlib.nullcontext() if autocast is None else torch.autocast(dev.type, dtype=autocast)
+        with torch.no_grad(), region:
             if cuda_graph:
                 _run_graph(loop, len(ts), bar)
             else:

@@ -14,7 +14,7 @@ GEMM, attention, GroupNorm, LayerNorm, upsample/concat, feed-forward, elementwis
 for the patched and the unpatched step. ``host`` profiles the Python time of an eager patched step
 (cProfile). ``layout`` times the graph-captured patched step with the bf16 weight casts kept out of
 the graph (one autocast region around capture) and with channels-last weights and input.
-``sample`` is ``gpu_fused.py``'s 999-step sampling.
+``sample`` times the whole 999-step sampling against the seed's loop.
 Results go to $OUT/gpu_unet.json; a summary is printed last. ``--budget S`` stops starting new
 measurements after S seconds.
 """
@@ -253,12 +253,54 @@ def rel_err(out: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def part_sample() -> None:
-    gf.BUDGET = max(left(), 60.0)
-    gf.START = time.time()
-    gf.SUMMARY.clear()
-    gf.part_sample()
-    RESULTS["sample"] = gf.RESULTS.get("sample")
-    SUMMARY.extend(gf.SUMMARY)
+    """The whole 999-step sampling of 16 images (the seed's schedule and update): the seed's loop as
+    written (fp32, need_weights=True; 50 steps timed and scaled), and the library's sampler with a CUDA
+    graph and ``autocast=torch.bfloat16`` for the unpatched SDPA model, the patched model, the patched
+    model with channels-last weights, and that under torch.compile. Same initial noise and Philox key."""
+    from kernels.diffusion.sampler import sample
+
+    torch.manual_seed(0)
+    base = UNet().to(DEV).eval()
+    x = torch.randn(16, 3, 64, 64, device=DEV)
+    with torch.no_grad():
+        for i in range(3):
+            gf.seed_step_fn(base, x, 999 - i)
+        torch.cuda.synchronize()
+        t0 = time.time()
+        for i in range(50):
+            gf.seed_step_fn(base, x, 999 - i)
+        torch.cuda.synchronize()
+    seed_s = (time.time() - t0) / 50 * 999
+    RESULTS["sample"] = res = {"seed_fp32_999_steps_s (from 50)": seed_s}
+    note(f"sampling 16 images, 999 steps: the seed's loop as written {seed_s:.2f} s (50 steps scaled)")
+    ours = gf.patched_model(base)[0]
+    ours_cl = gf.patched_model(base)[0].to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    variants: list[tuple[str, Any]] = [("sdpa", gf.sdpa_model(base)), ("ours", ours), ("ours_channels_last", ours_cl),
+                                       ("ours_channels_last_compiled", torch.compile(ours_cl, fullgraph=True))]
+    images = {}
+    for name, model in variants:
+        if left() < 40:
+            note("sample: time budget reached, stopping")
+            break
+        try:
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):  # compiles, picks cuDNN's kernels
+                model(x, torch.full((16,), 999, device=DEV, dtype=torch.long))
+            torch.cuda.synchronize()
+            t0 = time.time()
+            images[name] = sample(model, 16, cuda_graph=True, autocast=torch.bfloat16, progress=False,
+                                  output="float", seed=0)
+            torch.cuda.synchronize()
+        except Exception as ex:  # report and go on
+            note(f"sample {name}: {type(ex).__name__} {str(ex)[:300]}")
+            continue
+        res[f"{name}_s"] = dt = time.time() - t0
+        note(f"sampling 16 images, 999 steps, sampler + CUDA graph + bf16 autocast region, {name}: {dt:.2f} s "
+             f"(graph capture included), {16 / dt:.2f} images/s, {seed_s / dt:.2f}x the seed's loop")
+        save()
+    for name in images:
+        if name != "sdpa" and "sdpa" in images:
+            res[f"rel_err_{name}_vs_sdpa"] = err = rel_err(images[name], images["sdpa"])
+            note(f"final images, {name} vs unpatched (same noise): relative L2 {err:.2e}")
 
 
 def main() -> None:

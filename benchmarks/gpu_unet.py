@@ -193,7 +193,8 @@ def part_host() -> None:
     ours = gf.patched_model(UNet().to(DEV).eval())[0]
     x = torch.randn(16, 3, 64, 64, device=DEV)
     RESULTS["host_profile"] = out = {}
-    for name, model in (("eager", ours), ("compiled", torch.compile(ours, dynamic=False, fullgraph=True))):
+    compiled: Any = torch.compile(ours, dynamic=False, fullgraph=True)
+    for name, model in (("eager", ours), ("compiled", compiled)):
         fn = gf.step(model, x)
         for _ in range(3):
             fn()

@@ -12,7 +12,7 @@ with bf16 weights) and ``torch.compile`` of that same function, at the seed UNet
 eager first; also forward + backward per call (not graphed) at one shape; ``unet`` times one forward of the
 patched seed UNet (bf16 autocast, CUDA graph) with the fused feed-forward and with the eager one.
 Results go to $OUT/gpu_feed_forward.json; a short table is printed last. ``--budget S`` stops starting
-new measurements after S seconds.
+new measurements after S seconds; ``--commit X`` records the commit the tree was sent at.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import subprocess
 import sys
 import time
 import traceback
@@ -129,9 +128,12 @@ def eager_ff(h: torch.Tensor, s: torch.Tensor, w1: torch.Tensor, b1: torch.Tenso
 
 
 def candidates(c: int) -> list[fft.Config]:
-    base = {64: [(128, 64, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (256, 64, 8, 2), (128, 32, 4, 3), (32, 64, 4, 2)],
-            128: [(128, 64, 8, 2), (64, 64, 4, 2), (64, 64, 8, 2), (128, 32, 8, 2), (64, 128, 8, 1), (32, 64, 4, 2)],
-            256: [(64, 64, 8, 2), (64, 32, 8, 2), (32, 64, 4, 2), (128, 64, 8, 2), (64, 64, 4, 2), (16, 64, 4, 2)]}
+    """Tiles to time beside the default (rows, hidden units per step, warps, stages). Version 1's sweep
+    (docs/notes/fused-gpu.md) picked the defaults; these explore around them."""
+    base = {64: [(64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 2, 2), (64, 32, 4, 2), (32, 64, 2, 2), (128, 64, 8, 2)],
+            128: [(32, 64, 4, 2), (32, 64, 4, 3), (32, 128, 4, 2), (64, 64, 4, 3), (32, 32, 4, 2), (64, 64, 4, 2)],
+            256: [(128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 3), (128, 128, 8, 1),
+                  (64, 128, 4, 1), (128, 64, 4, 2), (32, 64, 4, 2), (16, 64, 4, 2)]}
     return [fft.Config(*t) for t in base[c]]
 
 
@@ -252,11 +254,8 @@ def part_unet() -> None:
 
 
 def main() -> None:
-    try:
-        RESULTS["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                           check=False).stdout.strip()
-    except OSError:
-        RESULTS["commit"] = "unknown"
+    # the device's copy of the tree may carry another HEAD: the caller passes the commit it sent
+    RESULTS["commit"] = sys.argv[sys.argv.index("--commit") + 1] if "--commit" in sys.argv else "unknown"
     note(f"{RESULTS['device']}, torch {RESULTS['torch']}, triton {RESULTS['triton']}, commit {RESULTS['commit']}")
     parts = {"check": part_check, "time": part_time, "sweep": part_sweep, "unet": part_unet}
     wanted = [p for p in parts if p in sys.argv[1:]] or list(parts)

@@ -99,21 +99,25 @@ def _sm_count(index: int) -> int:
 
 
 def default_config(m: int, c: int, dtype: torch.dtype, device: torch.device) -> Config:
-    """Tiles for M rows of C channels (``tl.dot`` needs every dimension >= 16). Fewer rows per program
-    where M rows would not give every SM a program. On the CPU (interpreter) small tiles, so the
-    samples' odd row counts and hidden widths run several programs and loop steps."""
+    """Tiles for M rows of C channels (``tl.dot`` needs every dimension >= 16), the fastest measured per C
+    on an H100 in bf16 (docs/notes/fused-gpu.md); then fewer rows per program while M rows would not give
+    every SM a program. float32 tiles take twice the shared memory and registers: narrower ones. On the
+    CPU (interpreter) small tiles, so the samples' odd row counts and hidden widths run several programs
+    and loop steps."""
     if device.type != "cuda":
         return Config(16, 16, 4, 1)
     bc = max(16, triton.next_power_of_2(c))
-    wide = dtype == torch.float32
-    if bc <= 64:
-        cfg = Config(64 if wide else 128, bc, 4, 2)
+    sms = _sm_count(device.index or 0)
+    if dtype == torch.float32:
+        cfg = Config(64, bc, 4, 2) if bc <= 64 else Config(64 if bc <= 128 else 32, 32, 8, 2)
+    elif bc <= 64:
+        cfg = Config(64, bc, 4, 2)
     elif bc <= 128:
-        cfg = Config(64 if wide else 128, 32 if wide else 64, 8, 2)
-    else:
-        cfg = Config(32 if wide else 64, 32 if wide else 64, 8, 2)
+        cfg = Config(32, 64, 4, 2)
+    else:  # C = 256: wide row blocks only where they still fill the GPU
+        cfg = Config(128, 64, 8, 2) if triton.cdiv(m, 128) >= sms else Config(32, 64, 4, 2)
     block_m = cfg.block_m
-    while block_m > 32 and triton.cdiv(m, block_m) < _sm_count(device.index or 0):
+    while block_m > 16 and triton.cdiv(m, block_m) < sms:
         block_m //= 2
     return Config(block_m, cfg.block_f, cfg.warps, cfg.stages)
 

@@ -266,13 +266,6 @@ def part_kernels() -> None:
 GN_SHAPES = [(16, 64, 64, False), (64, 64, 64, False), (128, 64, 64, False),
              (16, 128, 32, True), (64, 128, 32, True), (128, 128, 32, True)]
 GN_VARIANTS = ("GN+GELU", "GN+res+GELU", "GN+emb")
-# persistent launch parameters tried by the gn part, most promising first (a budget cut drops the last):
-# (tile, warps, programs per SM cap, early publish)
-GN_SWEEP = [(8192, 8, 0, False), (16384, 16, 0, False), (8192, 8, 0, True), (16384, 16, 0, True),
-            (4096, 4, 0, False), (4096, 8, 0, False), (8192, 16, 0, False), (16384, 8, 0, False),
-            (4096, 4, 0, True), (8192, 8, 2, False)]
-
-
 def gn_case(b: int, c: int, s: int, cl: bool, variant: str, dtype: torch.dtype = torch.bfloat16,
             groups: int = 1) -> dict[str, Any]:
     """Inputs of one GroupNorm pattern and its eager / ours callables (ours takes a config)."""
@@ -370,109 +363,154 @@ def probe_persistent() -> bool:
     return ok
 
 
+# two-pass launch parameters tried by the gn part (version 4), the predicted best first (a budget cut drops
+# the last): (statistics tile, statistics warps, apply tile, apply warps, programs per SM, merge, asm)
+GN_TWO_PASS_SWEEP = [(4096, 8, 2048, 8, 8, True, True), (4096, 8, 2048, 8, 4, True, True),
+                     (4096, 8, 2048, 8, 16, True, True), (4096, 8, 4096, 8, 8, True, True),
+                     (4096, 8, 2048, 4, 8, True, True), (4096, 8, 2048, 8, 8, False, True),
+                     (4096, 8, 2048, 8, 8, True, False), (2048, 4, 2048, 8, 8, True, True),
+                     (8192, 8, 2048, 8, 8, True, True), (4096, 8, 2048, 8, 32, True, True)]
+
+
+def load_baseline() -> Any:
+    """The previous GroupNorm module (``--baseline FILE``, e.g. the last commit's group_norm_triton.py),
+    timed in the same run; None without the option."""
+    if "--baseline" not in sys.argv:
+        return None
+    import importlib.util
+
+    path = sys.argv[sys.argv.index("--baseline") + 1]
+    spec = importlib.util.spec_from_file_location("gn_baseline", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["gn_baseline"] = mod  # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def clean_ms(fn: Callable[[], Any]) -> float:
+    """As gpu_ms, but L2 is flushed by reading 256 MiB (clean lines) instead of writing them: the timed
+    kernel then pays no write-back of the flush's dirty lines."""
+    replay = graphed(fn)
+    buf = torch.empty(256 * 2**20 // 4, dtype=torch.float32, device=DEV).fill_(1.0)
+    sink = torch.empty((), device=DEV)
+    for _ in range(5):
+        replay()
+    times = []
+    for _ in range(40):
+        torch.sum(buf, out=sink)
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        replay()
+        e.record()
+        times.append((s, e))
+    torch.cuda.synchronize()
+    return sorted(s.elapsed_time(e) for s, e in times)[len(times) // 2]
+
+
+def gn_cfg(stats_block: int, stats_warps: int, block: int, warps: int, per_sm: int, merge: bool,
+           asm: bool) -> gnt.ForwardConfig:
+    return dataclasses.replace(gnt.FORWARD_CONFIG, path="two_pass", stats_block=stats_block,
+                               stats_warps=stats_warps, block=block, warps=warps, per_sm=per_sm, merge=merge, asm=asm)
+
+
+def passes_us(case: dict[str, Any], launches: Callable[..., tuple[Any, Any]], problem: Callable[..., Any],
+              cfg: Any) -> tuple[float, float]:
+    """The statistics and apply launches of one GN+GELU case timed apart (µs)."""
+    p = problem(case["x"], 1, case["w"], case["bb"], 1e-5, None, None, True)
+    stats, apply = launches(p, cfg)
+    stats()
+    return gpu_ms(stats) * 1e3, gpu_ms(apply) * 1e3
+
+
 def part_gn() -> None:
-    """GroupNorm on the GPU: where the two-pass time goes (statistics and apply launches timed apart),
-    the persistent kernel's launch parameters, then old path / new path / torch.compile per pattern,
-    against the copy bandwidth."""
+    """GroupNorm on the GPU (version 4): the two-pass launch parameters swept (statistics and apply passes
+    timed apart, and together, on GN+GELU and GN+res+GELU at three seed shapes), against the previous
+    module (``--baseline``) in the same run; the best stays selected; then every pattern: new, previous,
+    torch.compile, copy floor; the persistent kernel's probe if time is left (``--probe``)."""
     bw = RESULTS.get("copy_bandwidth_GBps") or copy_bandwidth()
     RESULTS["copy_bandwidth_GBps"] = bw
     note(f"copy bandwidth (1 GiB device-to-device, read+write): {bw:.0f} GB/s")
-    persistent_ok = probe_persistent()
-    two = dataclasses.replace(gnt.FORWARD_CONFIG, path="two_pass")
-    # 1. the two-pass breakdown on GN+GELU
-    rows: list[dict[str, Any]] = []
-    RESULTS["gn_breakdown"] = rows
-    for b, c, s, cl in GN_SHAPES:
-        case = gn_case(b, c, s, cl, "GN+GELU")
-        p = gnt._problem(case["x"], 1, case["w"], case["bb"], 1e-5, None, None, True)
-        stats, apply = gnt.two_pass_launches(p, two)
-        stats()
-        row = dict(case=case["name"], bytes=case["bytes"], stats_us=gpu_ms(stats) * 1e3, apply_us=gpu_ms(apply) * 1e3,
-                   two_pass_us=gpu_ms(ours_with(case, two)) * 1e3)
-        rows.append(row)
-        note(f"breakdown {case['name']:28s} stats {row['stats_us']:6.1f}us apply {row['apply_us']:6.1f}us "
-             f"two-pass {row['two_pass_us']:6.1f}us (copy floor {case['bytes'] / bw / 1e3:5.1f}us)")
-    if not persistent_ok:
-        gnt.FORWARD_CONFIG = two
-        note("persistent path failed its probe: the default is now the two launches for this run")
-    # 2. persistent launch parameters
-    best = gnt.FORWARD_CONFIG
-    if persistent_ok:
-        sweep_cases = [gn_case(*sh, v) for sh in (GN_SHAPES[0], GN_SHAPES[2], GN_SHAPES[5])
-                       for v in ("GN+GELU", "GN+res+GELU")]
-        best_total = float("inf")
-        srows: list[dict[str, Any]] = []
-        RESULTS["gn_sweep"] = srows
-        for block, warps, cap, early in GN_SWEEP:
-            if left() < 200:
-                note("gn sweep: time budget reached")
-                break
-            cfg = dataclasses.replace(gnt.FORWARD_CONFIG, path="persistent", persistent_block=block,
-                                      persistent_warps=warps, ctas_per_sm=cap, early_publish=early)
-            try:
-                errs = [rel_err(ours_with(cs, cfg)(), cs["want"]()) for cs in sweep_cases]
-                if not max(errs) < 1e-2:
-                    note(f"gn sweep {block}/{warps}/{cap}/{early}: WRONG {errs}")
-                    continue
-                times = [gpu_ms(ours_with(cs, cfg)) * 1e3 for cs in sweep_cases]
-            except Exception as ex:  # a configuration that does not compile or fit is reported
-                note(f"gn sweep {block}/{warps}/{cap}/{early}: {type(ex).__name__} {str(ex)[:200]}")
+    old = load_baseline()
+    shapes = (GN_SHAPES[0], GN_SHAPES[2], GN_SHAPES[5])
+    cases = [gn_case(*sh, v) for sh in shapes for v in ("GN+GELU", "GN+res+GELU")]
+    wants = [c["want"]() for c in cases]
+
+    def old_call(case: dict[str, Any]) -> Callable[[], torch.Tensor]:
+        return lambda: old.group_norm_act(case["x"], case["groups"], case["w"], case["bb"], **case["kw"])
+
+    srows: list[dict[str, Any]] = []
+    RESULTS["gn_two_pass_sweep"] = srows
+    if old is not None:
+        both = [gpu_ms(old_call(cs)) * 1e3 for cs in cases]
+        per = [passes_us(cs, old.two_pass_launches, old._problem, old.FORWARD_CONFIG) for cs in cases[::2]]
+        srows.append(dict(config="previous (version 3 two-pass)", us=both, total_us=sum(both), passes_us=per,
+                          rel_err=max(rel_err(old_call(cs)(), w) for cs, w in zip(cases, wants))))
+        note(f"gn previous two-pass: total {sum(both):6.1f}us " + " ".join(f"{t:.1f}" for t in both)
+             + " | stats/apply " + " ".join(f"{a:.1f}/{b:.1f}" for a, b in per))
+    best, best_total = gnt.FORWARD_CONFIG, float("inf")
+    for params in GN_TWO_PASS_SWEEP:
+        if left() < 150:
+            note("gn sweep: time budget reached")
+            break
+        cfg = gn_cfg(*params)
+        try:
+            errs = [rel_err(ours_with(cs, cfg)(), w) for cs, w in zip(cases, wants)]
+            if not max(errs) < 1e-2:
+                note(f"gn sweep {params}: WRONG {errs}")
                 continue
-            info = sorted({v for k, v in gnt.KERNEL_INFO.items()
-                           if k[1] == cap and dict(k[2])["BLOCK"] == block and dict(k[2])["num_warps"] == warps
-                           and dict(k[2])["EARLY_PUBLISH"] == early})
-            srows.append(dict(block=block, warps=warps, ctas_per_sm=cap, early_publish=early, us=times,
-                              total_us=sum(times), regs_shared_per_sm=info))
-            note(f"gn sweep tile={block} warps={warps} cap={cap} early={early:d}: total {sum(times):6.1f}us "
-                 + " ".join(f"{t:.1f}" for t in times) + f" (regs, smem, per SM) {info}")
-            if sum(times) < best_total:
-                best, best_total = cfg, sum(times)
-        if best_total == float("inf"):
-            note("gn sweep: no persistent configuration ran; the patterns time the two launches only")
-            persistent_ok = False
-        best = dataclasses.replace(best, path="auto" if persistent_ok else "two_pass")
-        gnt.FORWARD_CONFIG = best
-        note(f"gn persistent best: tile={best.persistent_block} warps={best.persistent_warps} "
-             f"cap={best.ctas_per_sm} early={best.early_publish:d}; "
-             f"kernels (n_regs, shared, per SM): {sorted(set(gnt.KERNEL_INFO.values()))}")
-    # 3. every pattern: two-pass, persistent, torch.compile
+            both = [gpu_ms(ours_with(cs, cfg)) * 1e3 for cs in cases]
+            per = [passes_us(cs, gnt.two_pass_launches, gnt._problem, cfg) for cs in cases[::2]]
+        except Exception as ex:  # a configuration that does not compile is reported
+            note(f"gn sweep {params}: {type(ex).__name__} {str(ex)[:200]}")
+            continue
+        srows.append(dict(config=params, us=both, total_us=sum(both), passes_us=per, rel_err=max(errs)))
+        note(f"gn sweep {params}: total {sum(both):6.1f}us " + " ".join(f"{t:.1f}" for t in both)
+             + " | stats/apply " + " ".join(f"{a:.1f}/{b:.1f}" for a, b in per) + f" err {max(errs):.1e}")
+        if sum(both) < best_total:
+            best, best_total = cfg, sum(both)
+        save()
+    gnt.FORWARD_CONFIG = best
+    RESULTS["gn_best"] = dataclasses.asdict(best)
+    note(f"gn best two-pass: stats {best.stats_block}/{best.stats_warps} apply {best.block}/{best.warps} "
+         f"per_sm {best.per_sm} merge {best.merge:d} asm {best.asm:d}: total {best_total:.1f}us")
     prow: list[dict[str, Any]] = []
     RESULTS["gn_patterns"] = prow
     for b, c, s, cl in GN_SHAPES:
         for v in GN_VARIANTS:
-            if left() < 100:  # leaves time for the parts after this one (check)
+            if left() < 60:
                 note("gn patterns: time budget reached")
-                return
+                break
             case = gn_case(b, c, s, cl, v)
             want = case["want"]()
-            pr: dict[str, Any] = dict(case=case["name"], bytes=case["bytes"])
-            pr["two_pass_us"] = gpu_ms(ours_with(case, two)) * 1e3
-            pr["err_two_pass"] = rel_err(ours_with(case, two)(), want)
-            if persistent_ok:
-                prob = gnt._problem(case["x"], 1, case["w"], case["bb"], 1e-5, case["kw"].get("residual"),
-                                    case["kw"].get("emb"), "activation" in case["kw"])
-                plan = gnt.persistent_launch(prob, best)[0]
-                pr["plan"] = None if plan is None else dataclasses.asdict(plan)
-                pr["persistent_us"] = gpu_ms(ours_with(case, best)) * 1e3
-                pr["err_persistent"] = rel_err(ours_with(case, best)(), want)
+            pr: dict[str, Any] = dict(case=case["name"], bytes=case["bytes"], copy_us=case["bytes"] / bw / 1e3)
+            pr["new_us"] = gpu_ms(ours_with(case, best)) * 1e3
+            pr["err_new"] = rel_err(ours_with(case, best)(), want)
+            if old is not None:
+                pr["previous_us"] = gpu_ms(old_call(case)) * 1e3
+            if v == "GN+GELU":  # the same with a clean-line L2 flush
+                pr["new_clean_us"] = clean_ms(ours_with(case, best)) * 1e3
+                if old is not None:
+                    pr["previous_clean_us"] = clean_ms(old_call(case)) * 1e3
             pr["compile_us"] = None
-            if b != 64:
+            if b != 64 and v != "GN+emb":
                 try:
                     cfn = torch.compile(case["eager"])
                     cfn()
                     pr["compile_us"] = gpu_ms(cfn) * 1e3
                 except Exception as ex:  # a compile failure is reported, not fatal
                     print(f"torch.compile {case['name']} failed: {type(ex).__name__} {str(ex)[:200]}", flush=True)
-            ours = pr.get("persistent_us", pr["two_pass_us"])
-            pr["frac_copy"] = case["bytes"] / ours / 1e3 / bw
+            pr["frac_copy"] = pr["copy_us"] / pr["new_us"]
             prow.append(pr)
             cu = pr["compile_us"]
-            err = pr.get("err_persistent", pr["err_two_pass"])
-            plan_s = f" grid {plan.grid} x {plan.waves} waves" if persistent_ok and plan is not None else ""
-            note(f"{case['name']:34s} two-pass {pr['two_pass_us']:6.1f}us persistent "
-                 f"{pr.get('persistent_us', float('nan')):6.1f}us ({100 * pr['frac_copy']:3.0f}% copy) "
-                 f"compile {cu if cu else float('nan'):6.1f}us err {err:.1e}{plan_s}")
+            clean = (f" clean-flush {pr['new_clean_us']:.1f} / {pr.get('previous_clean_us', float('nan')):.1f}"
+                     if "new_clean_us" in pr else "")
+            note(f"{case['name']:34s} new {pr['new_us']:6.1f}us ({100 * pr['frac_copy']:3.0f}% copy) previous "
+                 f"{pr.get('previous_us', float('nan')):6.1f}us compile {cu if cu else float('nan'):6.1f}us "
+                 f"copy {pr['copy_us']:5.1f}us err {pr['err_new']:.1e}{clean}")
             save()
+    if "--probe" in sys.argv and left() > 60:
+        probe_persistent()
 
 
 # ----------------------------------------------------------------------------------------------- unet

@@ -118,6 +118,86 @@ def test_resident_per_sm_follows_the_occupancy_rule() -> None:
         gnt.resident_per_sm(0, 8, 0)
 
 
+def test_plan_chunks_seed_sizes() -> None:
+    # B=128 GroupNorm(1, 64) on 64x64 rows of 262144 values, 8 programs on each of 132 SMs: 8 chunks a row
+    assert gnt.plan_chunks(128, 64 * 64 * 64, 4096, 8 * 132) == (32768, 8)
+    # B=16: 66 wanted, 64 (the nearest power of two) of 4096 values
+    assert gnt.plan_chunks(16, 64 * 64 * 64, 4096, 8 * 132) == (4096, 64)
+    # a row shorter than the chunks wanted: one tile a chunk, the last one partial
+    assert gnt.plan_chunks(2, 4551, 1024, 64) == (1024, 5)
+    # more rows than programs: one chunk a row
+    assert gnt.plan_chunks(1000, 300, 128, 64) == (384, 1)
+    for bad in [(0, 10, 8, 8), (1, 0, 8, 8), (1, 10, 0, 8), (1, 10, 8, 0)]:
+        with pytest.raises(ValueError, match="must be >= 1"):
+            gnt.plan_chunks(*bad)
+
+
+def test_plan_chunks_covers_each_row() -> None:
+    for rows, length, tile, target in itertools.product([1, 3, 128], [1, 100, 4551, 262144], [64, 1024, 4096],
+                                                        [1, 7, 1056]):
+        chunk, nchunk = gnt.plan_chunks(rows, length, tile, target)
+        assert chunk % tile == 0 and 1 <= nchunk <= 1024
+        assert (nchunk - 1) * chunk < length <= nchunk * chunk
+
+
+# ------------------------------------------------------------------- the two-pass kernels (interpreter too)
+TWO_PASS = [  # shape, groups, channels-last: whole chunks (no masks) and partial ones, every apply mode
+    ((2, 4, 16, 16), 1, False),   # planes of 256: tiles of one plane (MODE_NCHW_PLANE), whole chunks
+    ((3, 6, 7, 9), 3, False),     # per-element channels, partial chunks
+    ((2, 8, 8, 4), 1, True),      # channels-last [rows x C] tiles, whole chunks
+    ((3, 6, 5, 7), 1, True),      # channels-last, C not a power of two, partial chunks
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("shape,groups,cl", TWO_PASS)
+@pytest.mark.parametrize("merge", [False, True])
+@pytest.mark.parametrize("variant", ["all", "gelu", "plain"])
+def test_two_pass_tiles_chunks_and_merge_match_the_reference(monkeypatch: pytest.MonkeyPatch,
+                                                             shape: tuple[int, ...], groups: int, cl: bool,
+                                                             merge: bool, variant: str) -> None:
+    """Small tiles so that every program walks several tiles (the prefetch, the reverse walk) and every row
+    several chunks (Chan's merge in the apply prologue, or by the statistics pass's last program); the row
+    counters back at zero after each call."""
+    _force(monkeypatch, "two_pass", block=32, stats_block=64, per_sm=4, merge=merge)
+    counters = torch.zeros(64, dtype=torch.int32, device=DEV)
+    monkeypatch.setattr(gnt, "_counters", lambda device, rows: counters)
+    t = _inputs(shape, groups, cl, torch.float32, seed=21)
+    want = _run(t, groups, variant, "ref")
+    for _ in range(2):
+        out = _run(t, groups, variant, "triton")
+        assert out.is_contiguous(memory_format=torch.channels_last) == cl
+        torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
+        assert int(counters.abs().sum()) == 0
+
+
+@needs_triton
+@pytest.mark.parametrize("merge", [False, True])
+def test_two_pass_saves_the_row_statistics(monkeypatch: pytest.MonkeyPatch, merge: bool) -> None:
+    """mean and rstd (saved for the backward) from either merge, against float64."""
+    _force(monkeypatch, "two_pass", block=32, stats_block=64, per_sm=4, merge=merge)
+    t = _inputs((3, 6, 7, 9), 3, False, torch.float32, seed=22)
+    _, mean, rstd, _, _, _ = gnt.group_norm_act_forward(t["x"], 3, t["w"], t["b"], 1e-5, None, None, True)
+    xg = t["x"].double().reshape(9, -1)
+    torch.testing.assert_close(mean.double(), xg.mean(1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(rstd.double(), (xg.var(1, unbiased=False) + 1e-5).rsqrt(), rtol=1e-5, atol=1e-6)
+
+
+@needs_triton
+@pytest.mark.parametrize("path", ["two_pass", "persistent"])
+def test_gelu_within_the_erf_approximation_error(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    """GELU inputs y spread over [-6, 6] (a normalized ramp times 3.5), against the exact GELU of the same
+    y: Abramowitz & Stegun 7.1.26 bounds the erf error by 1.5e-7, so the GELU's by |y| * 0.75e-7, plus the
+    output's fp32 rounding: within 6e-7 everywhere (a wrong coefficient shows as several 1e-6)."""
+    _force(monkeypatch, path)
+    x = torch.linspace(-1.0, 1.0, 2 * 4 * 16 * 16).reshape(2, 4, 16, 16).to(DEV)
+    w = torch.full((4,), 3.5).to(DEV)
+    y = kernels.group_norm_act(x, 1, w, None, backend="triton").double()  # the GELU's input, as computed
+    out = kernels.group_norm_act(x, 1, w, None, activation="gelu", backend="triton").double()
+    assert float(y.abs().max()) > 5.5
+    assert float((out - ref.gelu(y)).abs().max()) < 6e-7
+
+
 # -------------------------------------------------------------- the persistent kernel (interpreter too)
 MODES = [  # shape, groups, channels-last, persistent mode on the interpreter (4096-value tiles)
     ((5, 6, 7, 9), 3, False, gnt.MODE_NCHW),

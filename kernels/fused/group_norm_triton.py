@@ -66,20 +66,35 @@ BackwardResult = tuple[Tensor, Tensor | None, Tensor | None, Tensor | None, Tens
 
 
 @triton.jit
-def _stats_kernel(X, MEAN_P, M2_P, L, NCHUNK, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+def _stats_kernel(X, MEAN_P, M2_P, CNT, MEAN, RSTD, L, NCHUNK, eps,
+                  CHUNK: tl.constexpr, TILE: tl.constexpr, EVEN: tl.constexpr, MERGE: tl.constexpr,
+                  NCHUNK_P2: tl.constexpr):
+    # One chunk of one row: TILE values a step, the next tile's load issued before the current one is
+    # accumulated (two tiles in flight a program). EVEN: every chunk is whole (no masks). MERGE: the row's
+    # last program (by an arrival counter) merges the row's chunks and writes mean / rstd.
+    row = tl.program_id(0)
     chunk = tl.program_id(1)
     start = chunk * CHUNK
-    base = X + row * L + start
+    base = X + row.to(tl.int64) * L + start
     n = tl.minimum(CHUNK, L - start)
+    offs = tl.arange(0, TILE)
+    NT: tl.constexpr = CHUNK // TILE
     shift = tl.load(base).to(tl.float32)
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    acc2 = tl.zeros([BLOCK], dtype=tl.float32)
-    for i in range(0, CHUNK, BLOCK):
-        offs = i + tl.arange(0, BLOCK)
-        m = offs < n
-        v = tl.load(base + offs, mask=m, other=0.0).to(tl.float32)
-        d = tl.where(m, v - shift, 0.0)
+    if EVEN:
+        nv = tl.load(base + offs)
+    else:
+        nv = tl.load(base + offs, mask=offs < n, other=0.0)
+    acc = tl.zeros([TILE], dtype=tl.float32)
+    acc2 = tl.zeros([TILE], dtype=tl.float32)
+    for k in range(NT):
+        v = nv
+        o = (k + 1) * TILE + offs
+        if EVEN:
+            nv = tl.load(base + o, mask=k + 1 < NT, other=0.0)
+            d = v.to(tl.float32) - shift
+        else:
+            nv = tl.load(base + o, mask=o < n, other=0.0)
+            d = tl.where(o - TILE < n, v.to(tl.float32) - shift, 0.0)
         acc += d
         acc2 += d * d
     s = tl.sum(acc, axis=0)
@@ -87,16 +102,62 @@ def _stats_kernel(X, MEAN_P, M2_P, L, NCHUNK, CHUNK: tl.constexpr, BLOCK: tl.con
     mean_d = s / n.to(tl.float32)
     tl.store(MEAN_P + row * NCHUNK + chunk, shift + mean_d)
     tl.store(M2_P + row * NCHUNK + chunk, tl.maximum(s2 - s * mean_d, 0.0))
+    if MERGE:
+        tl.debug_barrier()  # every thread's stores before the counter's release
+        if tl.atomic_add(CNT + row, 1, sem="acq_rel") == NCHUNK - 1:
+            mean, rstd = _merge_row(MEAN_P, M2_P, row, L, NCHUNK, eps, CHUNK, NCHUNK_P2)
+            tl.store(MEAN + row, mean)
+            tl.store(RSTD + row, rstd)
+            tl.atomic_xchg(CNT + row, 0, sem="relaxed")  # zero again for the next call
 
 
 @triton.jit
-def _erf_fast(x):
-    # Abramowitz & Stegun 7.1.26: |error| <= 1.5e-7, a third of libdevice's erff instructions
-    a = tl.abs(x)
-    t = tl.math.fdiv(1.0, 1.0 + 0.3275911 * a)  # approximate division (2 ulp): the formula's error dominates
-    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-    r = 1.0 - poly * tl.exp(-a * a)
-    return tl.where(x < 0, -r, r)
+def _merge_row(MEAN_P, M2_P, row, L, NCHUNK, eps, CHUNK: tl.constexpr, NCHUNK_P2: tl.constexpr):
+    """Chan, Golub & LeVeque's merge of a row's chunk statistics: (mean, rstd). Read past L1: other
+    programs (other SMs) wrote them."""
+    k = tl.arange(0, NCHUNK_P2)
+    km = k < NCHUNK
+    cmean = tl.load(MEAN_P + row * NCHUNK + k, mask=km, other=0.0, cache_modifier=".cg")
+    cm2 = tl.load(M2_P + row * NCHUNK + k, mask=km, other=0.0, cache_modifier=".cg")
+    cnt = tl.where(km, tl.minimum(CHUNK, L - k * CHUNK), 0).to(tl.float32)
+    lf = L * 1.0  # L may arrive as a constexpr (Triton specializes 1)
+    mean = tl.sum(cnt * cmean, axis=0) / lf
+    dm = tl.where(km, cmean - mean, 0.0)
+    m2 = tl.sum(cm2 + cnt * dm * dm, axis=0)
+    return mean, 1.0 / tl.sqrt(m2 / lf + eps)
+
+
+@triton.jit
+def _rcp(x, ASM: tl.constexpr):
+    if ASM:  # one MUFU.RCP, no range fix-ups (the argument is >= 1 here)
+        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.math.fdiv(1.0, x)  # approximate division (2 ulp): the formula's error dominates
+
+
+@triton.jit
+def _exp2(x, ASM: tl.constexpr):
+    if ASM:  # one MUFU.EX2; results below 2**-126 flush to zero
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.exp2(x)
+
+
+@triton.jit
+def _gelu(y, FAST_ERF: tl.constexpr, ASM: tl.constexpr):
+    """Exact GELU y * Phi(y). FAST_ERF: Phi(-|y|) = erfc(|y| / sqrt 2) / 2 by Abramowitz & Stegun 7.1.26
+    (|error of erf| <= 1.5e-7) with the coefficients halved, then Phi(y) = 1 - Phi(-|y|) for y >= 0;
+    ASM: the reciprocal and the exponential as single approximate instructions (GPU only)."""
+    if FAST_ERF:
+        a = tl.abs(y) * 0.8493218002880191  # sqrt(log2(e) / 2): a * a = y^2 / 2 * log2(e)
+        t = _rcp(1.0 + 0.2727374809 * a, ASM)  # 1 + p |y| / sqrt 2 with p = 0.3275911
+        poly = t * (0.127414796 + t * (-0.142248368 + t * (0.7107068705 + t * (-0.7265760135 + t * 0.5307027145))))
+        h = poly * _exp2(-(a * a), ASM)
+        return y * tl.where(y >= 0, 1.0 - h, h)
+    else:
+        return 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
 
 
 @triton.jit
@@ -106,11 +167,7 @@ def _finish(y, e, R, r_off, m, HAS_R: tl.constexpr, HAS_E: tl.constexpr, GELU: t
     if HAS_R:
         y = y + tl.load(R + r_off, mask=m, other=0.0).to(tl.float32)
     if GELU:
-        z = y * 0.7071067811865476
-        if FAST_ERF:
-            y = 0.5 * y * (1.0 + _erf_fast(z))
-        else:
-            y = 0.5 * y * (1.0 + tl.math.erf(z))
+        y = _gelu(y, FAST_ERF, False)
     if HAS_E:
         y = y + e
     return y
@@ -125,88 +182,115 @@ def _apply_kernel(X, Y, W, B, R, E, MEAN_P, M2_P, MEAN, RSTD,
                   CHUNK: tl.constexpr, HW: tl.constexpr, CPG: tl.constexpr, C: tl.constexpr,
                   MODE: tl.constexpr,
                   HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr, HAS_E: tl.constexpr,
-                  GELU: tl.constexpr, FAST_ERF: tl.constexpr, NCHUNK_P2: tl.constexpr, BLOCK: tl.constexpr):
+                  GELU: tl.constexpr, FAST_ERF: tl.constexpr, ASM: tl.constexpr, MERGED: tl.constexpr,
+                  EVEN: tl.constexpr, NCHUNK_P2: tl.constexpr, BLOCK: tl.constexpr):
     # MODE 0: NCHW, channel per element; 1: NCHW with every tile inside one channel plane (scalar
     # weights per tile); 2: channels-last with C | BLOCK ([BLOCK / C, C] tiles, weights loaded once
     # per program); 3: channels-last, channel per element.
-    row = tl.program_id(0).to(tl.int64)
-    chunk = NCHUNK - 1 - tl.program_id(1)  # reverse of the stats pass: the last chunks read are in L2
-    # merge the row's chunk statistics (every program of the row does it: a few hundred floats)
-    k = tl.arange(0, NCHUNK_P2)
-    km = k < NCHUNK
-    cmean = tl.load(MEAN_P + row * NCHUNK + k, mask=km, other=0.0)
-    cm2 = tl.load(M2_P + row * NCHUNK + k, mask=km, other=0.0)
-    cnt = tl.where(km, tl.minimum(CHUNK, L - k * CHUNK), 0).to(tl.float32)
-    lf = L * 1.0  # L may arrive as a constexpr (Triton specializes 1)
-    mean = tl.sum(cnt * cmean, axis=0) / lf
-    dm = tl.where(km, cmean - mean, 0.0)
-    m2 = tl.sum(cm2 + cnt * dm * dm, axis=0)
-    rstd = 1.0 / tl.sqrt(m2 / lf + eps)
-    if chunk == 0:
-        tl.store(MEAN + row, mean)
-        tl.store(RSTD + row, rstd)
+    # Chunks and the tiles inside a chunk are walked in the reverse of the statistics pass's order, so
+    # that the values it read last, still in L2, are read first; x and the output are marked first to
+    # evict from L2. The next tile's loads are issued before the current tile is computed.
+    row = tl.program_id(0)
+    chunk = NCHUNK - 1 - tl.program_id(1)
+    if MERGED:  # the statistics pass merged the row
+        mean = tl.load(MEAN + row)
+        rstd = tl.load(RSTD + row)
+    else:  # every program merges the row's chunk statistics (a few hundred floats at most)
+        mean, rstd = _merge_row(MEAN_P, M2_P, row, L, NCHUNK, eps, CHUNK, NCHUNK_P2)
+        if chunk == 0:
+            tl.store(MEAN + row, mean)
+            tl.store(RSTD + row, rstd)
     n = row // G
     g = row % G
     start = chunk * CHUNK
-    base = row * L
+    off = row.to(tl.int64) * L + start
+    Xr = X + off
+    Yr = Y + off
+    Rr = R + off
+    left = L - start
+    NT: tl.constexpr = CHUNK // BLOCK
     if MODE == 2:
         cols = tl.arange(0, C)
-        a = tl.full([C], 1.0, tl.float32) * rstd
+        loc = tl.arange(0, BLOCK // C)[:, None] * C + cols[None, :]
+        a2 = tl.full([C], 1.0, tl.float32) * rstd
         if HAS_W:
-            a = a * tl.load(W + cols).to(tl.float32)
-        sh = 0.0
+            a2 = a2 * tl.load(W + cols).to(tl.float32)
+        b2 = tl.zeros([C], tl.float32)
         if HAS_B:
-            sh = tl.load(B + cols).to(tl.float32)[None, :]
-        e = 0.0
+            b2 = tl.load(B + cols).to(tl.float32)
+        e2 = tl.zeros([C], tl.float32)
         if HAS_E:
-            e = tl.load(E + n * C + cols).to(tl.float32)[None, :]
-        rows = tl.arange(0, BLOCK // C)
-        for i in range(0, CHUNK, BLOCK):
-            local = i + rows[:, None] * C + cols[None, :]
-            o = start + local
-            m = (o < L) & (local < CHUNK)
-            x = tl.load(X + base + o, mask=m, other=0.0).to(tl.float32)
-            y = _finish((x - mean) * a[None, :] + sh, e, R, base + o, m, HAS_R, HAS_E, GELU, FAST_ERF)
-            tl.store(Y + base + o, y.to(Y.dtype.element_ty), mask=m)
-    elif MODE == 1:
-        for i in range(0, CHUNK, BLOCK):
-            local = i + tl.arange(0, BLOCK)
-            o = start + local
-            m = (o < L) & (local < CHUNK)
-            x = tl.load(X + base + o, mask=m, other=0.0).to(tl.float32)
-            c = g * CPG + (start + i) // HW
+            e2 = tl.load(E + n * C + cols).to(tl.float32)
+        a2 = a2[None, :]
+        b2 = b2[None, :]
+        e2 = e2[None, :]
+    else:
+        loc = tl.arange(0, BLOCK)
+    o = (NT - 1) * BLOCK + loc
+    if EVEN:
+        xn = tl.load(Xr + o, eviction_policy="evict_first")
+    else:
+        xn = tl.load(Xr + o, mask=o < left, other=0.0, eviction_policy="evict_first")
+    rn = xn
+    if HAS_R:
+        if EVEN:
+            rn = tl.load(Rr + o, eviction_policy="evict_first")
+        else:
+            rn = tl.load(Rr + o, mask=o < left, other=0.0, eviction_policy="evict_first")
+    for k in range(NT):
+        t = NT - 1 - k
+        o = t * BLOCK + loc
+        x = xn
+        r = rn
+        if EVEN:
+            m = o < L  # only the shape: no values are masked
+            xn = tl.load(Xr + o - BLOCK, mask=k + 1 < NT, other=0.0, eviction_policy="evict_first")
+            if HAS_R:
+                rn = tl.load(Rr + o - BLOCK, mask=k + 1 < NT, other=0.0, eviction_policy="evict_first")
+        else:
+            m = o < left
+            pm = (o - BLOCK < left) & (k + 1 < NT)
+            xn = tl.load(Xr + o - BLOCK, mask=pm, other=0.0, eviction_policy="evict_first")
+            if HAS_R:
+                rn = tl.load(Rr + o - BLOCK, mask=pm, other=0.0, eviction_policy="evict_first")
+        if MODE == 2:
+            y = (x.to(tl.float32) - mean) * a2 + b2
+            e = e2
+        elif MODE == 1:
+            c = g * CPG + (start + t * BLOCK) // HW
             a = rstd
             if HAS_W:
                 a = a * tl.load(W + c).to(tl.float32)
-            sh = 0.0
+            y = (x.to(tl.float32) - mean) * a
             if HAS_B:
-                sh = tl.load(B + c).to(tl.float32)
+                y = y + tl.load(B + c).to(tl.float32)
             e = 0.0
             if HAS_E:
                 e = tl.load(E + n * C + c).to(tl.float32)
-            y = _finish((x - mean) * a + sh, e, R, base + o, m, HAS_R, HAS_E, GELU, FAST_ERF)
-            tl.store(Y + base + o, y.to(Y.dtype.element_ty), mask=m)
-    else:
-        for i in range(0, CHUNK, BLOCK):
-            local = i + tl.arange(0, BLOCK)
-            o = start + local
-            m = (o < L) & (local < CHUNK)
-            x = tl.load(X + base + o, mask=m, other=0.0).to(tl.float32)
+        else:
             if MODE == 3:
-                c = o % C
+                c = (start + o) % C
             else:
-                c = g * CPG + o // HW
+                c = g * CPG + (start + o) // HW
             a = tl.full([BLOCK], 1.0, tl.float32) * rstd
             if HAS_W:
                 a = a * tl.load(W + c, mask=m, other=1.0).to(tl.float32)
-            sh = 0.0
+            y = (x.to(tl.float32) - mean) * a
             if HAS_B:
-                sh = tl.load(B + c, mask=m, other=0.0).to(tl.float32)
+                y = y + tl.load(B + c, mask=m, other=0.0).to(tl.float32)
             e = 0.0
             if HAS_E:
                 e = tl.load(E + n * C + c, mask=m, other=0.0).to(tl.float32)
-            y = _finish((x - mean) * a + sh, e, R, base + o, m, HAS_R, HAS_E, GELU, FAST_ERF)
-            tl.store(Y + base + o, y.to(Y.dtype.element_ty), mask=m)
+        if HAS_R:
+            y = y + r.to(tl.float32)
+        if GELU:
+            y = _gelu(y, FAST_ERF, ASM)
+        if HAS_E:
+            y = y + e
+        if EVEN:
+            tl.store(Yr + o, y.to(Y.dtype.element_ty), eviction_policy="evict_first")
+        else:
+            tl.store(Yr + o, y.to(Y.dtype.element_ty), mask=m, eviction_policy="evict_first")
 
 
 @triton.jit
@@ -419,9 +503,25 @@ def _bwd_dx_kernel(X, DY, W, B, R, MEAN, RSTD, S1, S2, DX, DR,
 
 
 def _target_programs(device: torch.device) -> int:
+    """Programs at one per SM (the two-pass grid is ``ForwardConfig.per_sm`` times this)."""
     if device.type == "cuda":
-        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+        return torch.cuda.get_device_properties(device).multi_processor_count
     return 4  # the interpreter runs programs one after another: few, large ones
+
+
+def plan_chunks(rows: int, length: int, tile: int, target: int) -> tuple[int, int]:
+    """(chunk, nchunk): each row of ``length`` values cut into ``nchunk`` chunks of ``chunk`` values (a
+    multiple of ``tile``; the last chunk may be shorter), about ``target`` programs in all: the power of
+    two nearest target / rows chunks a row (equal chunks where the row length is a power of two), at
+    most one tile a chunk and 1024 chunks."""
+    if rows < 1 or length < 1 or tile < 1 or target < 1:
+        raise ValueError(f"rows={rows}, length={length}, tile={tile}, target={target}: all must be >= 1")
+    tiles = -(-length // tile)
+    want = target / rows
+    nchunk = 1 << max(0, round(math.log2(want))) if want > 1 else 1
+    nchunk = min(nchunk, tiles, 1024)
+    chunk = -(-tiles // nchunk) * tile
+    return chunk, -(-length // chunk)
 
 
 def _layout(x: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, bool]:
@@ -455,12 +555,17 @@ class ForwardConfig:
     """Launch parameters of the forward kernels.
 
     ``path``: 'auto' (the persistent kernel where it can run, else the two launches), 'persistent'
-    (raise where it cannot run) or 'two_pass'. Two-pass: ``block`` elements per tile, ``warps`` per
-    program. Persistent: ``persistent_block`` elements per tile (held in registers), ``persistent_warps``,
+    (raise where it cannot run) or 'two_pass'. Two-pass: ``block`` values per apply step and ``warps``
+    per apply program, ``stats_block`` / ``stats_warps`` the same for the statistics pass, ``per_sm``
+    programs per SM (each row is cut into chunks for about that many programs in all, ``plan_chunks``),
+    ``merge`` (the statistics pass's last program of a row merges the row, by an arrival counter, and
+    the apply programs read two numbers; otherwise every apply program merges its row's chunks).
+    Persistent: ``persistent_block`` elements per tile (held in registers), ``persistent_warps``,
     ``ctas_per_sm`` (at most this many programs per SM; 0: as many as are resident), ``early_publish``
     (publish the next wave's tile statistics before normalizing the current tile) and ``cooperative``
     (a cooperative launch: the driver refuses a grid it cannot keep resident). ``fast_erf``: the A&S
-    erf (|error| <= 1.5e-7) instead of libdevice's in the GELU."""
+    erf (|error| <= 1.5e-7) instead of libdevice's in the GELU; ``asm``: its reciprocal and exponential
+    as single approximate instructions in the two-pass apply (on a GPU; the interpreter has none)."""
 
     block: int = 2048
     warps: int = 8
@@ -471,6 +576,11 @@ class ForwardConfig:
     ctas_per_sm: int = 0
     early_publish: bool = False
     cooperative: bool = False
+    stats_block: int = 4096
+    stats_warps: int = 8
+    per_sm: int = 8
+    merge: bool = True
+    asm: bool = True
 
 
 PATHS = ("auto", "persistent", "two_pass")
@@ -479,7 +589,8 @@ PATHS = ("auto", "persistent", "two_pass")
 # (4096-value tiles, 4 warps) for whoever selects it (docs/notes/fused-gpu.md)
 FORWARD_CONFIG = ForwardConfig(path="two_pass", persistent_block=4096, persistent_warps=4)
 # the interpreter runs programs one after another: few, large ones, and the two launches
-CPU_FORWARD_CONFIG = ForwardConfig(block=1024, warps=4, persistent_block=4096, persistent_warps=4)
+CPU_FORWARD_CONFIG = ForwardConfig(block=1024, warps=4, persistent_block=4096, persistent_warps=4, stats_block=1024,
+                                   stats_warps=4, per_sm=1)
 
 
 def _mode(channels_last: bool, c: int, hw: int, block: int) -> int:
@@ -635,25 +746,36 @@ class _Problem:
 
 def two_pass_launches(p: _Problem, cfg: ForwardConfig) -> tuple[Any, Any]:
     """The two launches of the two-pass forward as callables (statistics, apply), so that they can be
-    timed apart; the apply reads what the statistics wrote."""
+    timed apart; the apply reads what the statistics wrote. Both walk the same chunks (``plan_chunks``);
+    with ``cfg.merge`` the statistics pass also writes the rows' mean and rstd."""
     c, hw, rows, length = p.x.shape[1], p.hw, p.rows, p.length
-    block = min(cfg.block, triton.next_power_of_2(length))
-    nchunk = max(1, min(-(-_target_programs(p.x.device) // rows), -(-length // block), 1024))
-    chunk = -(-length // (nchunk * block)) * block
-    nchunk = -(-length // chunk)
-    mean_p = torch.empty(rows, nchunk, device=p.x.device, dtype=torch.float32)
-    m2_p = torch.empty_like(mean_p)
+    p2 = triton.next_power_of_2(length)
+    block = min(cfg.block, p2)
+    if not p.channels_last and hw % block and hw & (hw - 1) == 0 and hw >= 256:
+        block = hw  # tiles of one channel plane: scalar weights per tile (MODE_NCHW_PLANE)
+    stats_block = min(cfg.stats_block, p2)
+    chunk, nchunk = plan_chunks(rows, length, max(block, stats_block),
+                                _target_programs(p.x.device) * cfg.per_sm)
+    even = length % chunk == 0
+    merge = cfg.merge
+    nchunk_p2 = triton.next_power_of_2(nchunk)
+    # per-chunk (mean, M2); both rows 16-byte aligned
+    mean_p = torch.empty(2, -(-rows * nchunk // 4) * 4, device=p.x.device, dtype=torch.float32)
+    cnt = _counters(p.x.device, rows) if merge else p.mean  # (unused without merge)
+    asm = cfg.asm and p.x.device.type == "cuda" and not triton_interpret()
     grid = (rows, nchunk)
 
     def stats() -> None:
-        _stats_kernel[grid](p.x, mean_p, m2_p, length, nchunk, CHUNK=chunk, BLOCK=block, num_warps=cfg.warps)
+        _stats_kernel[grid](p.x, mean_p[0], mean_p[1], cnt, p.mean, p.rstd, length, nchunk, p.eps, CHUNK=chunk,
+                            TILE=stats_block, EVEN=even, MERGE=merge, NCHUNK_P2=nchunk_p2,
+                            num_warps=cfg.stats_warps)
 
     def apply() -> None:
         _apply_kernel[grid](
-            *p.pointers(), mean_p, m2_p, p.mean, p.rstd, length, nchunk, p.num_groups, p.eps,
+            *p.pointers(), mean_p[0], mean_p[1], p.mean, p.rstd, length, nchunk, p.num_groups, p.eps,
             CHUNK=chunk, HW=hw, CPG=c // p.num_groups, C=c, MODE=_mode(p.channels_last, c, hw, block),
-            FAST_ERF=cfg.fast_erf, NCHUNK_P2=triton.next_power_of_2(nchunk), BLOCK=block, num_warps=cfg.warps,
-            **p.flags(),
+            FAST_ERF=cfg.fast_erf, ASM=asm, MERGED=merge, EVEN=even, NCHUNK_P2=nchunk_p2, BLOCK=block,
+            num_warps=cfg.warps, **p.flags(),
         )
 
     return stats, apply

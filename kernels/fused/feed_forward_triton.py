@@ -23,9 +23,9 @@ activations, as under autocast) are rounded to h's dtype on load; biases are add
 Triton's interpreter (CPU), which multiplies bfloat16 matrices wrongly, bfloat16 operands are widened to
 fp32 for the product (the values, rounded to bfloat16, are the same).
 
-Backward (``FeedForwardFunction``): recomputes the hidden activation with PyTorch (``F.linear``, GELU)
-and differentiates that composition with autograd: the forward saves nothing of size M x F, and the
-backward costs the eager backward (4 GEMMs) plus one recomputed forward (2 GEMMs and a GELU).
+Backward (``FeedForwardFunction``): the forward saves nothing of size M x F; the backward recomputes
+z = h W1^T + b1 with PyTorch (one GEMM) and applies the chain rule with PyTorch ops: eager's backward
+(4 GEMMs, the GELU's derivative) plus that GEMM and one GELU pass.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 from triton.runtime.errors import OutOfResources
 
 from kernels.registry import triton_interpret
@@ -113,7 +114,7 @@ def default_config(m: int, c: int, dtype: torch.dtype, device: torch.device) -> 
     elif bc <= 64:
         cfg = Config(64, bc, 4, 2)
     elif bc <= 128:
-        cfg = Config(32, 64, 4, 2)
+        cfg = Config(32, 128, 4, 2)
     else:  # C = 256: wide row blocks only where they still fill the GPU
         cfg = Config(128, 64, 8, 2) if triton.cdiv(m, 128) >= sms else Config(32, 64, 4, 2)
     block_m = cfg.block_m
@@ -169,16 +170,33 @@ def forward(h: torch.Tensor, s: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor
     raise RuntimeError(f"feed_forward: no tile configuration fits this GPU for C={c}, F={nf}, {h.dtype}")
 
 
-def _eager_hidden(h: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
-                  b2: torch.Tensor | None) -> torch.Tensor:
-    """``gelu(h @ w1.T + b1) @ w2.T + b2`` with PyTorch ops in h's dtype (the backward's recomputation)."""
-    dt = h.dtype
-    z = F.linear(h, w1.to(dt), None if b1 is None else b1.to(dt))
-    return F.linear(F.gelu(z), w2.to(dt), None if b2 is None else b2.to(dt))
+def _backward(grad: torch.Tensor, h: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
+              b2: torch.Tensor | None, wanted: list[bool]) -> list[torch.Tensor | None]:
+    """Gradients of ``gelu(h w1^T + b1) w2^T + b2`` for (h, w1, b1, w2, b2), those ``wanted``, with PyTorch ops
+    in h's dtype (as autocast's eager backward): z recomputed (one GEMM), then ``dW2 = g^T gelu(z)``,
+    ``dz = gelu'(z) (g W2)``, ``dh = dz W1``, ``dW1 = dz^T h``; bias gradients summed in fp32."""
+    dt, c = h.dtype, h.shape[-1]
+    h2, g2 = h.reshape(-1, c), grad.reshape(-1, c).to(dt)
+    w1c, w2c = w1.to(dt), w2.to(dt)
+    z = F.linear(h2, w1c, None if b1 is None else b1.to(dt))
+    out: list[torch.Tensor | None] = [None] * 5
+    if wanted[3]:
+        out[3] = (g2.T @ F.gelu(z)).to(w2.dtype)
+    if b2 is not None and wanted[4]:
+        out[4] = g2.float().sum(0).to(b2.dtype)
+    if wanted[0] or wanted[1] or (b1 is not None and wanted[2]):
+        dz = torch.ops.aten.gelu_backward(g2 @ w2c, z)
+        if wanted[0]:
+            out[0] = (dz @ w1c).view(h.shape)
+        if wanted[1]:
+            out[1] = (dz.T @ h2).to(w1.dtype)
+        if b1 is not None and wanted[2]:
+            out[2] = dz.float().sum(0).to(b1.dtype)
+    return out
 
 
 class FeedForwardFunction(torch.autograd.Function):
-    """Autograd for ``feed_forward``: the fused Triton forward; the backward recomputes with PyTorch."""
+    """Autograd for ``feed_forward``: the fused Triton forward; the backward recomputes z with PyTorch."""
 
     @staticmethod
     def forward(ctx: Any, h: torch.Tensor, s: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None,
@@ -188,22 +206,12 @@ class FeedForwardFunction(torch.autograd.Function):
         return forward(h, s, w1, b1, w2, b2)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         h, w1, b1, w2, b2 = ctx.saved_tensors
-        wanted = [ctx.needs_input_grad[i] for i in (0, 2, 3, 4, 5)]
-        grads: list[torch.Tensor | None] = [None] * 5
-        if any(wanted):
-            with torch.enable_grad(), torch.autocast(h.device.type, enabled=False):
-                lh, lw1, lw2 = (t.detach().requires_grad_(w) for t, w in ((h, wanted[0]), (w1, wanted[1]),
-                                                                          (w2, wanted[3])))
-                lb1 = None if b1 is None else b1.detach().requires_grad_(wanted[2])
-                lb2 = None if b2 is None else b2.detach().requires_grad_(wanted[4])
-                leaves = (lh, lw1, lb1, lw2, lb2)
-                y = _eager_hidden(lh, lw1, lb1, lw2, lb2)
-                need = [t for t in leaves if t is not None and t.requires_grad]
-                got = iter(torch.autograd.grad(y, need, grad.to(y.dtype)))
-            grads = [next(got) if t is not None and t.requires_grad else None for t in leaves]
-        gh, gw1, gb1, gw2, gb2 = grads
+        wanted = [bool(ctx.needs_input_grad[i]) for i in (0, 2, 3, 4, 5)]
+        with torch.autocast(h.device.type, enabled=False):
+            gh, gw1, gb1, gw2, gb2 = _backward(grad, h, w1, b1, w2, b2, wanted)
         gs = grad.to(ctx.s_dtype) if ctx.needs_input_grad[1] else None
         return gh, gs, gw1, gb1, gw2, gb2
 

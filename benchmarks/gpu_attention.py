@@ -465,22 +465,9 @@ def part_tmacheck() -> None:
     SUMMARY.append(f"tmacheck: forward variants on odd shapes, worst relative error {worst:.1e}")
 
 
-def _per_call_us(fn: Callable[[], Any], n: int = 2000, gc_off: bool = False) -> tuple[float, float]:
+def _per_call_us(fn: Callable[[], Any], n: int = 2000) -> tuple[float, float]:
     """(wall-clock µs per call, CUDA-event µs per call) over ``n`` back-to-back calls: both are the
-    host's issue time when the GPU work per call is shorter than it. ``gc_off``: with Python's cyclic
-    garbage collector paused (as ``timeit`` runs), to see what the collections cost."""
-    import gc
-
-    if gc_off:
-        gc.disable()
-    try:
-        return _per_call_loop(fn, n)
-    finally:
-        if gc_off:
-            gc.enable()
-
-
-def _per_call_loop(fn: Callable[[], Any], n: int) -> tuple[float, float]:
+    host's issue time when the GPU work per call is shorter than it."""
     for _ in range(50):
         fn()
     torch.cuda.synchronize()

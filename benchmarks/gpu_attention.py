@@ -603,67 +603,7 @@ def part_table() -> None:
     RESULTS["table"] = rows
 
 
-def part_fastexp() -> None:
-    """fp16 exponentials two per instruction (``FAST_EXP``) against the exact exp2, inference forward
-    at the seed UNet's D = 16 / 32 attention shapes: GPU time of the kernel in a CUDA graph (no host
-    time), SDPA's backends the same way, and the error of each against a float64 reference."""
-    from kernels.attention import flash
-
-    rows = []
-    for b, n, d in ((16, 4096, 16), (16, 1024, 16), (16, 1024, 32), (16, 256, 32), (128, 4096, 16),
-                    (128, 1024, 32)):
-        for dtype in (torch.float16, torch.bfloat16):
-            q, k, v = qkv(b, 4, n, n, d, dtype)
-            want = ref.attention(q[:2].double(), k[:2].double(), v[:2].double())
-            row: dict[str, Any] = {"B": b, "N": n, "D": d, "dtype": str(dtype).split(".")[-1]}
-            saved = flash.FAST_EXP_HEAD_DIMS
-            for name, dims in (("exact", ()), ("fast", (16, 32))):
-                flash.FAST_EXP_HEAD_DIMS = dims
-                try:
-                    def fn(q: torch.Tensor = q, k: torch.Tensor = k, v: torch.Tensor = v,
-                           scale: float = d ** -0.5) -> torch.Tensor:
-                        return flash_forward(q, k, v, None, False, scale, False, need_lse=False)[0]
-
-                    row[f"{name}_err"] = rel_err(fn()[:2], want)
-                    row[f"{name}_us"] = 1000 * ms(graphed(fn), rep=100)
-                finally:
-                    flash.FAST_EXP_HEAD_DIMS = saved
-            for peer, backend in SDPA_BACKENDS.items():
-                try:
-                    def sdpa(q: torch.Tensor = q, k: torch.Tensor = k, v: torch.Tensor = v,
-                             backend: SDPBackend = backend) -> torch.Tensor:
-                        with sdpa_kernel(backend):
-                            return F.scaled_dot_product_attention(q, k, v)
-
-                    sdpa()
-                    row[f"{peer}_us"] = 1000 * ms(graphed(sdpa), rep=100)
-                except RuntimeError:
-                    row[f"{peer}_us"] = None
-            rows.append(row)
-            best = min(t for t in (row["flash_us"], row["cudnn_us"], row["efficient_us"]) if t)
-            SUMMARY.append(f"fastexp {(b, 4, n, d)} {row['dtype']}: exact {row['exact_us']:.1f} us "
-                           f"(err {row['exact_err']:.1e}), fast {row['fast_us']:.1f} us (err {row['fast_err']:.1e}), "
-                           f"{row['exact_us'] / row['fast_us']:.2f}x; best SDPA {best:.1f} us")
-            print(SUMMARY[-1], flush=True)
-    RESULTS["fastexp"] = rows
-
-
-def graphed(fn: Callable[[], Any]) -> Callable[[], Any]:
-    """``fn`` captured in a CUDA graph after a warm-up on a side stream: replays time the GPU alone."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
-
-
-PARTS = {"overhead": part_overhead, "fastexp": part_fastexp,
-         "check": part_check, "sweep": part_sweep, "tune": part_tune,
+PARTS = {"overhead": part_overhead, "check": part_check, "sweep": part_sweep, "tune": part_tune,
          "compile": part_compile,
          "tmacheck": part_tmacheck, "table": part_table, "bench": part_bench, "unet": part_unet}
 

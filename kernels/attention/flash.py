@@ -60,16 +60,6 @@ def forward_config(head_dim: int, dtype: torch.dtype, n_k: int) -> FlashConfig:
     return _FWD_TMA if head_dim == 128 and n_k >= 1024 else _FWD
 
 
-FAST_EXP_HEAD_DIMS = (16, 32)  # where the exponentials bound the forward (docs/notes/attention-gpu.md)
-
-
-def use_fast_exp(head_dim: int, dtype: torch.dtype, need_lse: bool) -> bool:
-    """fp16 exponentials two per instruction (``_online_softmax``): GPU inference at small head dims
-    in fp16/bf16. Never when the backward pass needs the log-sum-exp (it recomputes P exactly)."""
-    return (not need_lse and dtype in (torch.float16, torch.bfloat16) and head_dim in FAST_EXP_HEAD_DIMS
-            and not triton_interpret())
-
-
 def use_atomic_dq(head_dim: int, n_q: int, deterministic: bool) -> bool:
     """The atomic dQ pass measured faster at D = 16 and at N <= 256 (one launch fewer; H200)."""
     return not deterministic and (head_dim == 16 or n_q <= 256)
@@ -244,11 +234,10 @@ def flash_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding
                HEAD_DIM=d, CAUSAL=causal, HAS_MASK=has_mask, PRECISION=_precision(q),
                WARP_SPEC=cfg.variant == "tma_ws", STORE_LSE=need_lse)
     else:
-        fast_exp = use_fast_exp(d, q.dtype, need_lse)
-        launch(kt.attention_fwd_kernel, ("fwd", d, q.dtype, causal, has_mask, need_lse, fast_exp), cfg, n_q, b * h,
+        launch(kt.attention_fwd_kernel, ("fwd", d, q.dtype, causal, has_mask, need_lse), cfg, n_q, b * h,
                (q, k, v, o, lse_ptr, kpm), (*q.stride(), *k.stride(), *v.stride(), *o.stride(), smb, smn, h, n_q, n_k),
                (scale * LOG2E,), HEAD_DIM=d, CAUSAL=causal, HAS_MASK=has_mask, PRECISION=_precision(q),
-               K_ROWS=cfg.variant == "krows", STORE_LSE=need_lse, FAST_EXP=fast_exp)
+               K_ROWS=cfg.variant == "krows", STORE_LSE=need_lse)
     return o, lse
 
 

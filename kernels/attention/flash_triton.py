@@ -26,24 +26,10 @@ import triton.language as tl
 
 
 @triton.jit
-def _exp2_f16x2(x):
-    """2**x of an fp16 tensor, two lanes per special-function instruction (PTX ``ex2.approx.f16x2``)."""
-    return tl.inline_asm_elementwise("ex2.approx.f16x2 $0, $1;", "=r,r", [x], dtype=tl.float16, is_pure=True,
-                                     pack=2)
-
-
-@triton.jit
 def _online_softmax(s, acc, l_i, m_i, offs_m, offs_n, kpm_base, n_k, qk_scale, stride_mn,
-                    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, BOUNDARY: tl.constexpr,
-                    FAST_EXP: tl.constexpr = False):
+                    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, BOUNDARY: tl.constexpr):
     """Mask the raw scores ``s`` (BLOCK_M x BLOCK_N), move the running maximum, and return
-    ``p = exp2(s·qk_scale − m)``, the rescaled accumulator, the new running sum and maximum.
-
-    ``FAST_EXP`` (GPU, inference): the exponent is rounded to fp16 and exponentiated two lanes per
-    instruction. At small head dims the exponentials, not the matrix products, bound the kernel (one
-    per score, at a sixteenth of the FMA rate), and p is rounded to 16 bits for the P·V product
-    anyway; the fp16 exponent adds a relative error of at most 2^-11·|x|·ln 2 to each p (x <= 0 the
-    exponent; under 0.3 % for the p above 2^-8 that carry the output)."""
+    ``p = exp2(s·qk_scale − m)``, the rescaled accumulator, the new running sum and maximum."""
     if BOUNDARY:
         s = tl.where(offs_n[None, :] < n_k, s, float("-inf"))
     if CAUSAL:
@@ -54,13 +40,9 @@ def _online_softmax(s, acc, l_i, m_i, offs_m, offs_n, kpm_base, n_k, qk_scale, s
     m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
     if CAUSAL or HAS_MASK:
         m_new = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet
+    p = tl.exp2(s * qk_scale - m_new[:, None])
     alpha = tl.exp2(m_i - m_new)
-    if FAST_EXP:
-        p = _exp2_f16x2((s * qk_scale - m_new[:, None]).to(tl.float16))
-        l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
-    else:
-        p = tl.exp2(s * qk_scale - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
+    l_i = l_i * alpha + tl.sum(p, 1)
     return p, acc * alpha[:, None], l_i, m_new
 
 
@@ -68,10 +50,9 @@ def _online_softmax(s, acc, l_i, m_i, offs_m, offs_n, kpm_base, n_k, qk_scale, s
 def _fwd_key_block(acc, l_i, m_i, q, k_base, v_base, kpm_base, start_n, offs_m, offs_d, n_k, qk_scale,
                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
                    BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, BOUNDARY: tl.constexpr,
-                   PRECISION: tl.constexpr, K_ROWS: tl.constexpr, FAST_EXP: tl.constexpr):
+                   PRECISION: tl.constexpr, K_ROWS: tl.constexpr):
     """One key block through pointers. ``K_ROWS``: load K as [BLOCK_N, D] (rows along memory) and
-    transpose in the dot; else load Kᵀ [D, BLOCK_N] through transposed pointers. ``FAST_EXP``: see
-    ``_online_softmax``."""
+    transpose in the dot; else load Kᵀ [D, BLOCK_N] through transposed pointers."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     if K_ROWS:
         k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
@@ -87,7 +68,7 @@ def _fwd_key_block(acc, l_i, m_i, q, k_base, v_base, kpm_base, start_n, offs_m, 
             kt = tl.load(k_ptrs)
     s = tl.dot(q, kt, input_precision=PRECISION)
     p, acc, l_i, m_new = _online_softmax(s, acc, l_i, m_i, offs_m, offs_n, kpm_base, n_k, qk_scale, stride_mn,
-                                         CAUSAL, HAS_MASK, BOUNDARY, FAST_EXP)
+                                         CAUSAL, HAS_MASK, BOUNDARY)
     v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
     if BOUNDARY:
         v = tl.load(v_ptrs, mask=offs_n[:, None] < n_k, other=0.0)
@@ -108,7 +89,7 @@ def attention_fwd_kernel(
     H, N_Q, N_K, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr, K_ROWS: tl.constexpr,
-    STORE_LSE: tl.constexpr, FAST_EXP: tl.constexpr = False,
+    STORE_LSE: tl.constexpr,
 ):
     start_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -131,11 +112,11 @@ def attention_fwd_kernel(
     for start_n in range(0, full_end, BLOCK_N):
         acc, l_i, m_i = _fwd_key_block(acc, l_i, m_i, q, k_base, v_base, kpm_base, start_n, offs_m, offs_d, N_K,
                                        qk_scale, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
-                                       BLOCK_N, CAUSAL, HAS_MASK, False, PRECISION, K_ROWS, FAST_EXP)
+                                       BLOCK_N, CAUSAL, HAS_MASK, False, PRECISION, K_ROWS)
     if full_end < hi:
         acc, l_i, m_i = _fwd_key_block(acc, l_i, m_i, q, k_base, v_base, kpm_base, full_end, offs_m, offs_d, N_K,
                                        qk_scale, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
-                                       BLOCK_N, CAUSAL, HAS_MASK, True, PRECISION, K_ROWS, FAST_EXP)
+                                       BLOCK_N, CAUSAL, HAS_MASK, True, PRECISION, K_ROWS)
     seen = l_i > 0.0
     o = acc / tl.where(seen, l_i, 1.0)[:, None]
     lse = tl.where(seen, m_i + tl.log2(l_i), float("inf"))

@@ -363,13 +363,11 @@ def probe_persistent() -> bool:
     return ok
 
 
-# two-pass launch parameters tried by the gn part (version 4), the predicted best first (a budget cut drops
-# the last): (statistics tile, statistics warps, apply tile, apply warps, programs per SM, merge, asm)
-GN_TWO_PASS_SWEEP = [(4096, 8, 2048, 8, 8, True, True), (4096, 8, 2048, 8, 4, True, True),
-                     (4096, 8, 2048, 8, 16, True, True), (4096, 8, 4096, 8, 8, True, True),
-                     (4096, 8, 2048, 4, 8, True, True), (4096, 8, 2048, 8, 8, False, True),
-                     (4096, 8, 2048, 8, 8, True, False), (2048, 4, 2048, 8, 8, True, True),
-                     (8192, 8, 2048, 8, 8, True, True), (4096, 8, 2048, 8, 32, True, True)]
+# two-pass launch parameters tried by the gn part (version 4), call 9's best first (a budget cut drops the
+# last): (statistics tile, statistics warps, apply tile, apply warps, programs per SM, merge, asm, L2 keep MiB)
+GN_TWO_PASS_SWEEP = [(4096, 8, 2048, 8, 8, False, True, 0.0), (4096, 8, 2048, 8, 8, False, True, 24.0),
+                     (4096, 8, 2048, 8, 8, False, True, 36.0), (4096, 8, 2048, 8, 16, False, True, 24.0),
+                     (4096, 8, 4096, 8, 8, False, True, 24.0), (4096, 8, 2048, 8, 4, False, True, 0.0)]
 
 
 def load_baseline() -> Any:
@@ -388,17 +386,21 @@ def load_baseline() -> Any:
     return mod
 
 
+FLUSH_READ: list[torch.Tensor] = []
+
+
 def clean_ms(fn: Callable[[], Any]) -> float:
-    """As gpu_ms, but L2 is flushed by reading 256 MiB (clean lines) instead of writing them: the timed
-    kernel then pays no write-back of the flush's dirty lines."""
+    """As gpu_ms, but L2 is flushed by reading 256 MiB (clean lines) instead of zero-filling them: the
+    timed kernel then pays no write-back of the flush's dirty lines."""
     replay = graphed(fn)
-    buf = torch.empty(256 * 2**20 // 4, dtype=torch.float32, device=DEV).fill_(1.0)
-    sink = torch.empty((), device=DEV)
+    if not FLUSH_READ:
+        FLUSH_READ.append(torch.ones(256 * 2**20 // 4, dtype=torch.float32, device=DEV))
+    buf = FLUSH_READ[0]
     for _ in range(5):
         replay()
     times = []
     for _ in range(40):
-        torch.sum(buf, out=sink)
+        buf.sum()
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         s.record()
         replay()
@@ -408,26 +410,47 @@ def clean_ms(fn: Callable[[], Any]) -> float:
     return sorted(s.elapsed_time(e) for s, e in times)[len(times) // 2]
 
 
+def both_us(fn: Callable[[], Any]) -> tuple[float, float]:
+    """(zero-fill flush, read flush) GPU times in µs."""
+    return gpu_ms(fn) * 1e3, clean_ms(fn) * 1e3
+
+
+def floors(case: dict[str, Any]) -> dict[str, float]:
+    """The same bytes moved by PyTorch, timed the same two ways: a copy (x -> y; x + r -> y with a
+    residual) and a read of x alone (a sum: the floor of the statistics pass)."""
+    x = case["x"]
+    y = torch.empty_like(x)
+    r = case["kw"].get("residual")
+    copy = (lambda: torch.add(x, r, out=y)) if r is not None else (lambda: y.copy_(x))
+    out: dict[str, float] = {}
+    out["copy_us"], out["copy_clean_us"] = both_us(copy)
+    out["read_us"], out["read_clean_us"] = both_us(lambda: x.sum(dtype=torch.float32))
+    return out
+
+
 def gn_cfg(stats_block: int, stats_warps: int, block: int, warps: int, per_sm: int, merge: bool,
-           asm: bool) -> gnt.ForwardConfig:
+           asm: bool, keep: float) -> gnt.ForwardConfig:
     return dataclasses.replace(gnt.FORWARD_CONFIG, path="two_pass", stats_block=stats_block,
-                               stats_warps=stats_warps, block=block, warps=warps, per_sm=per_sm, merge=merge, asm=asm)
+                               stats_warps=stats_warps, block=block, warps=warps, per_sm=per_sm, merge=merge, asm=asm,
+                               l2_keep_mb=keep)
 
 
 def passes_us(case: dict[str, Any], launches: Callable[..., tuple[Any, Any]], problem: Callable[..., Any],
-              cfg: Any) -> tuple[float, float]:
-    """The statistics and apply launches of one GN+GELU case timed apart (µs)."""
+              cfg: Any) -> tuple[float, float, float, float]:
+    """The statistics and apply launches of one GN+GELU case timed apart (µs): zero-fill flush, then
+    read flush, for each."""
     p = problem(case["x"], 1, case["w"], case["bb"], 1e-5, None, None, True)
     stats, apply = launches(p, cfg)
     stats()
-    return gpu_ms(stats) * 1e3, gpu_ms(apply) * 1e3
+    return (*both_us(stats), *both_us(apply))
 
 
 def part_gn() -> None:
     """GroupNorm on the GPU (version 4): the two-pass launch parameters swept (statistics and apply passes
-    timed apart, and together, on GN+GELU and GN+res+GELU at three seed shapes), against the previous
-    module (``--baseline``) in the same run; the best stays selected; then every pattern: new, previous,
-    torch.compile, copy floor; the persistent kernel's probe if time is left (``--probe``)."""
+    timed apart, and together, on GN+GELU and GN+res+GELU at three seed shapes; every time twice, after the
+    harness's zero-fill L2 flush and after a reading one), against the previous module (``--baseline``) in
+    the same run and PyTorch moving the same bytes; the best stays selected; then every pattern: new,
+    previous, torch.compile, copy; the persistent kernel's probe if time is left (``--probe``)."""
     bw = RESULTS.get("copy_bandwidth_GBps") or copy_bandwidth()
     RESULTS["copy_bandwidth_GBps"] = bw
     note(f"copy bandwidth (1 GiB device-to-device, read+write): {bw:.0f} GB/s")
@@ -435,63 +458,68 @@ def part_gn() -> None:
     shapes = (GN_SHAPES[0], GN_SHAPES[2], GN_SHAPES[5])
     cases = [gn_case(*sh, v) for sh in shapes for v in ("GN+GELU", "GN+res+GELU")]
     wants = [c["want"]() for c in cases]
+    fl = [floors(cs) for cs in cases]
+    RESULTS["gn_floors"] = [dict(case=cs["name"], **f) for cs, f in zip(cases, fl)]
+    for cs, f in zip(cases, fl):
+        note(f"floor {cs['name']:34s} copy {f['copy_us']:.1f} / {f['copy_clean_us']:.1f}us read of x "
+             f"{f['read_us']:.1f} / {f['read_clean_us']:.1f}us (zero-fill / read flush)")
 
     def old_call(case: dict[str, Any]) -> Callable[[], torch.Tensor]:
         return lambda: old.group_norm_act(case["x"], case["groups"], case["w"], case["bb"], **case["kw"])
 
+    def row(name: Any, call: Callable[[dict[str, Any]], Callable[[], Any]], launches: Any, problem: Any,
+            cfg: Any) -> float:
+        errs = [rel_err(call(cs)(), w) for cs, w in zip(cases, wants)]
+        if not max(errs) < 1e-2:
+            note(f"gn sweep {name}: WRONG {errs}")
+            return float("inf")
+        whole = [both_us(call(cs)) for cs in cases]
+        per = [passes_us(cs, launches, problem, cfg) for cs in cases[::2]]
+        total = sum(w[0] for w in whole)
+        srows.append(dict(config=name, whole_us=whole, total_us=total, passes_us=per, rel_err=max(errs)))
+        note(f"gn sweep {name}: total {total:6.1f}us | whole " + " ".join(f"{a:.1f}/{b:.1f}" for a, b in whole)
+             + " | stats, apply " + " ".join(f"{a:.1f}/{b:.1f}, {c:.1f}/{d:.1f}" for a, b, c, d in per)
+             + f" err {max(errs):.1e}")
+        save()
+        return total
+
     srows: list[dict[str, Any]] = []
     RESULTS["gn_two_pass_sweep"] = srows
     if old is not None:
-        both = [gpu_ms(old_call(cs)) * 1e3 for cs in cases]
-        per = [passes_us(cs, old.two_pass_launches, old._problem, old.FORWARD_CONFIG) for cs in cases[::2]]
-        srows.append(dict(config="previous (version 3 two-pass)", us=both, total_us=sum(both), passes_us=per,
-                          rel_err=max(rel_err(old_call(cs)(), w) for cs, w in zip(cases, wants))))
-        note(f"gn previous two-pass: total {sum(both):6.1f}us " + " ".join(f"{t:.1f}" for t in both)
-             + " | stats/apply " + " ".join(f"{a:.1f}/{b:.1f}" for a, b in per))
+        row("previous (version 3 two-pass)", old_call, old.two_pass_launches, old._problem, old.FORWARD_CONFIG)
     best, best_total = gnt.FORWARD_CONFIG, float("inf")
     for params in GN_TWO_PASS_SWEEP:
-        if left() < 150:
+        if left() < 130:
             note("gn sweep: time budget reached")
             break
         cfg = gn_cfg(*params)
         try:
-            errs = [rel_err(ours_with(cs, cfg)(), w) for cs, w in zip(cases, wants)]
-            if not max(errs) < 1e-2:
-                note(f"gn sweep {params}: WRONG {errs}")
-                continue
-            both = [gpu_ms(ours_with(cs, cfg)) * 1e3 for cs in cases]
-            per = [passes_us(cs, gnt.two_pass_launches, gnt._problem, cfg) for cs in cases[::2]]
+            total = row(params, lambda cs, cfg=cfg: ours_with(cs, cfg), gnt.two_pass_launches, gnt._problem, cfg)
         except Exception as ex:  # a configuration that does not compile is reported
             note(f"gn sweep {params}: {type(ex).__name__} {str(ex)[:200]}")
             continue
-        srows.append(dict(config=params, us=both, total_us=sum(both), passes_us=per, rel_err=max(errs)))
-        note(f"gn sweep {params}: total {sum(both):6.1f}us " + " ".join(f"{t:.1f}" for t in both)
-             + " | stats/apply " + " ".join(f"{a:.1f}/{b:.1f}" for a, b in per) + f" err {max(errs):.1e}")
-        if sum(both) < best_total:
-            best, best_total = cfg, sum(both)
-        save()
+        if total < best_total:
+            best, best_total = cfg, total
     gnt.FORWARD_CONFIG = best
     RESULTS["gn_best"] = dataclasses.asdict(best)
     note(f"gn best two-pass: stats {best.stats_block}/{best.stats_warps} apply {best.block}/{best.warps} "
-         f"per_sm {best.per_sm} merge {best.merge:d} asm {best.asm:d}: total {best_total:.1f}us")
+         f"per_sm {best.per_sm} merge {best.merge:d} asm {best.asm:d} keep {best.l2_keep_mb} MiB: "
+         f"total {best_total:.1f}us")
     prow: list[dict[str, Any]] = []
     RESULTS["gn_patterns"] = prow
     for b, c, s, cl in GN_SHAPES:
         for v in GN_VARIANTS:
-            if left() < 60:
+            if left() < 45:
                 note("gn patterns: time budget reached")
                 break
             case = gn_case(b, c, s, cl, v)
             want = case["want"]()
-            pr: dict[str, Any] = dict(case=case["name"], bytes=case["bytes"], copy_us=case["bytes"] / bw / 1e3)
-            pr["new_us"] = gpu_ms(ours_with(case, best)) * 1e3
+            pr: dict[str, Any] = dict(case=case["name"], bytes=case["bytes"], copy_rate_us=case["bytes"] / bw / 1e3)
+            pr.update(floors(case))
+            pr["new_us"], pr["new_clean_us"] = both_us(ours_with(case, best))
             pr["err_new"] = rel_err(ours_with(case, best)(), want)
             if old is not None:
-                pr["previous_us"] = gpu_ms(old_call(case)) * 1e3
-            if v == "GN+GELU":  # the same with a clean-line L2 flush
-                pr["new_clean_us"] = clean_ms(ours_with(case, best)) * 1e3
-                if old is not None:
-                    pr["previous_clean_us"] = clean_ms(old_call(case)) * 1e3
+                pr["previous_us"], pr["previous_clean_us"] = both_us(old_call(case))
             pr["compile_us"] = None
             if b != 64 and v != "GN+emb":
                 try:
@@ -501,13 +529,14 @@ def part_gn() -> None:
                 except Exception as ex:  # a compile failure is reported, not fatal
                     print(f"torch.compile {case['name']} failed: {type(ex).__name__} {str(ex)[:200]}", flush=True)
             pr["frac_copy"] = pr["copy_us"] / pr["new_us"]
+            pr["frac_copy_clean"] = pr["copy_clean_us"] / pr["new_clean_us"]
             prow.append(pr)
             cu = pr["compile_us"]
-            clean = (f" clean-flush {pr['new_clean_us']:.1f} / {pr.get('previous_clean_us', float('nan')):.1f}"
-                     if "new_clean_us" in pr else "")
-            note(f"{case['name']:34s} new {pr['new_us']:6.1f}us ({100 * pr['frac_copy']:3.0f}% copy) previous "
-                 f"{pr.get('previous_us', float('nan')):6.1f}us compile {cu if cu else float('nan'):6.1f}us "
-                 f"copy {pr['copy_us']:5.1f}us err {pr['err_new']:.1e}{clean}")
+            note(f"{case['name']:30s} new {pr['new_us']:6.1f} / {pr['new_clean_us']:6.1f}us "
+                 f"({100 * pr['frac_copy']:3.0f}% / {100 * pr['frac_copy_clean']:3.0f}% of copy) previous "
+                 f"{pr.get('previous_us', float('nan')):6.1f} / {pr.get('previous_clean_us', float('nan')):6.1f}us "
+                 f"copy {pr['copy_us']:5.1f} / {pr['copy_clean_us']:5.1f}us compile "
+                 f"{cu if cu else float('nan'):6.1f}us err {pr['err_new']:.1e}")
             save()
     if "--probe" in sys.argv and left() > 60:
         probe_persistent()

@@ -25,7 +25,7 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _force(monkeypatch: pytest.MonkeyPatch, path: str, **kw: int) -> None:
+def _force(monkeypatch: pytest.MonkeyPatch, path: str, **kw: float) -> None:
     """Both configs (CUDA and interpreter) on one path, with optional launch parameters."""
     for name in ("FORWARD_CONFIG", "CPU_FORWARD_CONFIG"):
         monkeypatch.setattr(gnt, name, dataclasses.replace(getattr(gnt, name), path=path, **kw))
@@ -151,15 +151,15 @@ TWO_PASS = [  # shape, groups, channels-last: whole chunks (no masks) and partia
 
 @needs_triton
 @pytest.mark.parametrize("shape,groups,cl", TWO_PASS)
-@pytest.mark.parametrize("merge", [False, True])
+@pytest.mark.parametrize("merge,keep", [(False, 0.0), (True, 0.0), (False, 0.001)])
 @pytest.mark.parametrize("variant", ["all", "gelu", "plain"])
 def test_two_pass_tiles_chunks_and_merge_match_the_reference(monkeypatch: pytest.MonkeyPatch,
                                                              shape: tuple[int, ...], groups: int, cl: bool,
-                                                             merge: bool, variant: str) -> None:
+                                                             merge: bool, keep: float, variant: str) -> None:
     """Small tiles so that every program walks several tiles (the prefetch, the reverse walk) and every row
-    several chunks (Chan's merge in the apply prologue, or by the statistics pass's last program); the row
-    counters back at zero after each call."""
-    _force(monkeypatch, "two_pass", block=32, stats_block=64, per_sm=4, merge=merge)
+    several chunks (Chan's merge in the apply prologue, or by the statistics pass's last program; with
+    ``keep``, the last chunk or two loaded evict_last); the row counters back at zero after each call."""
+    _force(monkeypatch, "two_pass", block=32, stats_block=64, per_sm=4, merge=merge, l2_keep_mb=keep)
     counters = torch.zeros(64, dtype=torch.int32, device=DEV)
     monkeypatch.setattr(gnt, "_counters", lambda device, rows: counters)
     t = _inputs(shape, groups, cl, torch.float32, seed=21)

@@ -66,39 +66,47 @@ BackwardResult = tuple[Tensor, Tensor | None, Tensor | None, Tensor | None, Tens
 
 
 @triton.jit
-def _stats_kernel(X, MEAN_P, M2_P, CNT, MEAN, RSTD, L, NCHUNK, eps,
-                  CHUNK: tl.constexpr, TILE: tl.constexpr, EVEN: tl.constexpr, MERGE: tl.constexpr,
-                  NCHUNK_P2: tl.constexpr):
-    # One chunk of one row: TILE values a step, the next tile's load issued before the current one is
-    # accumulated (two tiles in flight a program). EVEN: every chunk is whole (no masks). MERGE: the row's
-    # last program (by an arrival counter) merges the row's chunks and writes mean / rstd.
-    row = tl.program_id(0)
-    chunk = tl.program_id(1)
-    start = chunk * CHUNK
-    base = X + row.to(tl.int64) * L + start
-    n = tl.minimum(CHUNK, L - start)
+def _chunk_sums(base, n, shift, TILE: tl.constexpr, NT: tl.constexpr, EVEN: tl.constexpr, POLICY: tl.constexpr):
+    """Per-lane sums of x - shift and their squares over one chunk (n values from base), TILE values a step,
+    the next tile's load issued before the current one is accumulated; POLICY: the loads' L2 eviction."""
     offs = tl.arange(0, TILE)
-    NT: tl.constexpr = CHUNK // TILE
-    shift = tl.load(base).to(tl.float32)
     if EVEN:
-        nv = tl.load(base + offs)
+        nv = tl.load(base + offs, eviction_policy=POLICY)
     else:
-        nv = tl.load(base + offs, mask=offs < n, other=0.0)
+        nv = tl.load(base + offs, mask=offs < n, other=0.0, eviction_policy=POLICY)
     acc = tl.zeros([TILE], dtype=tl.float32)
     acc2 = tl.zeros([TILE], dtype=tl.float32)
     for k in range(NT):
         v = nv
         o = (k + 1) * TILE + offs
         if EVEN:
-            nv = tl.load(base + o, mask=k + 1 < NT, other=0.0)
+            nv = tl.load(base + o, mask=k + 1 < NT, other=0.0, eviction_policy=POLICY)
             d = v.to(tl.float32) - shift
         else:
-            nv = tl.load(base + o, mask=o < n, other=0.0)
+            nv = tl.load(base + o, mask=o < n, other=0.0, eviction_policy=POLICY)
             d = tl.where(o - TILE < n, v.to(tl.float32) - shift, 0.0)
         acc += d
         acc2 += d * d
-    s = tl.sum(acc, axis=0)
-    s2 = tl.sum(acc2, axis=0)
+    return tl.sum(acc, axis=0), tl.sum(acc2, axis=0)
+
+
+@triton.jit
+def _stats_kernel(X, MEAN_P, M2_P, CNT, MEAN, RSTD, L, NCHUNK, KEEP, eps,
+                  CHUNK: tl.constexpr, TILE: tl.constexpr, EVEN: tl.constexpr, MERGE: tl.constexpr,
+                  NCHUNK_P2: tl.constexpr):
+    # One chunk of one row (two tiles in flight a program). EVEN: every chunk is whole (no masks). Chunks
+    # from KEEP on are loaded evict_last: the apply pass reads them first, from L2. MERGE: the row's last
+    # program (by an arrival counter) merges the row's chunks and writes mean / rstd.
+    row = tl.program_id(0)
+    chunk = tl.program_id(1)
+    start = chunk * CHUNK
+    base = X + row.to(tl.int64) * L + start
+    n = tl.minimum(CHUNK, L - start)
+    shift = tl.load(base).to(tl.float32)
+    if chunk >= KEEP:
+        s, s2 = _chunk_sums(base, n, shift, TILE, CHUNK // TILE, EVEN, "evict_last")
+    else:
+        s, s2 = _chunk_sums(base, n, shift, TILE, CHUNK // TILE, EVEN, "")
     mean_d = s / n.to(tl.float32)
     tl.store(MEAN_P + row * NCHUNK + chunk, shift + mean_d)
     tl.store(M2_P + row * NCHUNK + chunk, tl.maximum(s2 - s * mean_d, 0.0))
@@ -559,7 +567,9 @@ class ForwardConfig:
     per apply program, ``stats_block`` / ``stats_warps`` the same for the statistics pass, ``per_sm``
     programs per SM (each row is cut into chunks for about that many programs in all, ``plan_chunks``),
     ``merge`` (the statistics pass's last program of a row merges the row, by an arrival counter, and
-    the apply programs read two numbers; otherwise every apply program merges its row's chunks).
+    the apply programs read two numbers; otherwise every apply program merges its row's chunks),
+    ``l2_keep_mb`` (the statistics pass loads the last chunks of the rows, up to this many MiB, with
+    evict_last, so that they are still in L2 when the apply pass reads them first).
     Persistent: ``persistent_block`` elements per tile (held in registers), ``persistent_warps``,
     ``ctas_per_sm`` (at most this many programs per SM; 0: as many as are resident), ``early_publish``
     (publish the next wave's tile statistics before normalizing the current tile) and ``cooperative``
@@ -579,8 +589,9 @@ class ForwardConfig:
     stats_block: int = 4096
     stats_warps: int = 8
     per_sm: int = 8
-    merge: bool = True
+    merge: bool = False
     asm: bool = True
+    l2_keep_mb: float = 0.0
 
 
 PATHS = ("auto", "persistent", "two_pass")
@@ -763,10 +774,12 @@ def two_pass_launches(p: _Problem, cfg: ForwardConfig) -> tuple[Any, Any]:
     mean_p = torch.empty(2, -(-rows * nchunk // 4) * 4, device=p.x.device, dtype=torch.float32)
     cnt = _counters(p.x.device, rows) if merge else p.mean  # (unused without merge)
     asm = cfg.asm and p.x.device.type == "cuda" and not triton_interpret()
+    # the last chunks of every row, up to cfg.l2_keep_mb in all, stay in L2 for the apply pass (evict_last)
+    keep = nchunk - min(nchunk, int(cfg.l2_keep_mb * 2**20) // (rows * chunk * p.x.element_size()))
     grid = (rows, nchunk)
 
     def stats() -> None:
-        _stats_kernel[grid](p.x, mean_p[0], mean_p[1], cnt, p.mean, p.rstd, length, nchunk, p.eps, CHUNK=chunk,
+        _stats_kernel[grid](p.x, mean_p[0], mean_p[1], cnt, p.mean, p.rstd, length, nchunk, keep, p.eps, CHUNK=chunk,
                             TILE=stats_block, EVEN=even, MERGE=merge, NCHUNK_P2=nchunk_p2,
                             num_warps=cfg.stats_warps)
 

@@ -8,6 +8,7 @@ returns why it cannot run those inputs (empty: it can), as xformers' ``not_suppo
 Dispatch (``call``): the device of the array arguments picks the candidates, ordered by priority;
 the first with no reasons runs. A backend forced by argument, ``use_backend`` or the environment
 (``KERNELS_BACKEND``, ``KERNELS_BACKEND_<OP>``) must run or raise ``ValueError`` with its reasons.
+An op may declare a ``dispatch_key``: automatic dispatch then remembers its choice per key.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import difflib
 import fnmatch
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +100,8 @@ class Op:
     backends: dict[str, Backend] = field(default_factory=dict)
     ordered: list[Backend] = field(default_factory=list)  # backends, highest priority first
     env_key: str = ""  # KERNELS_BACKEND_<NAME>
+    dispatch_key: Callable[..., Hashable | None] | None = None
+    decisions: dict[Hashable, Backend] = field(default_factory=dict)  # dispatch_key -> automatic choice
 
     def __post_init__(self) -> None:
         self.env_key = f"KERNELS_BACKEND_{self.name.upper()}"
@@ -106,6 +109,7 @@ class Op:
     def add_backend(self, backend: Backend) -> None:
         self.backends[backend.name] = backend
         self.ordered = sorted(self.backends.values(), key=lambda b: -b.priority)
+        self.decisions.clear()
 
     def output(self, args: tuple[Any, ...], kwargs: dict[str, Any], returned: Any) -> Any:
         return returned if self.result is None else self.result(args, kwargs, returned)
@@ -165,6 +169,7 @@ class Backend:
 
 
 _OPS: dict[str, Op] = {}
+DECISION_LIMIT = 4096  # remembered dispatch decisions per op; the memory starts over past this
 _FORCED: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("kernels_forced", default=None)
 
 
@@ -183,8 +188,16 @@ def define_op(
     result: Callable[[tuple[Any, ...], dict[str, Any], Any], Any] | None = None,
     reference_dtype: Callable[[str], str] | None = None,
     doc: str = "",
+    dispatch_key: Callable[..., Hashable | None] | None = None,
 ) -> Op:
-    """Declare an op with its reference. The reference also becomes the ``reference`` backend."""
+    """Declare an op with its reference. The reference also becomes the ``reference`` backend.
+
+    ``dispatch_key(*args, **kwargs)``, optional: a cheap hashable summary of the inputs that fixes the
+    automatic choice, i.e. everything every backend's device/dtype check and ``reasons`` look at
+    (devices and dtypes of all arrays included), or None to decide afresh. Automatic dispatch then
+    remembers its choice per key and skips the reasons on later calls; the chosen backend must
+    validate its arguments itself (as every backend does), since invalid inputs are no longer
+    rejected by the reasons first. Forced backends always run their reasons."""
     if name in _OPS:
         warnings.warn(f"op {name!r} is defined again; the new definition replaces it", stacklevel=2)
     op = Op(
@@ -196,6 +209,7 @@ def define_op(
         result=result,
         reference_dtype=reference_dtype,
         doc=doc or (reference.__doc__ or "").strip().split("\n")[0],
+        dispatch_key=dispatch_key,
     )
     _OPS[name] = op
     op.add_backend(Backend(
@@ -393,10 +407,19 @@ def select(op: str, args: Sequence[Any], kwargs: dict[str, Any], backend: str | 
         if why:
             raise ValueError(f"{op}: backend {name!r} (forced by {source}) cannot run these inputs: " + "; ".join(why))
         return chosen
+    key = None if record.dispatch_key is None else record.dispatch_key(*args, **kwargs)
+    if key is not None:
+        hit = record.decisions.get(key)
+        if hit is not None:
+            return hit
     rejected: list[str] = []
     for b in record.ordered:
         why = b.reasons(args, kwargs)
         if not why:
+            if key is not None:
+                if len(record.decisions) >= DECISION_LIMIT:
+                    record.decisions.clear()
+                record.decisions[key] = b
             return b
         rejected.append(f"  {b.name}: " + "; ".join(why))
     raise NotImplementedError(f"no backend of {op} can run these inputs:\n" + "\n".join(rejected))

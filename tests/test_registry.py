@@ -66,6 +66,38 @@ def test_dispatch_picks_highest_priority_that_can_run(toy) -> None:
     assert torch.equal(registry.call("toy_scale", x, factor=3.0), x * 3)
 
 
+def test_dispatch_key_remembers_the_automatic_choice(toy) -> None:
+    calls = []
+
+    def key(x, factor=2.0):
+        calls.append(factor)
+        if not isinstance(factor, (int, float)) or factor == 0:
+            return None
+        return x.device, x.dtype, factor > 0
+
+    toy.dispatch_key = key
+    x = torch.ones(4)
+    fast = toy.backends["fast"]
+    seen = []
+    original = fast.reasons_fn
+    fast.reasons_fn = lambda x, factor=2.0: seen.append(factor) or original(x, factor)
+    assert registry.select("toy_scale", (x,), {}).name == "fast"
+    assert registry.select("toy_scale", (x,), {"factor": 5.0}).name == "fast"  # same key: reasons skipped
+    assert seen == [2.0]
+    assert registry.select("toy_scale", (x,), {"factor": -1.0}).name == "reference"  # another key
+    assert registry.select("toy_scale", (x.double(),), {}).name == "reference"
+    assert registry.select("toy_scale", (x,), {"factor": 0}).name == "reference"  # key None: decided afresh
+    assert seen == [2.0, -1.0, 0]
+    with registry.use_backend("reference"):  # forcing bypasses the memory
+        assert registry.select("toy_scale", (x,), {}).name == "reference"
+    with pytest.raises(ValueError, match="different devices"):  # mixed devices never reach the memory
+        registry.select("toy_scale", (x, torch.ones(1, device="meta")), {})
+    registry.register_kernel("toy_scale", "faster", devices=("cpu",), dtypes=("float32",), priority=7)(
+        lambda x, factor=2.0: x * factor)
+    assert toy.decisions == {}  # a new backend forgets the old choices
+    assert registry.select("toy_scale", (x,), {}).name == "faster"
+
+
 def test_forced_backend_fails_loudly_with_reasons(toy) -> None:
     x = torch.ones(4, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"'fast' \(forced by argument backend=\).*dtype=float64: supported float32"):

@@ -135,6 +135,25 @@ ERROR_SAMPLES = [
 ]
 
 
+def _dispatch_key(q: Any, k: Any, v: Any, *, causal: bool = False, scale: float | None = None,
+                  key_padding_mask: Any = None, layout: str = "bhnd", deterministic: bool = False) -> Any:
+    """What the backends' checks and reasons look at: devices and dtypes, the head dim, the sign of
+    the scale. None (decide afresh) for anything unusual: non-tensors, other ranks, huge slices."""
+    if not (type(q) is torch.Tensor and type(k) is torch.Tensor and type(v) is torch.Tensor) or q.dim() != 4:
+        return None
+    if scale is not None and type(scale) is not float and type(scale) is not int:
+        return None
+    if q.numel() >= OFFSET_LIMIT or k.numel() >= OFFSET_LIMIT or v.numel() >= OFFSET_LIMIT:
+        return None
+    mask = None
+    if key_padding_mask is not None:
+        if type(key_padding_mask) is not torch.Tensor:
+            return None
+        mask = (key_padding_mask.device, key_padding_mask.dtype)
+    return (q.device, k.device, v.device, q.dtype, k.dtype, v.dtype, q.shape[-1], mask,
+            scale is None or scale > 0)
+
+
 OP = define_op(
     "attention",
     reference=ref.attention,
@@ -143,6 +162,7 @@ OP = define_op(
     error_samples=ERROR_SAMPLES,
     reference_dtype=lambda dt: "float64",
     doc="softmax(q k^T * scale) v over (B, H, N, D) or (B, N, H, D) tensors, optional causal / key padding mask",
+    dispatch_key=_dispatch_key,
 )
 
 

@@ -6,16 +6,21 @@ Computes ``pyimpl.fused.group_norm_act``::
     out  = act(xhat * weight[c] + bias[c] + residual) + emb[n, c]     act: exact GELU or none
 
 Forward, two launches. (1) ``_stats_kernel``: each (n, g) row of L = C/G * H*W values is cut into
-chunks spread over the whole GPU (the seed's GroupNorm(1, C) at batch 16 has 16 rows: one program per
-row, as PyTorch's RowwiseMoments kernel runs it, leaves most SMs idle and was a third of the seed's
-bf16 step). Each program reads its chunk once, accumulating sums of ``x - shift`` and their squares
-in fp32 per lane, with the chunk's first value as the shift so that a large mean does not cancel;
-it writes the chunk's mean and M2. (2) ``_apply_kernel``: each program merges the row's chunk
-statistics with Chan, Golub & LeVeque's pairwise formula (M2 = sum M2_i + n_i (mean_i - mean)^2),
-then normalizes its chunk and applies weight, bias, residual, GELU and emb, writing the output once;
-it walks the chunks in reverse, so the chunks the statistics pass read last are still in L2. The
-GELU's erf is Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7). Bytes: x read twice (the second read
-comes from L2 when x fits), residual read once, output written once; the statistics are a few KB.
+chunks spread over the whole GPU (``plan_chunks``: about ``per_sm`` programs per SM; the seed's
+GroupNorm(1, C) at batch 16 has 16 rows: one program per row, as PyTorch's RowwiseMoments kernel runs
+it, leaves most SMs idle and was a third of the seed's bf16 step). Each program reads its chunk once,
+a tile a step with the next tile's load issued first, accumulating sums of ``x - shift`` and their
+squares in fp32 per lane, with the chunk's first value as the shift so that a large mean does not
+cancel; it writes the chunk's mean and M2 (optionally the row's last program, by an arrival counter,
+merges the row). The rows' last chunks, up to ``l2_keep_mb``, are loaded evict_last. (2)
+``_apply_kernel``: each program merges the row's chunk statistics with Chan, Golub & LeVeque's pairwise
+formula (M2 = sum M2_i + n_i (mean_i - mean)^2), then normalizes its chunk and applies weight, bias,
+residual, GELU and emb, writing the output once; it walks the chunks and the tiles inside each in the
+reverse of the statistics pass's order, so that what that pass read last, still in L2, is read first,
+with x and the output evict_first. The GELU is y * Phi(y) with Phi from Abramowitz & Stegun 7.1.26 (erf
+|error| <= 1.5e-7; on a GPU its reciprocal and exponential are one approximate PTX instruction each).
+Bytes: x read twice (the second read partly from L2, wholly when x fits), residual read once, output
+written once; the statistics are a few KB.
 
 Forward, one persistent launch (``_persistent_kernel``, opt-in: ``ForwardConfig(path='persistent')`` or
 'auto'). The grid is as many programs as can be resident at once (SMs x programs per SM from the compiled
@@ -595,10 +600,11 @@ class ForwardConfig:
 
 
 PATHS = ("auto", "persistent", "two_pass")
-# CUDA: the two launches (2048-value tiles, 8 warps, A&S erf: version 2's sweep on an H200), since the
-# persistent kernel measured no faster on an H100 (version 3); its parameters are that sweep's best
+# CUDA: the two launches (version 4's sweep on an H100: statistics 4096-value tiles / 8 warps, apply
+# 2048 / 8, 16 programs per SM, no merge in the statistics pass, 24 MiB kept in L2, A&S erf in PTX), since
+# the persistent kernel measured no faster on an H100 (version 3); its parameters are that version's best
 # (4096-value tiles, 4 warps) for whoever selects it (docs/notes/fused-gpu.md)
-FORWARD_CONFIG = ForwardConfig(path="two_pass", persistent_block=4096, persistent_warps=4)
+FORWARD_CONFIG = ForwardConfig(path="two_pass", persistent_block=4096, persistent_warps=4, per_sm=16, l2_keep_mb=24.0)
 # the interpreter runs programs one after another: few, large ones, and the two launches
 CPU_FORWARD_CONFIG = ForwardConfig(block=1024, warps=4, persistent_block=4096, persistent_warps=4, stats_block=1024,
                                    stats_warps=4, per_sm=1)

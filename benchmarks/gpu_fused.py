@@ -1,15 +1,18 @@
 """Fused norm / activation / upsample kernels on a CUDA GPU, in one process.
 
     PYTHONPATH=$PWD python3 benchmarks/gpu_fused.py check sweep kernels unet
-    PYTHONPATH=$PWD python3 benchmarks/gpu_fused.py gn check --ops group_norm_act   (issue 7's GroupNorm run)
+    PYTHONPATH=$PWD python3 benchmarks/gpu_fused.py gn check --ops group_norm_act --baseline OLD.py
+        (issue 7's GroupNorm run; OLD.py: the previous group_norm_triton.py, e.g. from git show)
 
 Parts: ``check`` runs the registry's parity cases on CUDA (``--ops a,b`` for some ops only) and larger
 seed-sized shapes against a float64 reference (forward and gradients); ``sweep`` times the two-pass
 GroupNorm launch parameters and keeps the best for the rest of the run; ``gn`` times GroupNorm alone:
-the two-pass statistics and apply launches apart, then the persistent kernel (first checked by ``probe``
-in a subprocess with a timeout, so that a deadlock costs the timeout, not the call) over its launch
-parameters, then both paths and torch.compile per pattern at batch 16/64/128 (the sweep's best
-persistent configuration stays selected, as path 'auto', for the parts after it); ``kernels`` measures
+the two-pass launch parameters (statistics and apply launches apart and together, each after the
+harness's zero-fill L2 flush and after a reading one), against the previous module (``--baseline``) and
+PyTorch moving the same bytes in the same run, then the best of them, the previous module, torch.compile
+and the same-bytes copy per pattern at batch 16/64/128 (the best stays selected for the parts after it),
+and with ``--probe`` the persistent kernel's check (in a subprocess with a timeout, so that a deadlock
+costs the timeout, not the call); ``kernels`` measures
 the copy bandwidth, then times each fused kernel against eager PyTorch and torch.compile of the same
 pattern on the seed's 64x64 UNet shapes (batch 16, 64, 128, bf16), verified first, as GPU time (each
 call captured in a CUDA graph, as the sampler runs it; the per-call time with the host's launch overhead

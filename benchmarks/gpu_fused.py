@@ -707,43 +707,15 @@ def part_sample() -> None:
         note(f"final images, ours vs unpatched (same noise): relative L2 {res['rel_err_ours_vs_sdpa']:.2e}")
 
 
-def part_gngroup() -> None:
-    """The two-pass GroupNorm taken in sample groups that fit L2 (``ForwardConfig.l2_group_mb``): per
-    group a statistics and an apply launch, so the apply re-reads x from L2. Each budget against one
-    launch pair, with PyTorch's copy of the same bytes timed the same two ways (zero-fill / read flush)."""
-    cases = [gn_case(b, c, s, cl, v) for b, c, s, cl in ((64, 64, 64, False), (128, 64, 64, False),
-                                                         (128, 128, 32, True))
-             for v in ("GN+GELU", "GN+res+GELU")]
-    RESULTS["gn_groups"] = rows = []
-    for cs in cases:
-        want = cs["want"]()
-        fl = floors(cs)
-        row: dict[str, Any] = dict(case=cs["name"], copy_us=fl["copy_us"], copy_clean_us=fl["copy_clean_us"])
-        cells = []
-        for mb in (0.0, 8.0, 16.0, 24.0, 32.0):
-            if left() < 15:
-                break
-            cfg = dataclasses.replace(gnt.FORWARD_CONFIG, l2_group_mb=mb)
-            fn = ours_with(cs, cfg)
-            err = rel_err(fn(), want)
-            zero, clean = both_us(fn)
-            row[f"group{mb:g}"] = dict(err=err, us=zero, clean_us=clean)
-            cells.append(f"{mb:g}MiB {zero:.1f}/{clean:.1f} ({100 * fl['copy_us'] / zero:.0f}/"
-                         f"{100 * fl['copy_clean_us'] / clean:.0f}%){' WRONG' if err > 2e-2 else ''}")
-        rows.append(row)
-        note(f"gn groups {cs['name']:30s} copy {fl['copy_us']:.1f}/{fl['copy_clean_us']:.1f}us | " + ", ".join(cells))
-        save()
-
-
 def main() -> None:
     if sys.argv[1:] == ["probe"]:
         part_probe()
         return
-    parts = [a for a in sys.argv[1:] if a in ("check", "sweep", "kernels", "gn", "gngroup", "unet", "sample")]
+    parts = [a for a in sys.argv[1:] if a in ("check", "sweep", "kernels", "gn", "unet", "sample")]
     for name in parts:
         try:
-            {"check": part_check, "sweep": part_sweep, "kernels": part_kernels, "gn": part_gn,
-             "gngroup": part_gngroup, "unet": part_unet, "sample": part_sample}[name]()
+            {"check": part_check, "sweep": part_sweep, "kernels": part_kernels, "gn": part_gn, "unet": part_unet,
+             "sample": part_sample}[name]()
         except Exception as ex:  # report and go on to the next part: one call must bring back what it can
             import traceback
 

@@ -171,41 +171,6 @@ def test_two_pass_tiles_chunks_and_merge_match_the_reference(monkeypatch: pytest
         assert int(counters.abs().sum()) == 0
 
 
-def test_row_groups_cover_the_batch_within_the_budget() -> None:
-    assert gnt.row_groups(16, 2**19, 0.0) == [(0, 16)]
-    assert gnt.row_groups(16, 2**19, 64.0) == [(0, 16)]  # 8 MiB fits
-    assert gnt.row_groups(128, 2**19, 16.0) == [(0, 32), (32, 64), (64, 96), (96, 128)]
-    assert gnt.row_groups(1, 2**30, 1.0) == [(0, 1)]  # one sample larger than the budget: alone
-    assert gnt.row_groups(0, 10, 1.0) == [(0, 0)]
-    for batch, sample, mb in itertools.product((1, 7, 64, 129), (1000, 2**19, 3 * 2**20), (0.5, 3.0, 24.0)):
-        groups = gnt.row_groups(batch, sample, mb)
-        assert groups[0][0] == 0 and groups[-1][1] == batch
-        assert all(a < b and b == c for (a, b), (c, _) in itertools.pairwise(groups))
-        per = max(1, int(mb * 2**20) // sample)
-        assert all(b - a <= per for a, b in groups)
-    with pytest.raises(ValueError, match="group_mb=-1"):
-        gnt.row_groups(4, 10, -1)
-
-
-@needs_triton
-@pytest.mark.parametrize("shape,groups,cl", TWO_PASS)
-@pytest.mark.parametrize("variant", ["all", "res", "emb"])
-def test_two_pass_in_sample_groups_matches_the_reference(monkeypatch: pytest.MonkeyPatch, shape: tuple[int, ...],
-                                                         groups: int, cl: bool, variant: str) -> None:
-    """``l2_group_mb`` below one sample's bytes: a statistics and an apply launch per sample, each on
-    slices of x, y, residual, emb and the saved statistics."""
-    _force(monkeypatch, "two_pass", block=32, stats_block=64, per_sm=4, l2_group_mb=1e-6)
-    t = _inputs(shape, groups, cl, torch.float32, seed=23)
-    want = _run(t, groups, variant, "ref")
-    out = _run(t, groups, variant, "triton")
-    assert out.is_contiguous(memory_format=torch.channels_last) == cl
-    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
-    _, mean, rstd, _, _, _ = gnt.group_norm_act_forward(t["x"], groups, t["w"], t["b"], 1e-5, None, None, True)
-    xg = t["x"].double().reshape(shape[0] * groups, -1) if not cl else t["x"].double().reshape(shape[0], -1)
-    torch.testing.assert_close(mean.double(), xg.mean(1), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(rstd.double(), (xg.var(1, unbiased=False) + 1e-5).rsqrt(), rtol=1e-5, atol=1e-6)
-
-
 @needs_triton
 @pytest.mark.parametrize("merge", [False, True])
 def test_two_pass_saves_the_row_statistics(monkeypatch: pytest.MonkeyPatch, merge: bool) -> None:

@@ -52,8 +52,6 @@ gradient dz.
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -576,11 +574,7 @@ class ForwardConfig:
     ``merge`` (the statistics pass's last program of a row merges the row, by an arrival counter, and
     the apply programs read two numbers; otherwise every apply program merges its row's chunks),
     ``l2_keep_mb`` (the statistics pass loads the last chunks of the rows, up to this many MiB, with
-    evict_last, so that they are still in L2 when the apply pass reads them first), ``l2_group_mb``
-    (0: one statistics and one apply launch over all rows; else the samples are taken in groups of at
-    most this many MiB of x, a statistics and an apply launch per group, so that the apply pass
-    re-reads a group the statistics pass has just read while it is still in L2: x then crosses DRAM
-    once, as in a copy, for two launches more per extra group; ``row_groups``).
+    evict_last, so that they are still in L2 when the apply pass reads them first).
     Persistent: ``persistent_block`` elements per tile (held in registers), ``persistent_warps``,
     ``ctas_per_sm`` (at most this many programs per SM; 0: as many as are resident), ``early_publish``
     (publish the next wave's tile statistics before normalizing the current tile) and ``cooperative``
@@ -603,7 +597,6 @@ class ForwardConfig:
     merge: bool = False
     asm: bool = True
     l2_keep_mb: float = 0.0
-    l2_group_mb: float = 0.0
 
 
 PATHS = ("auto", "persistent", "two_pass")
@@ -844,29 +837,6 @@ def persistent_launch(p: _Problem, cfg: ForwardConfig) -> tuple[PersistentPlan |
     return plan, launch
 
 
-def row_groups(batch: int, sample_bytes: int, group_mb: float) -> list[tuple[int, int]]:
-    """[start, stop) sample ranges of at most ``group_mb`` MiB of x each (at least one sample a range,
-    ranges of near-equal size); one range when ``group_mb`` is 0 or everything fits."""
-    if batch < 0 or sample_bytes < 0 or group_mb < 0:
-        raise ValueError(f"batch={batch}, sample_bytes={sample_bytes}, group_mb={group_mb}: must be >= 0")
-    if group_mb == 0 or batch * sample_bytes <= group_mb * 2**20 or batch <= 1:
-        return [(0, batch)]
-    per = max(1, int(group_mb * 2**20) // max(sample_bytes, 1))
-    count = -(-batch // per)
-    bounds = [round(i * batch / count) for i in range(count + 1)]
-    return list(itertools.pairwise(bounds))
-
-
-def _sub_problem(p: _Problem, start: int, stop: int) -> _Problem:
-    """The samples [start, stop) of ``p``: slices along the batch, so each kernel row is still a block
-    of ``length`` values from the slice's base."""
-    g = p.num_groups
-    return dataclasses.replace(
-        p, x=p.x[start:stop], y=p.y[start:stop], mean=p.mean[start * g:stop * g], rstd=p.rstd[start * g:stop * g],
-        residual=None if p.residual is None else p.residual[start:stop],
-        emb=None if p.emb is None else p.emb[start:stop])
-
-
 def _problem(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
              eps: float, residual: torch.Tensor | None, emb: torch.Tensor | None, gelu: bool) -> _Problem:
     x, channels_last = _layout(x, num_groups)
@@ -902,11 +872,9 @@ def group_norm_act_forward(x: torch.Tensor, num_groups: int, weight: torch.Tenso
             raise ValueError(f"x.shape={tuple(p.x.shape)}, num_groups={num_groups}: a group of {p.length} values "
                              f"needs more tiles of {cfg.persistent_block} than programs can be resident at once; "
                              "use path='auto' or 'two_pass'")
-    sample_bytes = p.x[0].numel() * p.x.element_size()
-    for start, stop in row_groups(p.x.shape[0], sample_bytes, cfg.l2_group_mb):
-        stats, apply = two_pass_launches(p if stop - start == p.x.shape[0] else _sub_problem(p, start, stop), cfg)
-        stats()
-        apply()
+    stats, apply = two_pass_launches(p, cfg)
+    stats()
+    apply()
     return p.y, p.mean, p.rstd, p.x, p.residual, p.channels_last
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+import kernels
 from benchmarks import gpu_fused as gf
 from pyimpl.unet import UNet
 
@@ -265,6 +266,42 @@ def part_layout() -> None:
                                                            if k.endswith("_err")))
 
 
+def part_customop() -> None:
+    """Host time of one fused op per call (no graph): the public function, its custom op called
+    directly, and a one-op function under torch.compile; then the top host functions of the custom-op
+    path (torch.profiler, CPU side)."""
+    import timeit
+
+    from torch.profiler import ProfilerActivity, profile
+
+    x = torch.randn(16, 64, 64, 64, device=DEV, dtype=torch.bfloat16)
+    w, b = torch.ones(64, device=DEV, dtype=torch.bfloat16), torch.zeros(64, device=DEV, dtype=torch.bfloat16)
+    ops = torch.ops.modelkernels
+
+    def public() -> torch.Tensor:
+        return kernels.group_norm_act(x, 1, w, b, 1e-5, activation="gelu")
+
+    def custom() -> torch.Tensor:
+        return ops.group_norm_act(x, 1, w, b, 1e-5, None, None, "gelu", None)
+
+    compiled = torch.compile(public, fullgraph=True)
+    RESULTS["customop"] = res = {}
+    with torch.no_grad():
+        for name, fn in (("public", public), ("custom op", custom), ("compiled", compiled)):
+            for _ in range(20):
+                fn()
+            torch.cuda.synchronize()
+            n = 300
+            res[name] = timeit.timeit(fn, number=n) / n * 1e6
+            torch.cuda.synchronize()
+        note("GroupNorm+GELU B=16 host µs per call: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items()))
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(50):
+                compiled()
+            torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), flush=True)
+
+
 def rel_err(out: torch.Tensor, want: torch.Tensor) -> float:
     return float((out.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30))
 
@@ -322,7 +359,7 @@ def part_sample() -> None:
 
 def main() -> None:
     table = {"step": part_step, "profile": part_profile, "host": part_host, "layout": part_layout,
-             "sample": part_sample}
+             "sample": part_sample, "customop": part_customop}
     for name in [a for a in sys.argv[1:] if a in table]:
         try:
             table[name]()

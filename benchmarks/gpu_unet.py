@@ -295,6 +295,18 @@ def part_customop() -> None:
             res[name] = timeit.timeit(fn, number=n) / n * 1e6
             torch.cuda.synchronize()
         note("GroupNorm+GELU B=16 host µs per call: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items()))
+        import cProfile
+        import io
+        import pstats
+
+        cprof = cProfile.Profile()
+        cprof.enable()
+        for _ in range(200):
+            public()
+        cprof.disable()
+        text = io.StringIO()
+        pstats.Stats(cprof, stream=text).sort_stats("tottime").print_stats(22)
+        print(text.getvalue(), flush=True)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(50):
                 compiled()

@@ -32,7 +32,7 @@ import triton
 
 import kernels
 import kernels.nn
-from benchmarks.harness import cuda_time
+from benchmarks.harness import cuda_time, graphed
 from kernels import parity
 from kernels.fused import feed_forward_triton as fft
 from kernels.fused import modules
@@ -104,19 +104,6 @@ def part_check() -> None:
 
 
 # -------------------------------------------------------------------------------------------- timing
-def graphed(fn: Callable[[], Any]) -> Callable[[], Any]:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
-
-
 def gpu_us(fn: Callable[[], Any]) -> float:
     """GPU time of one call: captured in a CUDA graph, replays timed with CUDA events, L2 flushed before each."""
     return 1e3 * cuda_time(graphed(fn), warmup=3, rep=30)["median_ms"]

@@ -45,7 +45,7 @@ from triton.testing import do_bench
 
 import kernels
 import kernels.nn
-from benchmarks.harness import cuda_time
+from benchmarks.harness import cuda_time, graphed
 from kernels import parity
 from kernels.fused import group_norm_triton as gnt
 from pyimpl import fused as ref
@@ -121,19 +121,6 @@ def part_check() -> None:
 
 
 # -------------------------------------------------------------------------------------------- kernels
-def graphed(fn: Callable[[], Any]) -> Callable[[], Any]:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
-
-
 def gpu_ms(fn: Callable[[], Any]) -> float:
     """GPU time of one call without the host's launch overhead: ``fn`` captured in a CUDA graph
     (as the sampler runs it), replays timed with CUDA events, L2 flushed in between."""

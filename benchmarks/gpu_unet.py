@@ -36,6 +36,7 @@ import torch
 
 import kernels
 from benchmarks import gpu_fused as gf
+from benchmarks.harness import graphed
 from pyimpl.unet import UNet
 
 DEV = "cuda"
@@ -71,6 +72,14 @@ def save() -> None:
         json.dump(RESULTS, fh, indent=1, default=str)
 
 
+def _batch(base: torch.nn.Module, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch of b noisy 64x64 images at t = 500 and the seed's fp32 model output on it."""
+    x = torch.randn(b, 3, 64, 64, device=DEV)
+    t = torch.full((b,), 500, device=DEV, dtype=torch.long)
+    with torch.no_grad():
+        return x, t, base(x, t).float()
+
+
 def part_step() -> None:
     torch.manual_seed(0)
     base = UNet().to(DEV).eval()
@@ -79,10 +88,7 @@ def part_step() -> None:
     note(f"patched seed UNet: {len(report.replaced)} modules replaced, {len(report.kept)} kept")
     RESULTS["step"] = rows = []
     for b in _batches():
-        x = torch.randn(b, 3, 64, 64, device=DEV)
-        t = torch.full((b,), 500, device=DEV, dtype=torch.long)
-        with torch.no_grad():
-            want = base(x, t).float()
+        x, t, want = _batch(base, b)
         row: dict[str, Any] = {"batch": b}
         rows.append(row)
         torch._dynamo.reset()  # a static-shape compile per batch, as a user with one batch size gets
@@ -105,7 +111,7 @@ def part_step() -> None:
                 fn()
                 row[f"{name}_ms"] = gf.ms(fn)
                 if not name.endswith("_ro"):  # already replayed from a graph
-                    row[f"{name}_graph_ms"] = gf.ms(gf.graphed(fn))
+                    row[f"{name}_graph_ms"] = gf.ms(graphed(fn))
             except Exception as ex:  # report and go on
                 print(f"step B={b} {name}: {type(ex).__name__} {str(ex)[:400]}", flush=True)
                 row[f"{name}_error"] = f"{type(ex).__name__}: {str(ex)[:200]}"
@@ -238,10 +244,7 @@ def part_layout() -> None:
     base = UNet().to(DEV).eval()
     RESULTS["layout"] = rows = []
     for b in _batches():
-        x = torch.randn(b, 3, 64, 64, device=DEV)
-        t = torch.full((b,), 500, device=DEV, dtype=torch.long)
-        with torch.no_grad():
-            want = base(x, t).float()
+        x, t, want = _batch(base, b)
         row: dict[str, Any] = {"batch": b}
         rows.append(row)
         for name, cl in (("ours", False), ("ours_cached_casts", False), ("ours_cached_casts_channels_last", True)):
@@ -253,11 +256,11 @@ def part_layout() -> None:
                 model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
                 xin = x.contiguous(memory_format=torch.channels_last)
             if name == "ours":
-                row[name + "_graph_ms"] = gf.ms(gf.graphed(gf.step(model, xin)))
+                row[name + "_graph_ms"] = gf.ms(graphed(gf.step(model, xin)))
                 continue
             with cached_casts():
                 row[name + "_err"] = rel_err(model(xin, t).float(), want)
-                replay = gf.graphed(functools.partial(gf.seed_step_fn, model, xin, 500))
+                replay = graphed(functools.partial(gf.seed_step_fn, model, xin, 500))
                 row[name + "_graph_ms"] = gf.ms(replay)
             save()
         note(f"UNet step B={b}, patched, CUDA graph, ms: " + ", ".join(

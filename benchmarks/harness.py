@@ -57,6 +57,23 @@ def cuda_time(fn: Callable[[], Any], warmup: int = 10, rep: int = 50, flush_l2: 
     return {"median_ms": times[len(times) // 2], "min_ms": times[0], "max_ms": times[-1]}
 
 
+def graphed(fn: Callable[[], Any], warmup: int = 3) -> Callable[[], Any]:
+    """``fn`` captured in a CUDA graph (after ``warmup`` calls on a side stream, as capture requires);
+    returns the replay: timing it measures the GPU work alone, as the library's sampler runs a step."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
 def git_commit(root: Path | None = None) -> str:
     root = root or Path(__file__).resolve().parent.parent
     try:

@@ -16,7 +16,7 @@ for the patched and the unpatched step. ``host`` profiles the Python time of an 
 the graph (one autocast region around capture) and with channels-last weights and input.
 ``sample`` times the whole 999-step sampling against the seed's loop.
 Results go to $OUT/gpu_unet.json; a summary is printed last. ``--budget S`` stops starting new
-measurements after S seconds.
+measurements after S seconds; ``--no-compile`` leaves torch.compile out of ``step``.
 """
 
 from __future__ import annotations
@@ -92,9 +92,10 @@ def part_step() -> None:
         row: dict[str, Any] = {"batch": b}
         rows.append(row)
         torch._dynamo.reset()  # a static-shape compile per batch, as a user with one batch size gets
-        variants: list[tuple[str, Any]] = [
-            ("sdpa", peer), ("compile", torch.compile(peer, dynamic=False)), ("ours", ours),
-            ("ours+compile", torch.compile(ours, dynamic=False, fullgraph=True))]
+        variants: list[tuple[str, Any]] = [("sdpa", peer), ("ours", ours)]
+        if "--no-compile" not in sys.argv:
+            variants += [("compile", torch.compile(peer, dynamic=False)),
+                         ("ours+compile", torch.compile(ours, dynamic=False, fullgraph=True))]
         if "--reduce-overhead" in sys.argv:  # torch.compile's own CUDA graphs (cudagraph trees)
             variants += [("compile_ro", torch.compile(peer, dynamic=False, mode="reduce-overhead")),
                          ("ours+compile_ro", torch.compile(ours, dynamic=False, fullgraph=True,

@@ -212,3 +212,55 @@ def test_compare_reports_error_to_tolerance_ratio() -> None:
     c = compare(np.array([1.0 + 5e-7, 2.0]), np.array([1.0, 2.0]), Tolerance(1e-6, 0))
     assert c.ok and abs(c.ratio - 0.5) < 1e-6 and abs(c.max_error - 5e-7) < 1e-12
     assert not compare(np.array([1.1]), np.array([1.0]), Tolerance(0, 0)).ok
+
+
+def test_cached_triton_launch_reuses_the_compiled_kernel_per_specialisation(monkeypatch) -> None:
+    """``kernels.triton_launch.fast`` with a stand-in kernel: the first call of a specialisation goes
+    through ``kernel[grid]``; later equal calls go straight to the compiled launcher with the runtime
+    arguments and then the constexprs (defaults included) in signature order; another dtype, alignment,
+    integer, constexpr or warp count compiles again; the interpreter always takes Triton's path."""
+    pytest.importorskip("triton")
+    from kernels import triton_launch
+
+    compiles: list[tuple[int, ...]] = []
+    runs: list[tuple[object, ...]] = []
+
+    class Compiled:
+        function, packed_metadata = "fn", "meta"
+
+        def run(self, *args: object) -> None:
+            runs.append(args)
+
+    class Param:
+        def __init__(self, name: str, default: object = None, has_default: bool = False) -> None:
+            self.name, self.default, self.has_default = name, default, has_default
+
+    class Kernel:
+        arg_names = ("X", "N", "EPS", "BLOCK", "FLAG")
+        params = (Param("X"), Param("N"), Param("EPS"), Param("BLOCK"), Param("FLAG", False, True))
+
+        def __getitem__(self, grid: tuple[int, ...]):  # type: ignore[no-untyped-def]
+            def compile_and_run(*args: object, **kw: object) -> Compiled:
+                compiles.append(grid)
+                return Compiled()
+            return compile_and_run
+
+    monkeypatch.setattr(triton_launch, "triton_interpret", lambda: False)
+    monkeypatch.setattr(triton_launch, "hooks_installed", lambda: False)
+    monkeypatch.setattr(triton_launch, "_device_and_stream", lambda: (lambda: 0, lambda device: 7))
+    kernel, x = Kernel(), torch.zeros(64, dtype=torch.float16)
+    launcher = triton_launch.fast(kernel)
+    assert triton_launch.fast(kernel) is launcher
+    launcher[(4,)](x, 100, 0.5, BLOCK=32, num_warps=4)
+    launcher[(5, 2)](x, 100, 0.25, BLOCK=32, num_warps=4)
+    assert compiles == [(4,)]
+    assert runs == [(5, 2, 1, 7, "fn", "meta", None, None, None, x, 100, 0.25, 32, False)]
+    launcher[(4,)](x[1:], 100, 0.5, BLOCK=32, num_warps=4)  # misaligned pointer
+    launcher[(4,)](x.float(), 100, 0.5, BLOCK=32, num_warps=4)  # another dtype
+    launcher[(4,)](x, 101, 0.5, BLOCK=32, num_warps=4)  # another integer
+    launcher[(4,)](x, 100, 0.5, BLOCK=64, num_warps=4)  # another constexpr
+    launcher[(4,)](x, 100, 0.5, BLOCK=32, num_warps=8)  # other launch options
+    assert len(compiles) == 6 and len(runs) == 1
+    monkeypatch.setattr(triton_launch, "triton_interpret", lambda: True)
+    launcher[(4,)](x, 100, 0.5, BLOCK=32, num_warps=4)
+    assert len(compiles) == 7 and len(runs) == 1

@@ -42,6 +42,7 @@ from torch.autograd.function import once_differentiable
 from triton.runtime.errors import OutOfResources
 
 from kernels.registry import triton_interpret
+from kernels.triton_launch import fast
 from pyimpl.fused import check_feed_forward_args, feed_forward_dtype
 
 
@@ -152,7 +153,7 @@ def forward(h: torch.Tensor, s: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor
     cfg: Config | None = _FITS.get(key, first)
     while cfg is not None:
         try:
-            _ff_fwd_kernel[(triton.cdiv(m, cfg.block_m),)](
+            fast(_ff_fwd_kernel)[(triton.cdiv(m, cfg.block_m),)](
                 h2, s2, w1, b1 if b1 is not None else w1, w2, b2 if b2 is not None else w2, out, m, c,
                 *h2.stride(), *s2.stride(), *w1.stride(), *w2.stride(), NF=nf,
                 HAS_B1=b1 is not None, HAS_B2=b2 is not None,

@@ -61,6 +61,7 @@ import triton
 import triton.language as tl
 
 from kernels.registry import triton_interpret
+from kernels.triton_launch import fast
 from pyimpl.fused import check_group_norm_args
 
 Tensor = torch.Tensor
@@ -785,12 +786,12 @@ def two_pass_launches(p: _Problem, cfg: ForwardConfig) -> tuple[Any, Any]:
     grid = (rows, nchunk)
 
     def stats() -> None:
-        _stats_kernel[grid](p.x, mean_p[0], mean_p[1], cnt, p.mean, p.rstd, length, nchunk, keep, p.eps, CHUNK=chunk,
-                            TILE=stats_block, EVEN=even, MERGE=merge, NCHUNK_P2=nchunk_p2,
-                            num_warps=cfg.stats_warps)
+        fast(_stats_kernel)[grid](p.x, mean_p[0], mean_p[1], cnt, p.mean, p.rstd, length, nchunk, keep, p.eps,
+                                  CHUNK=chunk, TILE=stats_block, EVEN=even, MERGE=merge, NCHUNK_P2=nchunk_p2,
+                                  num_warps=cfg.stats_warps)
 
     def apply() -> None:
-        _apply_kernel[grid](
+        fast(_apply_kernel)[grid](
             *p.pointers(), mean_p[0], mean_p[1], p.mean, p.rstd, length, nchunk, p.num_groups, p.eps,
             CHUNK=chunk, HW=hw, CPG=c // p.num_groups, C=c, MODE=_mode(p.channels_last, c, hw, block),
             FAST_ERF=cfg.fast_erf, ASM=asm, MERGED=merge, EVEN=even, NCHUNK_P2=nchunk_p2, BLOCK=block,
@@ -903,13 +904,13 @@ def group_norm_act_backward(dy: torch.Tensor, x: torch.Tensor, num_groups: int, 
         wt = weight if weight is not None else dummy
         bs = bias if bias is not None else dummy
         rs = residual if residual is not None else dummy
-        _bwd_sums_kernel[grid](x, dy, wt, bs, rs, mean, rstd, pa, pb, pe, c, hw, sn, sc, sp, num_groups,
+        fast(_bwd_sums_kernel)[grid](x, dy, wt, bs, rs, mean, rstd, pa, pb, pe, c, hw, sn, sc, sp, num_groups,
                                HAS_E=has_emb, **common)
         a, b_sum, e_sum = pa.sum(1), pb.sum(1), pe.sum(1)
         wf = weight.float() if weight is not None else torch.ones(c, device=x.device)
         s1 = (a * wf).view(n, num_groups, -1).sum(-1).contiguous()
         s2 = (b_sum * wf).view(n, num_groups, -1).sum(-1).contiguous()
-        _bwd_dx_kernel[grid](x, dy, wt, bs, rs, mean, rstd, s1, s2, dx, dr if dr is not None else dummy,
+        fast(_bwd_dx_kernel)[grid](x, dy, wt, bs, rs, mean, rstd, s1, s2, dx, dr if dr is not None else dummy,
                              c, hw, sn, sc, sp, num_groups, 1.0 / ((c // num_groups) * hw),
                              WRITE_DR=dr is not None, **common)
     dw = a.sum(0).to(weight.dtype) if weight is not None else None

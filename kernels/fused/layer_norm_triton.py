@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.triton_launch import fast
 from pyimpl.fused import check_add_layer_norm_args, check_tokens_layer_norm_args
 
 
@@ -109,7 +110,7 @@ def _forward(x3: torch.Tensor, r3: torch.Tensor | None, weight: torch.Tensor | N
         return s, y, mean, rstd
     bn, bc, warps = _tiles(ntok, c, x3.device)
     rr = r3 if r3 is not None else x3
-    _ln_fwd_kernel[(triton.cdiv(ntok, bn), nb)](
+    fast(_ln_fwd_kernel)[(triton.cdiv(ntok, bn), nb)](
         x3, rr, s, y, weight if weight is not None else x3, bias if bias is not None else x3, mean, rstd,
         ntok, c, *x3.stride(), *rr.stride(), float(eps),
         HAS_R=r3 is not None, HAS_W=weight is not None, HAS_B=bias is not None,
@@ -132,7 +133,7 @@ def _backward(s: torch.Tensor, dy: torch.Tensor | None, ds: torch.Tensor | None,
     pw = torch.zeros(nb * grid[0], c, device=s.device, dtype=torch.float32)
     pb = torch.zeros_like(pw)
     if s.numel():
-        _ln_bwd_kernel[grid](s, dy, ds if ds is not None else dy, weight if weight is not None else s, mean, rstd,
+        fast(_ln_bwd_kernel)[grid](s, dy, ds if ds is not None else dy, weight if weight is not None else s, mean, rstd,
                              dx, pw, pb, ntok, c, *dx_strides, HAS_DS=ds is not None, HAS_W=weight is not None,
                              BLOCK_N=bn, BLOCK_C=bc, num_warps=warps)
     return pw.sum(0), pb.sum(0)

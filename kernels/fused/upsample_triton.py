@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.triton_launch import fast
 from pyimpl.fused import check_upsample_concat_args
 
 
@@ -134,7 +135,7 @@ def upsample_concat_forward(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor
         bw = triton.next_power_of_2(2 * w)
     ncb_s = triton.cdiv(cs, bc)
     grid = (b * 2 * h, triton.cdiv(2 * w, bw), ncb_s + triton.cdiv(cx, bc))
-    _upsample_concat_kernel[grid](x, skip, out, cs, cx, h, w, *x.stride(), *skip.stride(), *out.stride(),
+    fast(_upsample_concat_kernel)[grid](x, skip, out, cs, cx, h, w, *x.stride(), *skip.stride(), *out.stride(),
                                   _scale(h), _scale(w), ncb_s, BLOCK_W=bw, BLOCK_C=bc, num_warps=4)
     return out
 
@@ -158,7 +159,7 @@ def upsample_concat_backward(grad: torch.Tensor, shape: tuple[int, ...], cs: int
         bc, bw = triton.next_power_of_2(cx), triton.next_power_of_2(w)
     grid = (b * h, triton.cdiv(w, bw), triton.cdiv(cx, bc))
     sh, sw = _scale(h), _scale(w)
-    _upsample_backward_kernel[grid](grad, dx, cs, cx, h, w, *grad.stride(), *dx.stride(), sh, sw,
+    fast(_upsample_backward_kernel)[grid](grad, dx, cs, cx, h, w, *grad.stride(), *dx.stride(), sh, sw,
                                     1.0 / sh if sh else 0.0, 1.0 / sw if sw else 0.0,
                                     NCAND_H=_candidates(h), NCAND_W=_candidates(w), BLOCK_W=bw, BLOCK_C=bc,
                                     num_warps=4)

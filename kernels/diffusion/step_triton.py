@@ -131,6 +131,28 @@ def _clip(x0, s_ptr, b, clip_range, CLIP: tl.constexpr):
         return x0
 
 
+@triton.jit
+def _tile(M, Q: tl.constexpr):
+    """This program's tile of a sample: Q x 4 consecutive elements from ``j0 = program_id(0) * 4Q``,
+    as (blk, nblk, i, c, j0, jj, in_row) with ``jj`` the [Q, 4] element indices and ``in_row`` = jj < M."""
+    blk = tl.program_id(0).to(tl.int64)
+    nblk = tl.cdiv(M, 4 * Q)
+    i = tl.arange(0, Q).to(tl.int64)
+    c = tl.arange(0, 4).to(tl.int64)
+    j0 = blk * 4 * Q
+    jj = j0 + i[:, None] * 4 + c[None, :]
+    return blk, nblk, i, c, j0, jj, jj < M
+
+
+@triton.jit
+def _sample(k, grid_y, n, in_row, t_ptr):
+    """Iteration k's sample ``program_id(1) + k * grid_y``: its index clamped to n - 1, the tile mask
+    (off past n) and its timestep, as (b64, mask, t)."""
+    b = tl.program_id(1).to(tl.int64) + k * grid_y
+    b64 = tl.minimum(b, n - 1)
+    return b64, in_row & (b < n), tl.load(t_ptr + b64)
+
+
 @triton.jit(do_not_specialize=["seed", "offset"])  # a new offset each step: no recompiles
 def _q_sample_kernel(
     out_ptr, x_ptr, z_ptr, zout_ptr, t_ptr, ac_ptr, rng_ptr,
@@ -140,20 +162,10 @@ def _q_sample_kernel(
     NOISE: tl.constexpr, WRITE_NOISE: tl.constexpr, FLAT: tl.constexpr, Q: tl.constexpr, ITERS: tl.constexpr,
     RNG: tl.constexpr, ROUNDS: tl.constexpr,
 ):
-    blk = tl.program_id(0).to(tl.int64)
-    nblk = tl.cdiv(M, 4 * Q)
-    i = tl.arange(0, Q).to(tl.int64)
-    c = tl.arange(0, 4).to(tl.int64)
-    j0 = blk * 4 * Q
-    jj = j0 + i[:, None] * 4 + c[None, :]
-    in_row = jj < M
+    blk, nblk, i, c, j0, jj, in_row = _tile(M, Q)
     sd, off = _rng(rng_ptr, seed, offset, NOISE)
     for k in tl.static_range(ITERS):
-        b = tl.program_id(1).to(tl.int64) + k * grid_y
-        live = b < n
-        b64 = tl.minimum(b, n - 1)
-        mask = in_row & live
-        t = tl.load(t_ptr + b64)
+        b64, mask, t = _sample(k, grid_y, n, in_row, t_ptr)
         ah = _gather(ac_ptr, t, T)
         x = _load(x_ptr, _offsets(b64, i, c, xs0, xs1, xs2, xs3, d2, d3, j0, FLAT), mask)
         z = _noise_tile(z_ptr, _offsets(b64, i, c, zs0, zs1, zs2, zs3, d2, d3, j0, FLAT), mask, sd,
@@ -173,20 +185,10 @@ def _seed_step_kernel(
     NOISE: tl.constexpr, HAS_UNCOND: tl.constexpr, FLAT: tl.constexpr, Q: tl.constexpr, ITERS: tl.constexpr,
     RNG: tl.constexpr, ROUNDS: tl.constexpr,
 ):
-    blk = tl.program_id(0).to(tl.int64)
-    nblk = tl.cdiv(M, 4 * Q)
-    i = tl.arange(0, Q).to(tl.int64)
-    c = tl.arange(0, 4).to(tl.int64)
-    j0 = blk * 4 * Q
-    jj = j0 + i[:, None] * 4 + c[None, :]
-    in_row = jj < M
+    blk, nblk, i, c, j0, jj, in_row = _tile(M, Q)
     sd, off = _rng(rng_ptr, seed, offset, NOISE)
     for k in tl.static_range(ITERS):
-        b = tl.program_id(1).to(tl.int64) + k * grid_y
-        live = b < n
-        b64 = tl.minimum(b, n - 1)
-        mask = in_row & live
-        t = tl.load(t_ptr + b64)
+        b64, mask, t = _sample(k, grid_y, n, in_row, t_ptr)
         alpha = _gather(alpha_ptr, t, T)
         alpha_hat = _gather(ac_ptr, t, T)
         beta = _gather(beta_ptr, t, T)
@@ -212,20 +214,10 @@ def _ddpm_kernel(
     X0_ONLY: tl.constexpr, WRITE_X0: tl.constexpr, FLAT: tl.constexpr, Q: tl.constexpr, ITERS: tl.constexpr,
     RNG: tl.constexpr, ROUNDS: tl.constexpr,
 ):
-    blk = tl.program_id(0).to(tl.int64)
-    nblk = tl.cdiv(M, 4 * Q)
-    i = tl.arange(0, Q).to(tl.int64)
-    c = tl.arange(0, 4).to(tl.int64)
-    j0 = blk * 4 * Q
-    jj = j0 + i[:, None] * 4 + c[None, :]
-    in_row = jj < M
+    blk, nblk, i, c, j0, jj, in_row = _tile(M, Q)
     sd, off = _rng(rng_ptr, seed, offset, NOISE)
     for k in tl.static_range(ITERS):
-        b = tl.program_id(1).to(tl.int64) + k * grid_y
-        live = b < n
-        b64 = tl.minimum(b, n - 1)
-        mask = in_row & live
-        t = tl.load(t_ptr + b64)
+        b64, mask, t = _sample(k, grid_y, n, in_row, t_ptr)
         pt = tl.load(pt_ptr + b64)
         ap = _gather(ac_ptr, t, T)
         app = tl.where(pt < 0, 1.0, _gather(ac_ptr, pt, T))
@@ -284,20 +276,10 @@ def _ddim_kernel(
     Q: tl.constexpr, ITERS: tl.constexpr,
     RNG: tl.constexpr, ROUNDS: tl.constexpr,
 ):
-    blk = tl.program_id(0).to(tl.int64)
-    nblk = tl.cdiv(M, 4 * Q)
-    i = tl.arange(0, Q).to(tl.int64)
-    c = tl.arange(0, 4).to(tl.int64)
-    j0 = blk * 4 * Q
-    jj = j0 + i[:, None] * 4 + c[None, :]
-    in_row = jj < M
+    blk, nblk, i, c, j0, jj, in_row = _tile(M, Q)
     sd, off = _rng(rng_ptr, seed, offset, NOISE)
     for k in tl.static_range(ITERS):
-        b = tl.program_id(1).to(tl.int64) + k * grid_y
-        live = b < n
-        b64 = tl.minimum(b, n - 1)
-        mask = in_row & live
-        t = tl.load(t_ptr + b64)
+        b64, mask, t = _sample(k, grid_y, n, in_row, t_ptr)
         pt = tl.load(pt_ptr + b64)
         ap = _gather(ac_ptr, t, T)
         app = tl.where(pt < 0, final_alpha, _gather(ac_ptr, pt, T))

@@ -47,6 +47,23 @@ def _online_softmax(s, acc, l_i, m_i, offs_m, offs_n, kpm_base, n_k, qk_scale, s
 
 
 @triton.jit
+def _key_range(start_m, n_k, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+    """(hi, full_end): the keys query block ``start_m`` sees end at hi (causal: its last row); the
+    whole key blocks end at full_end, and a partial block follows when full_end < hi."""
+    hi = n_k
+    if CAUSAL:
+        hi = tl.minimum(n_k, (start_m + 1) * BLOCK_M)
+    return hi, (hi // BLOCK_N) * BLOCK_N
+
+
+@triton.jit
+def _normalize(acc, l_i, m_i):
+    """(O, base-2 log-sum-exp) from the streamed state; a row that saw no key gives O = 0, lse = +inf."""
+    seen = l_i > 0.0
+    return acc / tl.where(seen, l_i, 1.0)[:, None], tl.where(seen, m_i + tl.log2(l_i), float("inf"))
+
+
+@triton.jit
 def _fwd_key_block(acc, l_i, m_i, q, k_base, v_base, kpm_base, start_n, offs_m, offs_d, n_k, qk_scale,
                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
                    BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, BOUNDARY: tl.constexpr,
@@ -105,10 +122,7 @@ def attention_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    hi = N_K
-    if CAUSAL:
-        hi = tl.minimum(N_K, (start_m + 1) * BLOCK_M)
-    full_end = (hi // BLOCK_N) * BLOCK_N
+    hi, full_end = _key_range(start_m, N_K, BLOCK_M, BLOCK_N, CAUSAL)
     for start_n in range(0, full_end, BLOCK_N):
         acc, l_i, m_i = _fwd_key_block(acc, l_i, m_i, q, k_base, v_base, kpm_base, start_n, offs_m, offs_d, N_K,
                                        qk_scale, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
@@ -117,9 +131,7 @@ def attention_fwd_kernel(
         acc, l_i, m_i = _fwd_key_block(acc, l_i, m_i, q, k_base, v_base, kpm_base, full_end, offs_m, offs_d, N_K,
                                        qk_scale, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
                                        BLOCK_N, CAUSAL, HAS_MASK, True, PRECISION, K_ROWS)
-    seen = l_i > 0.0
-    o = acc / tl.where(seen, l_i, 1.0)[:, None]
-    lse = tl.where(seen, m_i + tl.log2(l_i), float("inf"))
+    o, lse = _normalize(acc, l_i, m_i)
     row_ok = offs_m < N_Q
     o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od
     tl.store(o_ptrs, o.to(Out.dtype.element_ty), mask=row_ok[:, None])
@@ -165,19 +177,14 @@ def attention_fwd_tma_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    hi = N_K
-    if CAUSAL:
-        hi = tl.minimum(N_K, (start_m + 1) * BLOCK_M)
-    full_end = (hi // BLOCK_N) * BLOCK_N
+    hi, full_end = _key_range(start_m, N_K, BLOCK_M, BLOCK_N, CAUSAL)
     for start_n in tl.range(0, full_end, BLOCK_N, warp_specialize=WARP_SPEC):
         acc, l_i, m_i = _fwd_tma_block(acc, l_i, m_i, q, k_desc, v_desc, kpm_base, b, h, start_n, offs_m, N_K,
                                        qk_scale, stride_mn, HEAD_DIM, BLOCK_N, CAUSAL, HAS_MASK, False, PRECISION)
     if full_end < hi:
         acc, l_i, m_i = _fwd_tma_block(acc, l_i, m_i, q, k_desc, v_desc, kpm_base, b, h, full_end, offs_m, N_K,
                                        qk_scale, stride_mn, HEAD_DIM, BLOCK_N, CAUSAL, HAS_MASK, True, PRECISION)
-    seen = l_i > 0.0
-    o = acc / tl.where(seen, l_i, 1.0)[:, None]
-    lse = tl.where(seen, m_i + tl.log2(l_i), float("inf"))
+    o, lse = _normalize(acc, l_i, m_i)
     o_desc.store([b, h, row0, 0], o.to(o_desc.dtype).reshape(1, 1, BLOCK_M, HEAD_DIM))
     if STORE_LSE:
         tl.store(LSE + bh.to(tl.int64) * N_Q + offs_m, lse, mask=offs_m < N_Q)

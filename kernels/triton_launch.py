@@ -28,7 +28,7 @@ HANDLE_LIMIT = 4096  # specialisations kept per kernel; the cache starts over pa
 
 
 @functools.cache
-def _device_and_stream() -> tuple[Callable[[], int], Callable[[int], int]]:
+def device_and_stream() -> tuple[Callable[[], int], Callable[[int], int]]:
     return triton.runtime.driver.active.get_current_device, triton.runtime.driver.active.get_current_stream
 
 
@@ -68,7 +68,7 @@ class CachedKernel:
                **constexprs: Any) -> None:
         fast = not (triton_interpret() or hooks_installed())
         if fast:
-            get_device, get_stream = _device_and_stream()
+            get_device, get_stream = device_and_stream()
             device = get_device()
             key = (specialisation(args), tuple(constexprs.items()), num_warps, num_stages, device)
             entry = self.handles.get(key)

@@ -277,7 +277,7 @@ def test_cached_launch_reuses_the_compiled_kernel_and_recompiles_on_a_new_specia
             return compile_and_run
 
     monkeypatch.setattr(flash, "triton_interpret", lambda: False)
-    monkeypatch.setattr(flash, "_device_and_stream", lambda: (lambda: 0, lambda device: 7))
+    monkeypatch.setattr(flash, "device_and_stream", lambda: (lambda: 0, lambda device: 7))
     kernel, cfg, x = Kernel(), flash.FlashConfig(32, 16, 4, 2), torch.zeros(64, dtype=torch.float16)
     flash.launch(kernel, ("fake",), cfg, 100, 3, (x,), (100,), (0.5,), FLAG=True)
     flash.launch(kernel, ("fake",), cfg, 100, 3, (x,), (100,), (0.25,), FLAG=True)

@@ -247,7 +247,7 @@ def test_cached_triton_launch_reuses_the_compiled_kernel_per_specialisation(monk
 
     monkeypatch.setattr(triton_launch, "triton_interpret", lambda: False)
     monkeypatch.setattr(triton_launch, "hooks_installed", lambda: False)
-    monkeypatch.setattr(triton_launch, "_device_and_stream", lambda: (lambda: 0, lambda device: 7))
+    monkeypatch.setattr(triton_launch, "device_and_stream", lambda: (lambda: 0, lambda device: 7))
     kernel, x = Kernel(), torch.zeros(64, dtype=torch.float16)
     launcher = triton_launch.fast(kernel)
     assert triton_launch.fast(kernel) is launcher

@@ -8,18 +8,16 @@ relative error near 3e-4 per score; see docs/attention.md for the tolerances thi
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 import triton
 import triton.runtime.errors
-from triton import knobs
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.attention import flash_triton as kt
 from kernels.registry import triton_interpret
+from kernels.triton_launch import device_and_stream, hooks_installed
 
 LOG2E = 1.4426950408889634
 FP32_PRECISION = "tf32"
@@ -102,11 +100,6 @@ def pointer_alignment(ptrs: tuple[Any, ...]) -> tuple[bool, ...]:
     return tuple([p.data_ptr() % 16 == 0 if isinstance(p, torch.Tensor) else True for p in ptrs])
 
 
-@functools.cache
-def _device_and_stream() -> tuple[Callable[[], int], Callable[[int], int]]:
-    return triton.runtime.driver.active.get_current_device, triton.runtime.driver.active.get_current_stream
-
-
 def launch(kernel: Any, key: tuple[Any, ...], cfg: FlashConfig, rows: int, programs: int, ptrs: tuple[Any, ...],
            ints: tuple[int, ...], floats: tuple[float, ...] = (), by_n: bool = False, **constexprs: Any) -> None:
     """Launch ``kernel`` on a (cdiv(rows, BLOCK_M), programs) grid (BLOCK_N when ``by_n``) with the
@@ -122,11 +115,9 @@ def launch(kernel: Any, key: tuple[Any, ...], cfg: FlashConfig, rows: int, progr
     launch metadata on each call, tens of µs for these ~30-argument kernels. With a launch hook
     installed (a profiler) or under the interpreter every call takes Triton's own path.
     """
-    runtime = knobs.runtime
-    fast = not (getattr(runtime.launch_enter_hook, "calls", True) or getattr(runtime.launch_exit_hook, "calls", True)
-                or triton_interpret())
+    fast = not (hooks_installed() or triton_interpret())
     if fast:
-        get_device, get_stream = _device_and_stream()
+        get_device, get_stream = device_and_stream()
         device = get_device()
         hkey = (key, cfg, ints, pointer_alignment(ptrs), device)
         entry = _HANDLES.get(hkey)

@@ -29,6 +29,7 @@ HANDLE_LIMIT = 4096  # specialisations kept per kernel; the cache starts over pa
 
 @functools.cache
 def device_and_stream() -> tuple[Callable[[], int], Callable[[int], int]]:
+    """Triton's active driver's (current device, current stream of a device) getters, looked up once."""
     return triton.runtime.driver.active.get_current_device, triton.runtime.driver.active.get_current_stream
 
 

@@ -16,24 +16,15 @@ from typing import Any
 from torch import nn
 
 from kernels import nn as knn
-from kernels.fused.modules import (
-    FusedDoubleConv,
-    FusedDown,
-    FusedSelfAttention,
-    FusedUp,
-    double_conv_reasons,
-    down_reasons,
-    self_attention_reasons,
-    up_reasons,
-)
+from kernels.fused.modules import FusedDoubleConv, FusedDown, FusedSelfAttention, FusedUp
 from pyimpl import unet
 
-# class name in the seed -> (drop-in name, reasons, fused class)
-SEED_BLOCKS: dict[str, tuple[str, Callable[[nn.Module], list[str]], Any]] = {
-    "DoubleConv": ("fused_double_conv", double_conv_reasons, FusedDoubleConv),
-    "Down": ("fused_down", down_reasons, FusedDown),
-    "Up": ("fused_up", up_reasons, FusedUp),
-    "SelfAttention": ("fused_self_attention", self_attention_reasons, FusedSelfAttention),
+# class name in the seed -> (drop-in name, fused class; its ``reasons`` says why a block does not fit)
+SEED_BLOCKS: dict[str, tuple[str, Any]] = {
+    "DoubleConv": ("fused_double_conv", FusedDoubleConv),
+    "Down": ("fused_down", FusedDown),
+    "Up": ("fused_up", FusedUp),
+    "SelfAttention": ("fused_self_attention", FusedSelfAttention),
 }
 
 
@@ -52,10 +43,10 @@ def register_seed_blocks(namespace: ModuleType | Any) -> list[str]:
     ``modules``); returns the class names registered. Each module's structure is still checked by
     ``patch`` (a block that differs is left with its reason)."""
     done = []
-    for cls_name, (name, reasons, fused) in SEED_BLOCKS.items():
+    for cls_name, (name, fused) in SEED_BLOCKS.items():
         cls = getattr(namespace, cls_name, None)
         if isinstance(cls, type) and issubclass(cls, nn.Module):
-            knn.register_drop_in(cls, name=name, reasons=reasons, replacement=fused)(_factory(fused))
+            knn.register_drop_in(cls, name=name, reasons=fused.reasons, replacement=fused)(_factory(fused))
             done.append(cls_name)
     return done
 

@@ -18,7 +18,8 @@ Which backend runs is the dispatcher's choice per call: Triton for CUDA tensors,
 
 from __future__ import annotations
 
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import nn
@@ -71,6 +72,9 @@ def double_conv_reasons(m: nn.Module) -> list[str]:
     return out
 
 
+_View = TypeVar("_View", bound="_BlockView")
+
+
 class _BlockView(nn.Module):
     """A drop-in that is a second view of a live block: it shares the block's submodule, parameter
     and buffer dictionaries, so parameters, ``state_dict`` keys, device and dtype are the block's,
@@ -78,6 +82,16 @@ class _BlockView(nn.Module):
     DoubleConvs) is swapped here too (and put back by ``unpatch``)."""
 
     ATTRIBUTES: tuple[str, ...] = ()
+    reasons: Callable[[nn.Module], list[str]]  # why a module is not the block this class fuses
+
+    @classmethod
+    def from_module(cls: type[_View], m: nn.Module) -> _View:
+        """The fused view of block ``m``; ValueError naming every reason it does not fit."""
+        why = cls.reasons(m)
+        if why:
+            raise ValueError(f"{type(m).__name__} cannot be fused: " + "; ".join(why))
+        out: _View = cls._view(m)
+        return out
 
     @classmethod
     def _view(cls, m: nn.Module) -> Any:
@@ -108,13 +122,7 @@ class FusedDoubleConv(_BlockView):
     ATTRIBUTES = ("residual",)
     residual: bool
 
-    @classmethod
-    def from_module(cls, m: nn.Module) -> FusedDoubleConv:
-        why = double_conv_reasons(m)
-        if why:
-            raise ValueError(f"{type(m).__name__} cannot be fused: " + "; ".join(why))
-        out: FusedDoubleConv = cls._view(m)
-        return out
+    reasons = staticmethod(double_conv_reasons)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         conv1, gn1, _, conv2, gn2 = _child(self, "double_conv")
@@ -144,13 +152,7 @@ class FusedDown(_BlockView):
     """The seed's ``Down``: the time embedding is added inside the last GroupNorm pass (when that
     DoubleConv is fused too, as ``kernels.nn.patch`` does)."""
 
-    @classmethod
-    def from_module(cls, m: nn.Module) -> FusedDown:
-        why = down_reasons(m)
-        if why:
-            raise ValueError(f"{type(m).__name__} cannot be fused: " + "; ".join(why))
-        out: FusedDown = cls._view(m)
-        return out
+    reasons = staticmethod(down_reasons)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         pool, dc1, dc2 = _child(self, "maxpool_conv")
@@ -173,13 +175,7 @@ def up_reasons(m: nn.Module) -> list[str]:
 class FusedUp(_BlockView):
     """The seed's ``Up``: upsample and concatenation in one pass, the embedding in the last GroupNorm."""
 
-    @classmethod
-    def from_module(cls, m: nn.Module) -> FusedUp:
-        why = up_reasons(m)
-        if why:
-            raise ValueError(f"{type(m).__name__} cannot be fused: " + "; ".join(why))
-        out: FusedUp = cls._view(m)
-        return out
+    reasons = staticmethod(up_reasons)
 
     def forward(self, x: torch.Tensor, skip_x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         dc1, dc2 = _child(self, "conv")
@@ -221,13 +217,7 @@ class FusedSelfAttention(_BlockView):
     channels: int
     size: int
 
-    @classmethod
-    def from_module(cls, m: nn.Module) -> FusedSelfAttention:
-        why = self_attention_reasons(m)
-        if why:
-            raise ValueError(f"{type(m).__name__} cannot be fused: " + "; ".join(why))
-        out: FusedSelfAttention = cls._view(m)
-        return out
+    reasons = staticmethod(self_attention_reasons)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ln = cast(nn.LayerNorm, _child(self, "ln"))

@@ -8,6 +8,9 @@ when ../shared/data/maps is present, else on a generated floor):
 - beams: N = 10 000 with 15 .. 240 beams (how time grows with beams)
 - resample: fixed N = 2000, 10 000, 50 000 draws; nav2's sampler (a linear scan of the cumulative
   weights per draw) compiled with Numba as the peer, so the difference is the algorithm alone
+- bins: the KLD bin structure alone, insert + count (``amcl_kld_bins``) and clustering
+  (``amcl_bin_clusters``), for N = 2000, 10 000, 50 000 in a compact (tracking) and a spread
+  (global localization) cloud: nav2's kd-tree (``numba_kdtree``), the hash table (``numba``), the reference
 - update: a whole filter update (motion + sensor + resample + clusters) at fixed N = 2000, 10 000:
   ours (likelihood field and beam model), the reference filter, and nav2's C core (beam model)
 - compile: a fresh process (``python -m kernels.amcl.warmup``: Python, ``import kernels`` with its
@@ -34,7 +37,9 @@ from benchmarks.harness import verify
 from kernels.amcl import (
     ParticleFilter,
     amcl_beam_model,
+    amcl_bin_clusters,
     amcl_distance_map,
+    amcl_kld_bins,
     amcl_kld_resample,
     amcl_likelihood_field,
     amcl_likelihood_field_prob,
@@ -199,6 +204,39 @@ def test_amcl_resample(bench, quick, n: int, impl: str) -> None:  # type: ignore
     role = {"numba": "ours", "reference": "reference", "nav2-linear-scan": "peer"}[impl]
     bench(fn, suite="amcl_resample", case=f"N={n}", series="kld", size=n, impl=impl, role=role,
           work={"particles": n}, rounds=3 if impl == "nav2-linear-scan" and n > 10000 else 20)
+
+
+# -- the bin structure: kd-tree vs hash table ---------------------------------------------------------
+BIN_CASES = [(op, cloud, n, impl) for op in ("insert+count", "clustering") for cloud in ("compact", "spread")
+             for n in (2000, 10000, 50000) for impl in ("numba_kdtree", "numba", "reference")]
+
+
+def _spread_cloud(n: int, seed: int = 0) -> np.ndarray:
+    """Global localization's cloud: uniform over the map, any heading."""
+    xmin, xmax, ymin, ymax = _world()["map"].extent()
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.uniform(xmin, xmax, n), rng.uniform(ymin, ymax, n), rng.uniform(-math.pi, math.pi, n)], 1)
+
+
+@pytest.mark.parametrize("op,cloud,n,impl", BIN_CASES, ids=[f"{o}-{c}-N={n}-{i}" for o, c, n, i in BIN_CASES])
+def test_amcl_bins(bench, quick, op: str, cloud: str, n: int, impl: str) -> None:  # type: ignore[no-untyped-def]
+    if quick and n > 10000:
+        pytest.skip("--quick: N <= 10000")
+    poses = _cloud(n) if cloud == "compact" else _spread_cloud(n)
+    poses[:, 2] = np.arctan2(np.sin(poses[:, 2]), np.cos(poses[:, 2]))
+    w = np.random.default_rng(4).random(n)
+    if op == "insert+count":
+        fn: Callable[[], Any] = lambda: amcl_kld_bins(poses, w, BINS, backend=impl)
+        ref = amcl_kld_bins(poses, w, BINS, backend="reference")
+    else:
+        fn = lambda: amcl_bin_clusters(poses, BINS, backend=impl)
+        ref = amcl_bin_clusters(poses, BINS, backend="reference")
+    verify(fn(), ref, what=f"{op} {cloud} N={n} {impl}")
+    bins = len(amcl_kld_bins(poses, w, BINS)[1])
+    role = {"numba_kdtree": "ours", "numba": "ours", "reference": "reference"}[impl]
+    bench(fn, suite="amcl_bins", case=f"{op} {cloud} N={n} (k={bins} bins)", series=f"{op} {cloud}", size=n,
+          impl={"numba_kdtree": "kd-tree (numba)", "numba": "hash table (numba)"}.get(impl, impl), role=role,
+          work={"particles": n}, rounds=(3 if n > 10000 else 5) if impl == "reference" else 30)
 
 
 # -- the whole update ---------------------------------------------------------------------------------

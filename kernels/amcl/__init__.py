@@ -2,10 +2,12 @@
 
 ``ParticleFilter(map, **nav2_params)``, ``load_map("map.yaml")``, ``Scan``; the ops
 (``amcl_motion``, ``amcl_likelihood_field``, ``amcl_likelihood_field_prob``, ``amcl_beam_model``,
-``amcl_kld_resample``, ``amcl_cluster_stats``, ``amcl_distance_map``, ``amcl_ray_cast``) dispatch
-between the Numba backend and the ``pyimpl.amcl`` reference. See docs/amcl.md.
+``amcl_kld_resample``, ``amcl_cluster_stats``, ``amcl_distance_map``, ``amcl_ray_cast``,
+``amcl_kld_bins``, ``amcl_bin_clusters``) dispatch between the Numba backends and the ``pyimpl.amcl``
+reference. See docs/amcl.md.
 """
 
+from kernels.amcl.bin_ops import amcl_bin_clusters, amcl_kld_bins
 from kernels.amcl.filter import ParticleFilter
 from kernels.amcl.map_io import load_map, save_map
 from kernels.amcl.ops import (
@@ -31,8 +33,10 @@ __all__ = [
     "ParticleFilter",
     "Scan",
     "amcl_beam_model",
+    "amcl_bin_clusters",
     "amcl_cluster_stats",
     "amcl_distance_map",
+    "amcl_kld_bins",
     "amcl_kld_resample",
     "amcl_likelihood_field",
     "amcl_likelihood_field_prob",

@@ -6,7 +6,8 @@ Resampling: one pass builds the cumulative weights, then each draw is a binary s
 the KLD bound n(k) is checked after every draw: O(N + n log N) in all, where nav2 scans the
 cumulative weights linearly per draw (O(N·n)). Clusters: the same hash table maps each occupied
 bin to its index; a depth-first search over the 26 neighbours labels connected bins; the
-statistics are two passes over the particles (sums, then centred second moments).
+statistics are two passes over the particles (sums, then centred second moments). nav2's kd-tree
+serving the same two uses is ``numba_kdtree.py``.
 """
 
 from __future__ import annotations
@@ -23,19 +24,25 @@ _GOLDEN = np.uint64(11400714819323198485)
 @njit(cache=True)
 def _key(x: float, y: float, t: float, bx: float, by: float, bt: float, wrap: bool,
          n_theta: int) -> tuple[int, int, int]:
-    kx = min(max(math.floor(x / bx), -_OFFSET), _OFFSET - 1)
-    ky = min(max(math.floor(y / by), -_OFFSET), _OFFSET - 1)
+    # clamped before the integer conversion, so huge coordinates land on the edge bins
+    kx = math.floor(min(max(x / bx, -_OFFSET), _OFFSET - 1))
+    ky = math.floor(min(max(y / by, -_OFFSET), _OFFSET - 1))
     if wrap:
         tw = math.atan2(math.sin(t), math.cos(t))
         kt = math.floor((tw + math.pi) / bt) % n_theta
     else:
-        kt = int(min(max(math.floor(t / bt), -_OFFSET), _OFFSET - 1))
+        kt = int(math.floor(min(max(t / bt, -_OFFSET), _OFFSET - 1)))
     return int(kx), int(ky), kt
 
 
 @njit(cache=True)
 def _pack(kx: int, ky: int, kt: int) -> int:
     return ((kx + _OFFSET) << 42) | ((ky + _OFFSET) << 21) | (kt + _OFFSET)
+
+
+@njit(cache=True)
+def _in_range(kx: int, ky: int, kt: int) -> bool:
+    return -_OFFSET <= kx < _OFFSET and -_OFFSET <= ky < _OFFSET and -_OFFSET <= kt < _OFFSET
 
 
 @njit(cache=True)
@@ -67,10 +74,9 @@ def _limit(k: int, pop_err: float, pop_z: float, min_particles: int, max_particl
 
 
 @njit(cache=True)
-def kld_resample_numba(poses: np.ndarray, weights: np.ndarray, u_select: np.ndarray, u_random: np.ndarray,
-                       random_poses: np.ndarray, w_diff: float, min_particles: int, max_particles: int,
-                       pop_err: float, pop_z: float, bin_size: np.ndarray, wrap: bool) -> tuple[np.ndarray, int]:
-    n = poses.shape[0]
+def _cdf(weights: np.ndarray) -> tuple[np.ndarray, float]:
+    """Cumulative weights and their total; uniform when the total is not finite and > 0."""
+    n = weights.shape[0]
     cdf = np.empty(n)
     acc = 0.0
     for i in range(n):
@@ -80,6 +86,32 @@ def kld_resample_numba(poses: np.ndarray, weights: np.ndarray, u_select: np.ndar
         for i in range(n):
             cdf[i] = i + 1.0
         acc = float(n)
+    return cdf, acc
+
+
+@njit(cache=True)
+def _draw(m: int, poses: np.ndarray, cdf: np.ndarray, acc: float, u_select: np.ndarray, u_random: np.ndarray,
+          random_poses: np.ndarray, w_diff: float) -> np.ndarray:
+    """Draw m: a random pose with probability w_diff, else the particle a binary search of the cdf finds."""
+    if u_random[m] < w_diff:
+        return random_poses[m]
+    n = poses.shape[0]
+    r = u_select[m] * acc
+    lo, hi = 0, n  # first index with cdf > r (searchsorted side="right")
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if cdf[mid] <= r:
+            lo = mid + 1
+        else:
+            hi = mid
+    return poses[min(lo, n - 1)]
+
+
+@njit(cache=True)
+def kld_resample_numba(poses: np.ndarray, weights: np.ndarray, u_select: np.ndarray, u_random: np.ndarray,
+                       random_poses: np.ndarray, w_diff: float, min_particles: int, max_particles: int,
+                       pop_err: float, pop_z: float, bin_size: np.ndarray, wrap: bool) -> tuple[np.ndarray, int]:
+    cdf, acc = _cdf(weights)
     bx, by, bt = bin_size[0], bin_size[1], bin_size[2]
     n_theta = max(1, round(2 * math.pi / bt))
     table = _table(max_particles)
@@ -87,18 +119,7 @@ def kld_resample_numba(poses: np.ndarray, weights: np.ndarray, u_select: np.ndar
     k = 0
     m = 0
     while m < max_particles:
-        if u_random[m] < w_diff:
-            src = random_poses[m]
-        else:
-            r = u_select[m] * acc
-            lo, hi = 0, n  # first index with cdf > r (searchsorted side="right")
-            while lo < hi:
-                mid = (lo + hi) >> 1
-                if cdf[mid] <= r:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            src = poses[min(lo, n - 1)]
+        src = _draw(m, poses, cdf, acc, u_select, u_random, random_poses, w_diff)
         out[m, 0] = src[0]
         out[m, 1] = src[1]
         out[m, 2] = src[2]
@@ -112,6 +133,33 @@ def kld_resample_numba(poses: np.ndarray, weights: np.ndarray, u_select: np.ndar
         if m > _limit(k, pop_err, pop_z, min_particles, max_particles):
             break
     return out[:m].copy(), k
+
+
+@njit(cache=True)
+def kld_bins_numba(poses: np.ndarray, weights: np.ndarray, bin_size: np.ndarray,
+                   wrap: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Each particle's bin (numbered by first particle) and each bin's summed weight."""
+    n = poses.shape[0]
+    bx, by, bt = bin_size[0], bin_size[1], bin_size[2]
+    n_theta = max(1, round(2 * math.pi / bt))
+    table = _table(n)
+    bin_id = np.empty(table.shape[0], np.int64)
+    total = np.empty(n)
+    particle_bin = np.empty(n, np.int64)
+    n_bins = 0
+    for p in range(n):
+        kx, ky, kt = _key(poses[p, 0], poses[p, 1], poses[p, 2], bx, by, bt, wrap, n_theta)
+        key = _pack(kx, ky, kt)
+        s = _slot(table, key)
+        if table[s] == -1:
+            table[s] = key
+            bin_id[s] = n_bins
+            total[n_bins] = weights[p]
+            n_bins += 1
+        else:
+            total[bin_id[s]] += weights[p]
+        particle_bin[p] = bin_id[s]
+    return particle_bin, total[:n_bins].copy()
 
 
 @njit(cache=True)
@@ -154,7 +202,10 @@ def cluster_labels_numba(poses: np.ndarray, bin_size: np.ndarray, wrap: bool) ->
                         t = keys[b, 2] + dt
                         if wrap:
                             t = t % n_theta
-                        s = _slot(table, _pack(keys[b, 0] + dx, keys[b, 1] + dy, t))
+                        x, y = keys[b, 0] + dx, keys[b, 1] + dy
+                        if not _in_range(x, y, t):  # a key past the range would pack onto another bin
+                            continue
+                        s = _slot(table, _pack(x, y, t))
                         if table[s] != -1:
                             nb = bin_id[s]
                             if label[nb] < 0:
@@ -212,7 +263,13 @@ def _moments(poses: np.ndarray, weights: np.ndarray, group: np.ndarray, n_groups
 @njit(cache=True)
 def cluster_stats_numba(poses: np.ndarray, weights: np.ndarray, bin_size: np.ndarray,
                         wrap: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    labels = cluster_labels_numba(poses, bin_size, wrap)
+    return cluster_stats_of_labels(poses, weights, cluster_labels_numba(poses, bin_size, wrap))
+
+
+@njit(cache=True)
+def cluster_stats_of_labels(poses: np.ndarray, weights: np.ndarray, labels: np.ndarray
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, cluster weights, means, covariances, set mean, set covariance) for given labels."""
     n = poses.shape[0]
     n_clusters = 0
     for p in range(n):

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from kernels.amcl import ops
+from kernels.amcl import bin_ops, ops
 from pyimpl.amcl import kld
 
 
@@ -22,7 +22,7 @@ def compile_all() -> dict[str, float]:
     """Seconds spent on the first call of each kernel variant (compile or cache load)."""
     m = ops.sample_map(17, 13)
     t = time.perf_counter()
-    for module in ("maps", "motion", "sensors", "kld"):
+    for module in ("maps", "motion", "sensors", "kld", "kdtree"):
         ops._numba(module)
     out = {"import numba and the kernel modules": time.perf_counter() - t}
     t = time.perf_counter()
@@ -49,6 +49,14 @@ def compile_all() -> dict[str, float]:
         "kld_resample": lambda: ops.kld_resample_numba(np.zeros((n, 3)), np.ones(n), np.zeros(n), np.ones(n),
                                                        np.zeros((n, 3)), 0.0, 1, n, 0.05, 2.3, bins),
         "cluster_stats": lambda: ops.cluster_stats_numba(np.zeros((n, 3)), np.ones(n), bins),
+        "kld_resample (kd-tree)": lambda: bin_ops.kld_resample_kdtree(np.zeros((n, 3)), np.ones(n), np.zeros(n),
+                                                                      np.ones(n), np.zeros((n, 3)), 0.0, 1, n, 0.05,
+                                                                      2.3, bins),
+        "cluster_stats (kd-tree)": lambda: bin_ops.cluster_stats_kdtree(np.zeros((n, 3)), np.ones(n), bins),
+        "kld_bins": lambda: bin_ops.kld_bins_hash(np.zeros((n, 3)), np.ones(n), bins),
+        "kld_bins (kd-tree)": lambda: bin_ops.kld_bins_kdtree(np.zeros((n, 3)), np.ones(n), bins),
+        "bin_clusters": lambda: bin_ops.bin_clusters_hash(np.zeros((n, 3)), bins),
+        "bin_clusters (kd-tree)": lambda: bin_ops.bin_clusters_kdtree(np.zeros((n, 3)), bins),
     }
     for name, fn in calls.items():
         t = time.perf_counter()

@@ -6,8 +6,10 @@ where the two keys differ most, at the midpoint of the two values. ``leaf_count`
 of occupied bins k that the KLD bound needs; ``cluster`` labels leaves so that bins that touch
 (the 26 neighbours) share a label, visiting leaves from the last created, as nav2 does.
 
-The filter itself counts and clusters bins with a hash table (``kld.py``, ``numba_kld.py``): the
-same answers, O(1) per insert; ``tests/test_amcl_models.py`` checks that they agree with this tree.
+The tree is never rebalanced (nav2 neither): its shape follows the insertion order, so a depth of
+O(log k) for scattered keys and up to O(k) for keys that arrive sorted along one axis.
+``kernels/amcl/numba_kdtree.py`` is its compiled twin (same nodes, same numbering, same labels);
+the hash table (``numba_kld.py``) gives the same bins and clusters with O(1) inserts.
 ``wrap_theta`` makes θ neighbours wrap around the circle (nav2's tree does not; its keys do not
 wrap either: pass poses with θ in [-π, π) for the wrapped comparison).
 """
@@ -65,8 +67,10 @@ class BinKdTree:
         diffs = [abs(key[d] - node.key[d]) for d in range(3)]
         node.pivot_dim = int(np.argmax(diffs))  # the first dimension of the largest difference
         node.pivot_value = (key[node.pivot_dim] + node.key[node.pivot_dim]) / 2.0
-        new, old = self._leaf(key, value), self._leaf(node.key, node.value)
-        node.children = [new, old] if key[node.pivot_dim] < node.pivot_value else [old, new]
+        if key[node.pivot_dim] < node.pivot_value:  # children created left first, as nav2 numbers its nodes
+            node.children = [self._leaf(key, value), self._leaf(node.key, node.value)]
+        else:
+            node.children = [self._leaf(node.key, node.value), self._leaf(key, value)]
         node.leaf = False
 
     def _leaf(self, key: Key, value: float) -> _Node:

@@ -116,6 +116,47 @@ def kld_resample(poses: np.ndarray, weights: np.ndarray, u_select: np.ndarray, u
     return drawn[:n].copy(), int(k[n - 1])
 
 
+def check_bin_args(poses: np.ndarray, bin_size: np.ndarray, weights: np.ndarray | None = None) -> None:
+    """The inputs of the bin ops: (N, 3) finite poses, (3,) positive finite bin sizes, (N,) weights."""
+    if poses.ndim != 2 or poses.shape[1] != 3:
+        raise ValueError(f"poses: shape {poses.shape}: expected (N, 3) rows of x, y, theta")
+    if weights is not None and weights.shape != (poses.shape[0],):
+        raise ValueError(f"weights: shape {weights.shape}: expected ({poses.shape[0]},)")
+    if bin_size.shape != (3,) or not (np.isfinite(bin_size).all() and (bin_size > 0).all()):
+        raise ValueError(f"bin_size={bin_size.tolist()}: expected three finite sizes > 0 (x m, y m, theta rad)")
+    bad = np.flatnonzero(~np.isfinite(poses).all(axis=1))
+    if bad.size:
+        raise ValueError(f"poses: {bad.size} rows not finite, first row {int(bad[0])}: {poses[bad[0]].tolist()}; "
+                         "a bin needs a finite pose")
+
+
+def kld_bins(poses: np.ndarray, weights: np.ndarray, bin_size: np.ndarray,
+             wrap_theta: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Insert every particle into its bin with its weight (nav2 ``pf_kdtree_insert``): (bin of each
+    particle (N,), summed weight of each bin (k,)). Bins are numbered in the order of their first
+    particle; k, the number of occupied bins, is the leaf count the KLD bound n(k) reads. Weights are
+    summed in particle order, NaN and Inf included."""
+    poses, weights = np.asarray(poses, np.float64), np.asarray(weights, np.float64)
+    bin_size = np.asarray(bin_size, np.float64)
+    check_bin_args(poses, bin_size, weights)
+    bin_of: dict[tuple[int, int, int], int] = {}
+    bin_index = np.empty(len(poses), np.int64)
+    total: list[float] = []
+    for p, key in enumerate(map(tuple, bin_keys(poses, bin_size, wrap_theta).tolist())):
+        b = bin_index[p] = bin_of.setdefault(key, len(bin_of))
+        if b == len(total):
+            total.append(0.0)
+        total[b] += float(weights[p])
+    return bin_index, np.asarray(total, np.float64)
+
+
+def bin_clusters(poses: np.ndarray, bin_size: np.ndarray, wrap_theta: bool = True) -> np.ndarray:
+    """``clusters`` with its inputs checked (finite poses, three positive bin sizes)."""
+    poses, bin_size = np.asarray(poses, np.float64), np.asarray(bin_size, np.float64)
+    check_bin_args(poses, bin_size)
+    return clusters(poses, bin_size, wrap_theta)
+
+
 def clusters(poses: np.ndarray, bin_size: np.ndarray, wrap_theta: bool = True) -> np.ndarray:
     """Cluster label per particle: bins that touch (26-neighbourhood, θ wrapping when asked)
     are one cluster (nav2 ``pf_kdtree_cluster``). Labels follow the first particle of each cluster."""

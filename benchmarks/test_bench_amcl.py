@@ -12,7 +12,8 @@ when ../shared/data/maps is present, else on a generated floor):
   (``amcl_bin_clusters``), for N = 2000, 10 000, 50 000 in a compact (tracking) and a spread
   (global localization) cloud: nav2's kd-tree (``numba_kdtree``), the hash table (``numba``), the reference
 - update: a whole filter update (motion + sensor + resample + clusters) at fixed N = 2000, 10 000:
-  ours (likelihood field and beam model), the reference filter, and nav2's C core (beam model)
+  ours (likelihood field with the hash table and with the kd-tree, ``kld_bins``, and beam model),
+  the reference filter, and nav2's C core (beam model)
 - compile: a fresh process (``python -m kernels.amcl.warmup``: Python, ``import kernels`` with its
   torch import, then every AMCL kernel) with an empty Numba cache, and one loading from the cache
 Every case verifies its output against the reference before timing.
@@ -240,7 +241,8 @@ def test_amcl_bins(bench, quick, op: str, cloud: str, n: int, impl: str) -> None
 
 
 # -- the whole update ---------------------------------------------------------------------------------
-UPDATE = [(n, impl) for n in (2000, 10000) for impl in ("numba", "numba-beam", "reference", "nav2-core-beam")]
+UPDATE = [(n, impl) for n in (2000, 10000) for impl in ("numba", "numba-kdtree", "numba-beam", "reference",
+                                                         "nav2-core-beam")]
 
 
 def _updater(n: int, impl: str) -> tuple[Callable[[], Any], Any]:
@@ -253,7 +255,7 @@ def _updater(n: int, impl: str) -> tuple[Callable[[], Any], Any]:
         model = "beam" if impl.endswith("beam") else "likelihood_field"
         filt = ParticleFilter(w["map"], backend="reference" if impl.startswith("reference") else None,
                               random_seed=0, min_particles=n, max_particles=n, update_min_d=0.0, update_min_a=0.0,
-                              laser_model_type=model)
+                              laser_model_type=model, kld_bins="kdtree" if impl == "numba-kdtree" else "hash")
     filt.initialize(run.truth[0], (0.05, 0.05, 0.02))
     step = [0]
 
@@ -288,11 +290,12 @@ def test_amcl_update(bench, quick, n: int, impl: str) -> None:  # type: ignore[n
         pytest.skip("--quick: N = 2000")
     if impl == "nav2-core-beam" and peer_unavailable():
         pytest.skip(peer_unavailable())
-    if impl != "reference" and (impl == "numba" or n <= 2000):
+    if impl != "reference" and (impl in ("numba", "numba-kdtree") or n <= 2000):
         _verify_update(n, impl)
     fn, _ = _updater(n, impl)
     fn()
-    role = {"numba": "ours", "numba-beam": "ours", "reference": "reference", "nav2-core-beam": "peer"}[impl]
+    role = {"numba": "ours", "numba-kdtree": "ours", "numba-beam": "ours", "reference": "reference",
+            "nav2-core-beam": "peer"}[impl]
     bench(fn, suite="amcl_update", case=f"N={n}", series="update", size=n, impl=impl, role=role,
           work={"particles": n}, rounds=5 if impl == "reference" else 20)
 

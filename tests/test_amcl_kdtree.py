@@ -53,7 +53,7 @@ def test_sorted_keys_make_a_chain_and_still_count_right() -> None:
     """No rebalancing, as nav2: keys arriving in x order give a tree as deep as it has leaves."""
     n = 600
     poses = np.stack([np.arange(n) * 0.5 + 0.1, np.zeros(n), np.zeros(n)], 1)
-    inode, fnode, count, leaf = numba_kdtree.build(poses, np.ones(n), BINS, True)
+    inode, _, count, _ = numba_kdtree.build(poses, np.ones(n), BINS, True)
     depth, i = 0, 0
     while inode[i, 3] >= 0:
         i, depth = inode[i, 5], depth + 1

@@ -132,14 +132,14 @@ def kld_bins_kdtree(poses: np.ndarray, weights: np.ndarray, bin_size: np.ndarray
                     wrap_theta: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """nav2's kd-tree: insert each particle's bin with its weight; bins by first particle."""
     p, b, w = _bin_args(poses, bin_size, weights)
-    return tuple(_tree().kld_bins_kdtree(p, w, b, bool(wrap_theta)))  # type: ignore[return-value]
+    return tuple(_tree().kld_bins_kdtree(p, w, b, bool(wrap_theta)))
 
 
 def kld_bins_hash(poses: np.ndarray, weights: np.ndarray, bin_size: np.ndarray,
                   wrap_theta: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The hash table: the same bins and summed weights, O(1) per insert."""
     p, b, w = _bin_args(poses, bin_size, weights)
-    return tuple(_hash().kld_bins_numba(p, w, b, bool(wrap_theta)))  # type: ignore[return-value]
+    return tuple(_hash().kld_bins_numba(p, w, b, bool(wrap_theta)))
 
 
 define_op(
@@ -160,13 +160,13 @@ register_kernel("amcl_kld_bins", "numba_kdtree", devices=("cpu",), dtypes=F64, p
 def bin_clusters_kdtree(poses: np.ndarray, bin_size: np.ndarray, wrap_theta: bool = True) -> np.ndarray:
     """nav2's ``pf_kdtree_cluster`` on the tree (27 tree lookups per leaf), labels by first particle."""
     p, b = _bin_args(poses, bin_size)
-    return _tree().cluster_labels_kdtree(p, b, bool(wrap_theta))  # type: ignore[no-any-return]
+    return _tree().cluster_labels_kdtree(p, b, bool(wrap_theta))
 
 
 def bin_clusters_hash(poses: np.ndarray, bin_size: np.ndarray, wrap_theta: bool = True) -> np.ndarray:
     """The same labels from the hash table (27 probes per bin)."""
     p, b = _bin_args(poses, bin_size)
-    return _hash().cluster_labels_numba(p, b, bool(wrap_theta))  # type: ignore[no-any-return]
+    return _hash().cluster_labels_numba(p, b, bool(wrap_theta))
 
 
 define_op(

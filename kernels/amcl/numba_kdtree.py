@@ -125,7 +125,7 @@ def build(poses: np.ndarray, weights: np.ndarray, bin_size: np.ndarray,
 def kld_bins_kdtree(poses: np.ndarray, weights: np.ndarray, bin_size: np.ndarray,
                     wrap: bool) -> tuple[np.ndarray, np.ndarray]:
     """Each particle's bin (numbered by first particle) and each bin's summed weight, from the tree."""
-    inode, fnode, count, leaf = build(poses, weights, bin_size, wrap)
+    _, fnode, count, leaf = build(poses, weights, bin_size, wrap)
     n = poses.shape[0]
     bin_id = np.full(count, -1, np.int64)
     total = np.empty(n)

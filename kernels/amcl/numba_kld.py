@@ -31,7 +31,7 @@ def _key(x: float, y: float, t: float, bx: float, by: float, bt: float, wrap: bo
         tw = math.atan2(math.sin(t), math.cos(t))
         kt = math.floor((tw + math.pi) / bt) % n_theta
     else:
-        kt = int(math.floor(min(max(t / bt, -_OFFSET), _OFFSET - 1)))
+        kt = math.floor(min(max(t / bt, -_OFFSET), _OFFSET - 1))
     return int(kx), int(ky), kt
 
 

@@ -35,15 +35,15 @@ def test_numba_tree_is_nav2s_tree_node_for_node(wrap: bool, spread: float) -> No
         tree.insert(p, float(w))
     tree.cluster()
     inode, fnode, count, leaf = numba_kdtree.build(poses, weights, BINS, wrap)
-    labels = numba_kdtree.cluster_leaves(inode, fnode, count, kld.theta_bins(BINS[2]), wrap)
+    labels = numba_kdtree.cluster_leaves(inode, count, kld.theta_bins(BINS[2]), wrap)
     nodes = tree.leaves  # every node, in creation order
     assert count == len(nodes)
     assert [tuple(k) for k in inode[:count, :3].tolist()] == [n.key for n in nodes]
     assert (inode[:count, 3] < 0).tolist() == [n.leaf for n in nodes]
     assert inode[:count, 3].tolist() == [n.pivot_dim for n in nodes]
     inner = inode[:count, 3] >= 0
-    assert fnode[:count, 1][inner].tolist() == [n.pivot_value for n in nodes if not n.leaf]
-    assert fnode[:count, 0][~inner].tolist() == [n.value for n in nodes if n.leaf]
+    assert (inode[:count, 7][inner] / 2).tolist() == [n.pivot_value for n in nodes if not n.leaf]
+    assert fnode[:count][~inner].tolist() == [n.value for n in nodes if n.leaf]
     assert labels.tolist() == [n.cluster if n.leaf else -1 for n in nodes]  # nav2's numbering
     assert [nodes[i].key for i in leaf] == [tree.key(p) for p in poses]
     assert (~inner).sum() == tree.leaf_count == len(amcl_kld_bins(poses, weights, BINS, wrap)[1])

@@ -13,8 +13,10 @@ lookup in the tree (27 lookups per leaf). The ops renumber the labels in the ord
 cluster's first particle, as the hash table (``numba_kld.py``) numbers them, so both structures give
 the same arrays; ``cluster_leaves`` keeps nav2's numbering.
 
-Nodes live in two arrays: ``inode`` (kx, ky, kθ, pivot dimension or -1 for a leaf, left child,
-right child, the node the leaf's key moved to when it split) and ``fnode`` (weight, pivot value).
+A node is one 64-byte row of ``inode`` (one cache line a step of a descent): kx, ky, kθ, the pivot
+dimension (-1 for a leaf), left child, right child, the node the leaf's key moved to when it split,
+and twice the pivot value (key[dim] < (a + b) / 2 is 2·key[dim] < a + b, exact in integers);
+``fnode`` holds the weights.
 """
 
 from __future__ import annotations
@@ -26,15 +28,14 @@ from numba import njit
 
 from kernels.amcl.numba_kld import _cdf, _draw, _key, _limit, cluster_stats_of_labels
 
-_DIM, _LEFT, _RIGHT, _MOVED = 3, 4, 5, 6
-_VALUE, _PIVOT = 0, 1
+_DIM, _LEFT, _RIGHT, _MOVED, _PIVOT2 = 3, 4, 5, 6, 7
 
 
 @njit(cache=True)
 def new_tree(n_inserts: int) -> tuple[np.ndarray, np.ndarray]:
     """Empty node arrays for up to ``n_inserts`` inserts."""
     capacity = max(1, 2 * n_inserts - 1)
-    return np.empty((capacity, 7), np.int64), np.empty((capacity, 2))
+    return np.empty((capacity, 8), np.int64), np.empty(capacity)
 
 
 @njit(cache=True)
@@ -44,7 +45,7 @@ def _leaf(inode: np.ndarray, fnode: np.ndarray, i: int, kx: int, ky: int, kt: in
     inode[i, 2] = kt
     inode[i, _DIM] = -1
     inode[i, _MOVED] = -1
-    fnode[i, _VALUE] = value
+    fnode[i] = value
 
 
 @njit(cache=True)
@@ -55,13 +56,9 @@ def insert(inode: np.ndarray, fnode: np.ndarray, count: int, kx: int, ky: int, k
     if count == 0:
         _leaf(inode, fnode, 0, kx, ky, kt, value)
         return 0, 1, True
-    i = 0
-    while inode[i, _DIM] >= 0:
-        d = inode[i, _DIM]
-        kd = kx if d == 0 else (ky if d == 1 else kt)
-        i = inode[i, _LEFT] if kd < fnode[i, _PIVOT] else inode[i, _RIGHT]
+    i = _descend(inode, kx, ky, kt)
     if inode[i, 0] == kx and inode[i, 1] == ky and inode[i, 2] == kt:
-        fnode[i, _VALUE] += value
+        fnode[i] += value
         return i, count, False
     d = 0
     best = abs(kx - inode[i, 0])
@@ -71,31 +68,38 @@ def insert(inode: np.ndarray, fnode: np.ndarray, count: int, kx: int, ky: int, k
     if abs(kt - inode[i, 2]) > best:
         d = 2
     kd = kx if d == 0 else (ky if d == 1 else kt)
-    pivot = (kd + inode[i, d]) / 2.0
-    if kd < pivot:
+    pivot2 = kd + inode[i, d]
+    if 2 * kd < pivot2:
         new, old = count, count + 1
     else:
         old, new = count, count + 1
-    _leaf(inode, fnode, old, inode[i, 0], inode[i, 1], inode[i, 2], fnode[i, _VALUE])
+    _leaf(inode, fnode, old, inode[i, 0], inode[i, 1], inode[i, 2], fnode[i])
     _leaf(inode, fnode, new, kx, ky, kt, value)
     inode[i, _DIM] = d
     inode[i, _LEFT] = count
     inode[i, _RIGHT] = count + 1
     inode[i, _MOVED] = old
-    fnode[i, _PIVOT] = pivot
+    inode[i, _PIVOT2] = pivot2
     return new, count + 2, True
 
 
 @njit(cache=True)
-def find(inode: np.ndarray, fnode: np.ndarray, count: int, kx: int, ky: int, kt: int) -> int:
-    """The leaf holding the key, or -1."""
-    if count == 0:
-        return -1
+def _descend(inode: np.ndarray, kx: int, ky: int, kt: int) -> int:
+    """The leaf where the key's descent from the root ends."""
     i = 0
     while inode[i, _DIM] >= 0:
         d = inode[i, _DIM]
         kd = kx if d == 0 else (ky if d == 1 else kt)
-        i = inode[i, _LEFT] if kd < fnode[i, _PIVOT] else inode[i, _RIGHT]
+        i = inode[i, _LEFT] if 2 * kd < inode[i, _PIVOT2] else inode[i, _RIGHT]
+    return i
+
+
+@njit(cache=True)
+def find(inode: np.ndarray, count: int, kx: int, ky: int, kt: int) -> int:
+    """The leaf holding the key, or -1."""
+    if count == 0:
+        return -1
+    i = _descend(inode, kx, ky, kt)
     return i if inode[i, 0] == kx and inode[i, 1] == ky and inode[i, 2] == kt else -1
 
 
@@ -135,14 +139,14 @@ def kld_bins_kdtree(poses: np.ndarray, weights: np.ndarray, bin_size: np.ndarray
         i = leaf[p]
         if bin_id[i] < 0:
             bin_id[i] = n_bins
-            total[n_bins] = fnode[i, _VALUE]
+            total[n_bins] = fnode[i]
             n_bins += 1
         particle_bin[p] = bin_id[i]
     return particle_bin, total[:n_bins].copy()
 
 
 @njit(cache=True)
-def cluster_leaves(inode: np.ndarray, fnode: np.ndarray, count: int, n_theta: int, wrap: bool) -> np.ndarray:
+def cluster_leaves(inode: np.ndarray, count: int, n_theta: int, wrap: bool) -> np.ndarray:
     """nav2's ``pf_kdtree_cluster``: a label per node (-1 for inner nodes), leaves visited from the last created."""
     cluster = np.full(count, -1, np.int64)
     stack = np.empty(count, np.int64)
@@ -160,7 +164,7 @@ def cluster_leaves(inode: np.ndarray, fnode: np.ndarray, count: int, n_theta: in
                 kt = inode[i, 2] + j % 3 - 1
                 if wrap:
                     kt = kt % n_theta
-                nb = find(inode, fnode, count, inode[i, 0] + j // 9 - 1, inode[i, 1] + (j % 9) // 3 - 1, kt)
+                nb = find(inode, count, inode[i, 0] + j // 9 - 1, inode[i, 1] + (j % 9) // 3 - 1, kt)
                 if nb >= 0 and cluster[nb] < 0:
                     cluster[nb] = label
                     stack[top] = nb
@@ -173,8 +177,8 @@ def cluster_leaves(inode: np.ndarray, fnode: np.ndarray, count: int, n_theta: in
 def cluster_labels_kdtree(poses: np.ndarray, bin_size: np.ndarray, wrap: bool) -> np.ndarray:
     """Cluster label per particle, numbered in the order of each cluster's first particle."""
     n = poses.shape[0]
-    inode, fnode, count, leaf = build(poses, np.zeros(n), bin_size, wrap)
-    cluster = cluster_leaves(inode, fnode, count, max(1, round(2 * math.pi / bin_size[2])), wrap)
+    inode, _, count, leaf = build(poses, np.zeros(n), bin_size, wrap)
+    cluster = cluster_leaves(inode, count, max(1, round(2 * math.pi / bin_size[2])), wrap)
     renumber = np.full(count, -1, np.int64)
     out = np.empty(n, np.int64)
     next_label = 0

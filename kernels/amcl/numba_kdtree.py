@@ -212,7 +212,8 @@ def kld_resample_kdtree(poses: np.ndarray, weights: np.ndarray, u_select: np.nda
     k = 0
     m = 0
     while m < max_particles:
-        src = _draw(m, poses, cdf, acc, u_select, u_random, random_poses, w_diff)
+        i = _draw(m, cdf, acc, u_select, u_random, w_diff)
+        src = random_poses[m] if i < 0 else poses[i]
         out[m, 0] = src[0]
         out[m, 1] = src[1]
         out[m, 2] = src[2]

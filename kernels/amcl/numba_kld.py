@@ -90,12 +90,11 @@ def _cdf(weights: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 @njit(cache=True)
-def _draw(m: int, poses: np.ndarray, cdf: np.ndarray, acc: float, u_select: np.ndarray, u_random: np.ndarray,
-          random_poses: np.ndarray, w_diff: float) -> np.ndarray:
-    """Draw m: a random pose with probability w_diff, else the particle a binary search of the cdf finds."""
+def _draw(m: int, cdf: np.ndarray, acc: float, u_select: np.ndarray, u_random: np.ndarray, w_diff: float) -> int:
+    """Draw m: -1 (a random pose) with probability w_diff, else the particle a binary search of the cdf finds."""
     if u_random[m] < w_diff:
-        return random_poses[m]
-    n = poses.shape[0]
+        return -1
+    n = cdf.shape[0]
     r = u_select[m] * acc
     lo, hi = 0, n  # first index with cdf > r (searchsorted side="right")
     while lo < hi:
@@ -104,7 +103,7 @@ def _draw(m: int, poses: np.ndarray, cdf: np.ndarray, acc: float, u_select: np.n
             lo = mid + 1
         else:
             hi = mid
-    return poses[min(lo, n - 1)]
+    return min(lo, n - 1)
 
 
 @njit(cache=True)
@@ -119,7 +118,8 @@ def kld_resample_numba(poses: np.ndarray, weights: np.ndarray, u_select: np.ndar
     k = 0
     m = 0
     while m < max_particles:
-        src = _draw(m, poses, cdf, acc, u_select, u_random, random_poses, w_diff)
+        i = _draw(m, cdf, acc, u_select, u_random, w_diff)
+        src = random_poses[m] if i < 0 else poses[i]
         out[m, 0] = src[0]
         out[m, 1] = src[1]
         out[m, 2] = src[2]

@@ -171,7 +171,7 @@ def test_eval_mode_with_gradients_runs_the_unfused_blocks() -> None:
     model = _model("resnet18", seed=11)
     patched = copy.deepcopy(model)
     knn.patch(patched)
-    x = _image(seed=12)
+    x = _image(size=16, seed=12)
     patched(x).square().sum().backward()
     model(x).square().sum().backward()
     torch.testing.assert_close(patched.layer2[0].conv1.weight.grad, model.layer2[0].conv1.weight.grad)
@@ -181,18 +181,18 @@ class _TimmLikeNamespace:
     """Blocks of timm's structure (act1..act3, drop_block, aa, se, drop_path) under timm's class names."""
 
     class BasicBlock(nn.Module):
-        def __init__(self, c: int, stride: int = 1, se: nn.Module | None = None) -> None:
+        def __init__(self, c: int, out: int, stride: int = 1, se: nn.Module | None = None) -> None:
             super().__init__()
-            self.conv1 = nn.Conv2d(c, 2 * c, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(2 * c)
+            self.conv1 = nn.Conv2d(c, out, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(out)
             self.drop_block = nn.Identity()
             self.act1 = nn.ReLU(inplace=True)
             self.aa = nn.Identity()
-            self.conv2 = nn.Conv2d(2 * c, 2 * c, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(2 * c)
+            self.conv2 = nn.Conv2d(out, out, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(out)
             self.se = se
             self.act2 = nn.ReLU(inplace=True)
-            self.downsample = nn.Sequential(nn.Conv2d(c, 2 * c, 1, stride, bias=False), nn.BatchNorm2d(2 * c))
+            self.downsample = nn.Sequential(nn.Conv2d(c, out, 1, stride, bias=False), nn.BatchNorm2d(out))
             self.drop_path = None
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -208,8 +208,8 @@ class _TimmLikeNamespace:
 def test_blocks_of_timms_structure_are_fused_and_others_kept_with_the_reason() -> None:
     assert drop_ins.register_resnet_blocks(_TimmLikeNamespace) == ["BasicBlock"]
     torch.manual_seed(13)
-    model = _randomise_batch_norms(nn.Sequential(_TimmLikeNamespace.BasicBlock(3, 2),
-                                                 _TimmLikeNamespace.BasicBlock(3, se=nn.Sigmoid())), 13)
+    model = _randomise_batch_norms(nn.Sequential(_TimmLikeNamespace.BasicBlock(3, 6, 2),
+                                                 _TimmLikeNamespace.BasicBlock(6, 6, se=nn.Sigmoid())), 13)
     x = torch.randn(2, 3, 9, 11, generator=torch.Generator().manual_seed(14))
     with torch.no_grad():
         want = model(x)

@@ -108,7 +108,7 @@ def build(source: str, name: str) -> nn.Module:
     except ImportError as e:
         if not SMOKE:
             raise
-        print(f"--smoke: {source} does not import here ({e}); pyimpl.resnet stands in", flush=True)
+        note(f"--smoke: {source} does not import here ({e}); pyimpl.resnet.{name} stands in for it")
         model = ref.MODELS[name](1000)
     return randomise_batch_norms(model).to(DEV).eval()
 

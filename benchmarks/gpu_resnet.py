@@ -27,6 +27,7 @@ no timing): what CI can check of this script.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import re
@@ -210,8 +211,7 @@ def part_speed() -> None:
                         out = model(x).float()
                         row[f"{label}_rel_err_vs_fp32"], row[f"{label}_top1_vs_fp32"] = rel_err(out, want32), \
                             top1(out, want32)
-                        def call(model: Callable[..., Any] = model) -> Any:
-                            return model(x)
+                        call = functools.partial(model, x)
                         row[f"{label}_ms"] = _time(call)
                         if not SMOKE:
                             row[f"{label}_graph_ms"] = _time(graphed(call))
@@ -276,7 +276,7 @@ def part_profile() -> None:
                 return
             x = images(batch, dtype=torch.bfloat16)
             with torch.no_grad():
-                per_kernel = kernel_times(lambda: model(x))
+                per_kernel = kernel_times(functools.partial(model, x))
             fams: dict[str, float] = defaultdict(float)
             for k, us in per_kernel.items():
                 fams[family(k)] += us

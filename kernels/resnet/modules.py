@@ -2,7 +2,7 @@
 ``Bottleneck``) in eval mode: each convolution runs cuDNN with its BatchNorm folded into the weight
 (``kernels.resnet.folding``), and what follows it runs as one ``conv_epilogue`` pass: bias + ReLU after
 the inner convolutions, bias + shortcut (+ the downsample convolution's folded bias) + ReLU after the
-last one. Per Bottleneck that is 4 kernels (5 with a downsample) instead of 11 (13).
+last one. Per Bottleneck that is 6 kernels (7 with a downsample) instead of 10 (12).
 
 A drop-in is a second view of the block (it shares the block's submodule, parameter and buffer
 dictionaries), so ``state_dict`` keys, device and dtype are the block's. In train mode, or when a

@@ -23,12 +23,6 @@ from pyimpl.resnet import fold_batch_norm
 __all__ = ["FoldedConv"]
 
 
-def _state(t: torch.Tensor | None) -> Any:
-    if t is None:
-        return None
-    return id(t), t._version, t.data_ptr(), t.dtype, t.device
-
-
 class FoldedConv:
     """The (weight, bias) of ``bn(conv(x))`` as one convolution, ``conv`` and ``bn`` looked up by name in
     ``modules`` (a block's submodule dictionary, shared with the live block) on every call."""
@@ -53,8 +47,10 @@ class FoldedConv:
         return bn
 
     def _inputs(self) -> tuple[Any, ...]:
-        conv, bn = self.conv, self.bn
-        return conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias
+        params, bn = self.modules[self.conv_name]._parameters, self.modules[self.bn_name]
+        buffers, bn_params = bn._buffers, bn._parameters
+        return (params["weight"], params.get("bias"), buffers["running_mean"], buffers["running_var"],
+                bn_params.get("weight"), bn_params.get("bias"))
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The fold from the current parameters (traceable: no cache)."""
@@ -66,7 +62,10 @@ class FoldedConv:
         """The cached fold, recomputed if anything it was derived from changed since."""
         if torch.compiler.is_compiling():
             return self.compute()
-        key = (*(_state(t) for t in self._inputs()), self.bn.eps)
+        # a tensor written in place bumps its version; replaced or moved, its storage changes
+        key = [self.bn.eps]
+        for t in self._inputs():
+            key += (None, None) if t is None else (t._version, t.data_ptr())
         if self.value is None or key != self.key:
             with torch.no_grad():
                 self.value = self.compute()

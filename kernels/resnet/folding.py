@@ -63,7 +63,7 @@ class FoldedConv:
         if torch.compiler.is_compiling():
             return self.compute()
         # a tensor written in place bumps its version; replaced or moved, its storage changes
-        key = [self.bn.eps]
+        key: list[Any] = [self.bn.eps]
         for t in self._inputs():
             key += (None, None) if t is None else (t._version, t.data_ptr())
         if self.value is None or key != self.key:

@@ -254,3 +254,15 @@ def test_patched_resnet_compiles_as_one_graph() -> None:
         torch._dynamo.reset()
         got = torch.compile(model, backend="aot_eager", fullgraph=True)(x)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-3), (torch.bfloat16, 3e-2)])
+def test_patched_resnet50_on_cuda_channels_last(dtype: torch.dtype, tol: float) -> None:
+    model = _model("resnet50", seed=19).cuda().to(dtype=dtype, memory_format=torch.channels_last)
+    patched = copy.deepcopy(model)
+    knn.patch(patched)
+    x = _image(n=4, size=64, seed=20).cuda().to(dtype).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        want, got = model(x).double(), patched(x).double()
+    assert float((got - want).norm() / want.norm()) < tol

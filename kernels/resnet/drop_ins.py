@@ -65,7 +65,9 @@ class _Loader(importlib.abc.Loader):
 
     def exec_module(self, module: ModuleType) -> None:
         self.loader.exec_module(module)
-        module.__loader__ = self.loader
+        module.__loader__ = self.loader  # the module's own loader from now on (a reload runs it alone)
+        if module.__spec__ is not None:
+            module.__spec__.loader = self.loader
         try:
             self.after(module)
         except Exception as e:  # a failed registration must not break the user's import

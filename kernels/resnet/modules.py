@@ -77,6 +77,13 @@ def block_reasons(m: nn.Module) -> list[str]:
     return out
 
 
+def _folded_conv(x: torch.Tensor, fold: FoldedConv) -> tuple[torch.Tensor, torch.Tensor]:
+    """The convolution on its folded weight without the bias, and the folded bias for the epilogue."""
+    conv = fold.conv
+    w, b = fold.weight_and_bias()
+    return F.conv2d(x, w, None, conv.stride, conv.padding, conv.dilation, conv.groups), b
+
+
 class _FusedResidualBlock(nn.Module):
     """A fused view of a residual block: its convolutions folded, their epilogues fused."""
 
@@ -113,18 +120,14 @@ class _FusedResidualBlock(nn.Module):
             self.source.training = self.training
             out: torch.Tensor = self.source.forward(x)
             return out
+        *inner, last = self.branch
         h = x
-        for i, fold in enumerate(self.branch):
-            conv = fold.conv
-            w, b = fold.weight_and_bias()
-            h = F.conv2d(h, w, None, conv.stride, conv.padding, conv.dilation, conv.groups)
-            if i < len(self.branch) - 1:
-                h = conv_epilogue(h, b)
+        for fold in inner:
+            h = conv_epilogue(*_folded_conv(h, fold))
+        h, b = _folded_conv(h, last)
         if self.shortcut is None:
             return conv_epilogue(h, b, x.to(h.dtype))
-        conv = self.shortcut.conv
-        ws, bs = self.shortcut.weight_and_bias()
-        r = F.conv2d(x, ws, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+        r, bs = _folded_conv(x, self.shortcut)
         return conv_epilogue(h, b, r.to(h.dtype), bs)
 
 

@@ -20,6 +20,7 @@ from kernels.registry import (
     register_kernel,
     use_backend,
 )
+from kernels.resnet import conv_epilogue
 from kernels.sort import hybrid_sort, insertion_sort
 
 __version__ = "0.1.0"
@@ -33,6 +34,7 @@ __all__ = [
     "attention",
     "backends_for",
     "call",
+    "conv_epilogue",
     "ddim_step",
     "ddpm_seed_step",
     "ddpm_step",

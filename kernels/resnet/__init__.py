@@ -1,0 +1,12 @@
+"""torchvision's ResNet in eval mode through ``kernels.nn.patch(model)``: BatchNorm folded into the
+convolutions, each block's bias + shortcut + ReLU in one ``conv_epilogue`` pass.
+
+Op (``kernels.resnet.ops``): ``conv_epilogue``, reference in ``pyimpl.resnet``, Triton backend in
+``epilogue_triton.py``. Drop-ins (``kernels.resnet.modules``) for the ``BasicBlock`` / ``Bottleneck`` of
+``pyimpl.resnet``, torchvision and timm are registered with ``kernels.nn.patch`` (``drop_ins.py``).
+"""
+
+from kernels.resnet.drop_ins import register_resnet_blocks
+from kernels.resnet.ops import conv_epilogue
+
+__all__ = ["conv_epilogue", "register_resnet_blocks"]

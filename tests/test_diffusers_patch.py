@@ -28,6 +28,15 @@ TINY_CONDITION_UNET = {"sample_size": 8, "in_channels": 4, "out_channels": 4, "l
 TRITON = {"group_norm_act": "triton", "attention": "triton"}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Any:
+    """One torch thread: these models are tiny, and on a shared 2-core machine more threads only contend."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _rand(*shape: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
@@ -58,7 +67,7 @@ def test_patched_unets_equal_unpatched(backends: dict[str, str] | None) -> None:
 
 
 def test_patched_unet_is_differentiable() -> None:
-    name, model, args = _models()[0]
+    _, model, args = _models()[0]
     x = args[0].clone().requires_grad_(True)
     model(x, args[1]).sample.square().sum().backward()
     want = x.grad.clone()

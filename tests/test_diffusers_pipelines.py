@@ -27,6 +27,15 @@ TINY_UNET = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Any:
+    """One torch thread: these models are tiny, and on a shared 2-core machine more threads only contend."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _unet() -> Any:
     torch.manual_seed(0)
     return diffusers.UNet2DModel(**TINY_UNET).eval()

@@ -20,6 +20,15 @@ diffusers = pytest.importorskip("diffusers")
 BACKENDS = ["reference", "triton"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Any:
+    """One torch thread: these models are tiny, and on a shared 2-core machine more threads only contend."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _dummy_sample(flip: bool = False) -> torch.Tensor:
     """diffusers' ``dummy_sample_deter`` (and ``dummy_noise_deter`` with ``flip``): (4, 3, 8, 8) ramps."""
     n = 4 * 3 * 8 * 8

@@ -47,8 +47,13 @@ try:
 except ImportError as e:  # pragma: no cover - the module is only imported by diffusers users
     raise ImportError("kernels.diffusion.diffusers_patch needs diffusers (pip install modelkernels[peers])") from e
 
-__all__ = ["FusedResnetBlock2D", "KernelsAttnProcessor", "KernelsAttention", "attention_reasons",
-           "resnet_block_reasons"]
+__all__ = [
+    "FusedResnetBlock2D",
+    "KernelsAttention",
+    "KernelsAttnProcessor",
+    "attention_reasons",
+    "resnet_block_reasons",
+]
 
 
 def _group_norm(m: nn.Module) -> tuple[int, torch.Tensor | None, torch.Tensor | None, float]:

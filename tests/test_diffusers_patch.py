@@ -147,3 +147,18 @@ def test_fused_resnet_block_time_embedding_and_shortcut() -> None:
     with pytest.raises(ValueError, match="cannot be fused: nonlinearity"):
         dp.FusedResnetBlock2D.from_module(ResnetBlock2D(in_channels=8, groups=2, temb_channels=None,
                                                         non_linearity="gelu"))
+
+
+def test_stable_diffusion_unet_patch_report() -> None:
+    """The GPU benchmark's SD 1.5 config, built without memory: every resnet block and attention swapped."""
+    from benchmarks.gpu_diffusers import SD15_UNET
+
+    with torch.device("meta"):
+        unet = diffusers.UNet2DConditionModel(**SD15_UNET)
+    report = kernels.nn.patch(unet)
+    kinds = [old for _, old, _ in report.replaced]
+    assert kinds.count("ResnetBlock2D") == 22 and kinds.count("Attention") == 32, str(report)
+    assert not report.kept
+    heads = {m.heads for m in unet.modules() if isinstance(m, dp.KernelsAttention)}
+    dims = {m.inner_dim // m.heads for m in unet.modules() if isinstance(m, dp.KernelsAttention)}
+    assert heads == {8} and dims == {40, 80, 160}

@@ -92,6 +92,8 @@ class FusedResnetBlock2D(_BlockView):
         h = cast(nn.Module, m["conv1"])(h)
         proj = m.get("time_emb_proj")
         if proj is not None:
+            if temb is None:
+                raise ValueError("temb=None: this ResnetBlock2D has a time_emb_proj and needs the time embedding")
             if not self.skip_time_act:
                 temb = torch.nn.functional.silu(temb)
             temb = proj(temb)[:, :, None, None]

@@ -6,7 +6,9 @@ samples and expected sums; our test code), run on the reference and on the Trito
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 from typing import Any
 
 import pytest
@@ -104,6 +106,8 @@ def test_from_config_overrides_and_our_options() -> None:
         ours.config["beta_end"] = 0.5
     with pytest.raises(AttributeError, match="no 'nothing'"):
         _ = ours.config.nothing
+    for copied in (copy.deepcopy(ours), pickle.loads(pickle.dumps(ours))):
+        assert copied.config == ours.config and type(copied.config) is type(ours.config)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=range(len(CONFIGS)))

@@ -46,6 +46,9 @@ class SchedulerConfig(dict[str, Any]):
     def _read_only(self, *_: Any, **__: Any) -> Any:
         raise TypeError("the scheduler config is read-only: build a new scheduler with from_config(config, key=value)")
 
+    def __reduce__(self) -> tuple[type, tuple[dict[str, Any]]]:  # copy and pickle rebuild it whole
+        return SchedulerConfig, (dict(self),)
+
     __setattr__ = __setitem__ = __delitem__ = _read_only
     update = pop = popitem = setdefault = clear = __ior__ = _read_only
 

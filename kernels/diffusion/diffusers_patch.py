@@ -97,13 +97,14 @@ class FusedResnetBlock2D(_BlockView):
             if not self.skip_time_act:
                 temb = torch.nn.functional.silu(temb)
             temb = proj(temb)[:, :, None, None]
+        training = torch.is_grad_enabled() and (h.requires_grad or input_tensor.requires_grad)
         if temb is not None:
-            h = h + temb
+            h = h + temb if training else h.add_(temb)  # inference: in place into conv1's fresh output
         h = group_norm_act(h, *_group_norm(cast(nn.Module, m["norm2"])), activation="silu")
         h = cast(nn.Module, m["conv2"])(cast(nn.Module, m["dropout"])(h))
         shortcut = m.get("conv_shortcut")
         x = shortcut(input_tensor) if shortcut is not None else input_tensor
-        if torch.is_grad_enabled() and (h.requires_grad or x.requires_grad):
+        if training or x.requires_grad:
             return (x + h) / self.output_scale_factor
         h += x  # inference: the residual add in place, no new tensor
         if self.output_scale_factor != 1.0:

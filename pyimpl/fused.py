@@ -21,6 +21,8 @@ fused kernel has one formula to match:
   ``s + Linear2(GELU(Linear1(h)))`` where ``h = LayerNorm(s)`` comes from ``add_layer_norm``.
 
 GELU is the exact one (``nn.GELU()``): ``gelu(z) = z * Phi(z) = z / 2 * (1 + erf(z / sqrt(2)))``.
+SiLU (``nn.SiLU()``, Elfwing et al. 2018; diffusers' ResnetBlock2D after each GroupNorm):
+``silu(z) = z * sigmoid(z)``.
 """
 
 from __future__ import annotations
@@ -43,16 +45,22 @@ __all__ = [
     "feed_forward_dtype",
     "gelu",
     "group_norm_act",
+    "silu",
     "tokens_layer_norm",
     "upsample_concat",
 ]
 
-ACTIVATIONS = ("gelu", "none")
+ACTIVATIONS = ("gelu", "silu", "none")
 
 
 def gelu(z: torch.Tensor) -> torch.Tensor:
     """Exact GELU, ``z / 2 * (1 + erf(z / sqrt(2)))`` (Hendrycks & Gimpel 2016; ``nn.GELU()``)."""
     return 0.5 * z * (1.0 + torch.erf(z * (1.0 / math.sqrt(2.0))))
+
+
+def silu(z: torch.Tensor) -> torch.Tensor:
+    """SiLU ``z * sigmoid(z)`` (``nn.SiLU()``), written out: ``z / (1 + exp(-z))``."""
+    return z / (1.0 + torch.exp(-z))
 
 
 def _check_float(name: str, t: torch.Tensor) -> None:
@@ -111,7 +119,7 @@ def group_norm_act(
     (computed in fp32 for float16 / bfloat16 inputs, as the Triton kernel does).
 
     x: (N, C, *spatial); weight, bias: (C,) or None; residual: x's shape or None; emb: (N, C) or
-    None; activation: 'gelu' (exact) or 'none'. Statistics per (n, group): mean and biased variance
+    None; activation: 'gelu' (exact), 'silu' or 'none'. Statistics per (n, group): mean and biased variance
     over the C/G channels and all spatial positions, as ``torch.nn.GroupNorm``.
     """
     check_group_norm_args(x, num_groups, weight, bias, eps, residual, emb, activation)
@@ -132,6 +140,8 @@ def group_norm_act(
         y = residual.to(y.dtype) + y
     if activation == "gelu":
         y = gelu(y)
+    elif activation == "silu":
+        y = silu(y)
     if emb is not None:
         y = y + emb.to(y.dtype).reshape(n, c, *spatial)
     return y.to(out_dtype)

@@ -1,14 +1,19 @@
 """Schedulers with diffusers' call shape, running the library's fused steps.
 
-``DDPMScheduler`` and ``DDIMScheduler`` take diffusers' constructor arguments and defaults
-(beta_schedule, prediction_type, variance_type, clip_sample, thresholding, timestep_spacing,
-steps_offset, set_alpha_to_one) and offer ``set_timesteps``, ``step``, ``add_noise``,
-``scale_model_input``, ``timesteps``, ``init_noise_sigma`` and ``config``, so a diffusers loop runs
-unchanged:
+``DDPMScheduler`` and ``DDIMScheduler`` take every argument of diffusers' classes (0.42) with its
+default (beta_schedule, trained_betas, prediction_type, variance_type, clip_sample, thresholding,
+timestep_spacing, steps_offset, set_alpha_to_one, rescale_betas_zero_snr) and offer ``set_timesteps``,
+``step``, ``add_noise``, ``get_velocity``, ``scale_model_input``, ``previous_timestep``, ``timesteps``,
+``order``, ``init_noise_sigma``, ``len()``, and diffusers' config idiom (``config``, ``from_config``,
+``save_pretrained`` / ``from_pretrained`` of a local folder: ``scheduler_config.py``), so a diffusers
+loop or pipeline runs unchanged:
 
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     scheduler.set_timesteps(50)
     for t in scheduler.timesteps:
         x = scheduler.step(model(x, t), t, x, generator=g).prev_sample
+
+Timesteps broadcast as diffusers': an int, a one-element tensor (any shape) or one per sample.
 
 ``step`` also takes per-sample timestep tensors and ``noise=`` (diffusers' DDIM calls it
 ``variance_noise``). With a ``generator`` the noise is drawn exactly as diffusers draws it
@@ -21,15 +26,16 @@ needs a host synchronization.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
 
 from kernels.diffusion import ops
+from kernels.diffusion.scheduler_config import ConfigMixin
 from pyimpl.diffusion.philox import counters_used
 from pyimpl.diffusion.schedule import make_schedule
+from pyimpl.diffusion.steps import PREDICTION_TYPES, VARIANCE_TYPES, velocity
 
 __all__ = ["DDIMScheduler", "DDPMScheduler", "SchedulerOutput"]
 
@@ -44,25 +50,23 @@ class SchedulerOutput:
     pred_original_sample: torch.Tensor | None = None
 
 
-class _Scheduler:
+class _Scheduler(ConfigMixin):
     order = 1
     init_noise_sigma = 1.0
 
-    def __init__(self, num_train_timesteps: int, beta_start: float, beta_end: float, beta_schedule: str,
-                 trained_betas: Any, prediction_type: str, clip_sample: bool, clip_sample_range: float,
-                 thresholding: bool, dynamic_thresholding_ratio: float, sample_max_value: float,
-                 timestep_spacing: str, steps_offset: int, seed: int, return_pred_original: bool,
-                 device: str | torch.device | None, **extra: Any) -> None:
-        if timestep_spacing not in TIMESTEP_SPACINGS:
-            raise ValueError(f"timestep_spacing={timestep_spacing!r}: supported {', '.join(TIMESTEP_SPACINGS)}")
-        self.schedule = make_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
-                                      device=device)
-        self.config = SimpleNamespace(
-            num_train_timesteps=self.schedule.num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
-            beta_schedule=beta_schedule, prediction_type=prediction_type, clip_sample=clip_sample,
-            clip_sample_range=clip_sample_range, thresholding=thresholding,
-            dynamic_thresholding_ratio=dynamic_thresholding_ratio, sample_max_value=sample_max_value,
-            timestep_spacing=timestep_spacing, steps_offset=steps_offset, **extra)
+    def _setup(self, args: dict[str, Any]) -> None:
+        """Check the arguments, build the schedule and the initial state; ``args``: the constructor's locals."""
+        self._register_config(args)
+        c = self.config
+        if c.timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"timestep_spacing={c.timestep_spacing!r}: supported {', '.join(TIMESTEP_SPACINGS)}")
+        if c.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type={c.prediction_type!r}: supported {', '.join(PREDICTION_TYPES)}")
+        if isinstance(c.steps_offset, bool) or not isinstance(c.steps_offset, int) or c.steps_offset < 0:
+            raise ValueError(f"steps_offset={c.steps_offset!r}: must be an integer >= 0")
+        self.schedule = make_schedule(c.num_train_timesteps, c.beta_start, c.beta_end, c.beta_schedule,
+                                      c.trained_betas, device=args["device"],
+                                      rescale_betas_zero_snr=c.rescale_betas_zero_snr)
         self.alphas_cumprod = self.schedule.alphas_cumprod
         self.betas = self.schedule.betas
         self.alphas = self.schedule.alphas
@@ -70,15 +74,21 @@ class _Scheduler:
         self.custom_timesteps = False
         self.timesteps = torch.arange(self.schedule.num_train_timesteps - 1, -1, -1, dtype=torch.int64)
         self.prev_table: torch.Tensor | None = None
-        self.seed = seed
+        self.seed = args["seed"]
         self.offset = 0
-        self.return_pred_original = return_pred_original
+        self.return_pred_original = args["return_pred_original"]
+
+    def __len__(self) -> int:
+        return self.schedule.num_train_timesteps
 
     def _spaced(self, num_inference_steps: int) -> np.ndarray:
         T = self.schedule.num_train_timesteps
+        if isinstance(num_inference_steps, np.integer):
+            num_inference_steps = int(num_inference_steps)
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or not (
                 1 <= num_inference_steps <= T):
-            raise ValueError(f"num_inference_steps={num_inference_steps!r}: must be an integer in 1..{T}")
+            raise ValueError(f"num_inference_steps={num_inference_steps!r}: must be an integer in 1..{T} "
+                             f"(num_train_timesteps={T})")
         spacing = self.config.timestep_spacing
         if spacing == "linspace":
             return np.linspace(0, T - 1, num_inference_steps).round()[::-1].copy().astype(np.int64)
@@ -92,10 +102,16 @@ class _Scheduler:
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
         return sample
 
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """diffusers' add_noise: the fused ``q_sample`` with the given noise and per-sample timesteps."""
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
+        """diffusers' add_noise: the fused ``q_sample`` with the given noise; ``timesteps`` one per sample
+        or one for all (an int or a one-element tensor)."""
         sched = self._schedule_on(original_samples.device)
-        return ops.q_sample(original_samples, timesteps.to(original_samples.device), sched, noise)
+        return ops.q_sample(original_samples, self._timestep(timesteps, original_samples), sched, noise)
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
+        """diffusers' get_velocity, the v-prediction target sqrt(alpha_hat_t) noise - sqrt(1 - alpha_hat_t) sample."""
+        sched = self._schedule_on(sample.device)
+        return velocity(sample, self._timestep(timesteps, sample), sched, noise)
 
     def _schedule_on(self, device: torch.device) -> Any:
         if self.schedule.device != device:
@@ -105,8 +121,16 @@ class _Scheduler:
         return self.schedule
 
     def _timestep(self, timestep: Any, sample: torch.Tensor) -> Any:
+        """diffusers' broadcasting: a one-element tensor of any shape is one timestep for every sample, a
+        tensor of one per sample is flattened to (n,); on the sample's device."""
         if isinstance(timestep, torch.Tensor):
-            return timestep.to(sample.device) if timestep.device != sample.device else timestep
+            if timestep.device != sample.device:
+                timestep = timestep.to(sample.device)
+            if timestep.numel() == 1:
+                return timestep.reshape(())
+            if sample.dim() and timestep.numel() == sample.shape[0]:
+                return timestep.reshape(-1)
+            return timestep
         if isinstance(timestep, (np.integer,)):
             return int(timestep)
         return timestep
@@ -147,11 +171,11 @@ class DDPMScheduler(_Scheduler):
                  clip_sample: bool = True, prediction_type: str = "epsilon", thresholding: bool = False,
                  dynamic_thresholding_ratio: float = 0.995, clip_sample_range: float = 1.0,
                  sample_max_value: float = 1.0, timestep_spacing: str = "leading", steps_offset: int = 0,
-                 seed: int = 0, return_pred_original: bool = True, device: str | torch.device | None = None) -> None:
-        super().__init__(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, prediction_type,
-                         clip_sample, clip_sample_range, thresholding, dynamic_thresholding_ratio, sample_max_value,
-                         timestep_spacing, steps_offset, seed, return_pred_original, device,
-                         variance_type=variance_type)
+                 rescale_betas_zero_snr: bool = False, seed: int = 0, return_pred_original: bool = True,
+                 device: str | torch.device | None = None) -> None:
+        if variance_type not in VARIANCE_TYPES:
+            raise ValueError(f"variance_type={variance_type!r}: supported {', '.join(VARIANCE_TYPES)}")
+        self._setup(locals())
 
     def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
                       timesteps: list[int] | None = None) -> None:
@@ -160,11 +184,15 @@ class DDPMScheduler(_Scheduler):
         if num_inference_steps is not None and timesteps is not None:
             raise ValueError("pass either num_inference_steps or timesteps, not both")
         if timesteps is not None:
-            ts = np.array(timesteps, dtype=np.int64)
-            if ts.ndim != 1 or ts.size == 0 or (np.diff(ts) >= 0).any():
-                raise ValueError("timesteps must be a non-empty list in descending order")
+            ts = np.array(timesteps.tolist() if isinstance(timesteps, torch.Tensor) else timesteps)
+            if ts.ndim != 1 or ts.size == 0 or not np.issubdtype(ts.dtype, np.integer):
+                raise ValueError(f"timesteps={timesteps!r}: expected a non-empty list of integers")
+            ts = ts.astype(np.int64)
+            if (np.diff(ts) >= 0).any():
+                raise ValueError(f"timesteps={ts.tolist()}: custom timesteps must be in descending order")
             if ts[0] >= T or ts[-1] < 0:
-                raise ValueError(f"timesteps must lie in 0..{T - 1}, got {ts[0]}..{ts[-1]}")
+                raise ValueError(f"timesteps must lie in 0..{T - 1} (num_train_timesteps={T}), "
+                                 f"got {ts[0]}..{ts[-1]}")
             self.custom_timesteps = True
             self.num_inference_steps = len(ts)
         else:
@@ -173,13 +201,14 @@ class DDPMScheduler(_Scheduler):
             ts = self._spaced(num_inference_steps)
             self.custom_timesteps = False
             self.num_inference_steps = num_inference_steps
-        prev = np.full(T, -1, dtype=np.int64)
+        prev = np.full(max(T, int(ts.max()) + 1), -1, dtype=np.int64)  # leading + steps_offset can reach T
         prev[ts[:-1]] = ts[1:]
         dev = device if device is not None else self.schedule.device
         self.timesteps = torch.from_numpy(ts).to(dev)
         self.prev_table = torch.from_numpy(prev).to(self.schedule.device)
 
     def previous_timestep(self, timestep: Any) -> Any:
+        """The timestep after ``timestep`` in ``timesteps`` (-1 after the last); t - 1 before set_timesteps."""
         if self.prev_table is None:
             return timestep - 1
         table = self.prev_table
@@ -213,14 +242,13 @@ class DDIMScheduler(_Scheduler):
                  set_alpha_to_one: bool = True, steps_offset: int = 0, prediction_type: str = "epsilon",
                  thresholding: bool = False, dynamic_thresholding_ratio: float = 0.995,
                  clip_sample_range: float = 1.0, sample_max_value: float = 1.0, timestep_spacing: str = "leading",
-                 seed: int = 0, return_pred_original: bool = True, device: str | torch.device | None = None) -> None:
-        super().__init__(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, prediction_type,
-                         clip_sample, clip_sample_range, thresholding, dynamic_thresholding_ratio, sample_max_value,
-                         timestep_spacing, steps_offset, seed, return_pred_original, device,
-                         set_alpha_to_one=set_alpha_to_one)
+                 rescale_betas_zero_snr: bool = False, seed: int = 0, return_pred_original: bool = True,
+                 device: str | torch.device | None = None) -> None:
+        self._setup(locals())
         self.final_alpha_cumprod = 1.0 if set_alpha_to_one else float(self.schedule.alphas_cumprod[0])
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        """The inference timesteps by diffusers' spacing rules; each step goes back T // num_inference_steps."""
         ts = self._spaced(num_inference_steps)
         self.num_inference_steps = num_inference_steps
         self.timesteps = torch.from_numpy(ts).to(device if device is not None else self.schedule.device)

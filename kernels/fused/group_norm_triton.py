@@ -3,7 +3,7 @@
 Computes ``pyimpl.fused.group_norm_act``::
 
     xhat = (x - mean_g) * rsqrt(var_g + eps)          statistics in fp32, per (n, group)
-    out  = act(xhat * weight[c] + bias[c] + residual) + emb[n, c]     act: exact GELU or none
+    out  = act(xhat * weight[c] + bias[c] + residual) + emb[n, c]     act: exact GELU, SiLU or none
 
 Forward, two launches. (1) ``_stats_kernel``: each (n, g) row of L = C/G * H*W values is cut into
 chunks spread over the whole GPU (``plan_chunks``: about ``per_sm`` programs per SM; the seed's
@@ -18,7 +18,8 @@ formula (M2 = sum M2_i + n_i (mean_i - mean)^2), then normalizes its chunk and a
 residual, GELU and emb, writing the output once; it walks the chunks and the tiles inside each in the
 reverse of the statistics pass's order, so that what that pass read last, still in L2, is read first,
 with x and the output evict_first. The GELU is y * Phi(y) with Phi from Abramowitz & Stegun 7.1.26 (erf
-|error| <= 1.5e-7; on a GPU its reciprocal and exponential are one approximate PTX instruction each).
+|error| <= 1.5e-7; on a GPU its reciprocal and exponential are one approximate PTX instruction each);
+the SiLU (diffusers' ResnetBlock2D) is y * sigmoid(y). The activation is a constexpr code (``ACT_CODES``).
 Bytes: x read twice (the second read partly from L2, wholly when x fits), residual read once, output
 written once; the statistics are a few KB.
 
@@ -45,7 +46,7 @@ of two dividing the tile). Other strides are copied to NCHW first, and the outpu
 otherwise it keeps x's layout.
 
 Backward, two launches over [channels x positions] tiles: per-(n, c) sums of dz * xhat, dz and dy
-(dz is the gradient at the GELU's input), from which the weight, bias and emb gradients and the
+(dz is the gradient at the activation's input), from which the weight, bias and emb gradients and the
 group sums follow; then dx = rstd * (dz w - (sum dz w + xhat sum dz w xhat) / L), and the residual's
 gradient dz.
 """
@@ -175,18 +176,28 @@ def _gelu(y, FAST_ERF: tl.constexpr, ASM: tl.constexpr):
 
 
 @triton.jit
-def _finish(y, e, R, r_off, m, HAS_R: tl.constexpr, HAS_E: tl.constexpr, GELU: tl.constexpr,
+def _act(y, ACT: tl.constexpr, FAST_ERF: tl.constexpr, ASM: tl.constexpr):
+    """The activation by code (``ACT_CODES``): 0 none, 1 exact GELU, 2 SiLU y * sigmoid(y)."""
+    if ACT == 1:
+        y = _gelu(y, FAST_ERF, ASM)
+    elif ACT == 2:
+        y = y * tl.sigmoid(y)
+    return y
+
+
+@triton.jit
+def _finish(y, e, R, r_off, m, HAS_R: tl.constexpr, HAS_E: tl.constexpr, ACT: tl.constexpr,
             FAST_ERF: tl.constexpr):
     """act(y + residual) + e: everything after the affine map (e: the embedding values)."""
     if HAS_R:
         y = y + tl.load(R + r_off, mask=m, other=0.0).to(tl.float32)
-    if GELU:
-        y = _gelu(y, FAST_ERF, False)
+    y = _act(y, ACT, FAST_ERF, False)
     if HAS_E:
         y = y + e
     return y
 
 
+ACT_CODES = {"none": 0, "gelu": 1, "silu": 2}  # the kernels' ACT constexpr
 MODE_NCHW, MODE_NCHW_PLANE, MODE_NHWC_TILE, MODE_NHWC, MODE_NCHW_PLANES = 0, 1, 2, 3, 4
 
 
@@ -196,7 +207,7 @@ def _apply_kernel(X, Y, W, B, R, E, MEAN_P, M2_P, MEAN, RSTD,
                   CHUNK: tl.constexpr, HW: tl.constexpr, CPG: tl.constexpr, C: tl.constexpr,
                   MODE: tl.constexpr,
                   HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr, HAS_E: tl.constexpr,
-                  GELU: tl.constexpr, FAST_ERF: tl.constexpr, ASM: tl.constexpr, MERGED: tl.constexpr,
+                  ACT: tl.constexpr, FAST_ERF: tl.constexpr, ASM: tl.constexpr, MERGED: tl.constexpr,
                   EVEN: tl.constexpr, NCHUNK_P2: tl.constexpr, BLOCK: tl.constexpr):
     # MODE 0: NCHW, channel per element; 1: NCHW with every tile inside one channel plane (scalar
     # weights per tile); 2: channels-last with C | BLOCK ([BLOCK / C, C] tiles, weights loaded once
@@ -297,8 +308,7 @@ def _apply_kernel(X, Y, W, B, R, E, MEAN_P, M2_P, MEAN, RSTD,
                 e = tl.load(E + n * C + c, mask=m, other=0.0).to(tl.float32)
         if HAS_R:
             y = y + r.to(tl.float32)
-        if GELU:
-            y = _gelu(y, FAST_ERF, ASM)
+        y = _act(y, ACT, FAST_ERF, ASM)
         if HAS_E:
             y = y + e
         if EVEN:
@@ -325,7 +335,7 @@ def _persistent_kernel(X, Y, W, B, R, E, MEAN_P, M2_P, CNT, MEAN, RSTD,
                        L, NROWS, T, RPW, NWAVES, G, eps,
                        BLOCK: tl.constexpr, HW: tl.constexpr, CPG: tl.constexpr, C: tl.constexpr,
                        MODE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr,
-                       HAS_E: tl.constexpr, GELU: tl.constexpr, FAST_ERF: tl.constexpr, T_P2: tl.constexpr,
+                       HAS_E: tl.constexpr, ACT: tl.constexpr, FAST_ERF: tl.constexpr, T_P2: tl.constexpr,
                        EARLY_PUBLISH: tl.constexpr):
     # Program p owns tile p % T of row (w * RPW + p // T) in wave w; its tile stays in registers from
     # the load to the store. Pipelined: the next wave's tile is loaded before waiting on this one's row,
@@ -390,7 +400,7 @@ def _persistent_kernel(X, Y, W, B, R, E, MEAN_P, M2_P, CNT, MEAN, RSTD,
                 if HAS_E:
                     e = tl.load(E + n * C + cols).to(tl.float32)
                 y = (x.to(tl.float32) - mean) * a[None, :] + sh[None, :]
-                y = _finish(y, e[None, :], R, base + o, inb, HAS_R, HAS_E, GELU, FAST_ERF)
+                y = _finish(y, e[None, :], R, base + o, inb, HAS_R, HAS_E, ACT, FAST_ERF)
             elif MODE == 4:
                 c = g * CPG + start // HW + tl.arange(0, BLOCK // HW)
                 cm = c < (g + 1) * CPG
@@ -404,7 +414,7 @@ def _persistent_kernel(X, Y, W, B, R, E, MEAN_P, M2_P, CNT, MEAN, RSTD,
                 if HAS_E:
                     e = tl.load(E + n * C + c, mask=cm, other=0.0).to(tl.float32)
                 y = (x.to(tl.float32) - mean) * a[:, None] + sh[:, None]
-                y = _finish(y, e[:, None], R, base + o, inb, HAS_R, HAS_E, GELU, FAST_ERF)
+                y = _finish(y, e[:, None], R, base + o, inb, HAS_R, HAS_E, ACT, FAST_ERF)
             elif MODE == 1:
                 c = g * CPG + start // HW
                 a = rstd
@@ -416,7 +426,7 @@ def _persistent_kernel(X, Y, W, B, R, E, MEAN_P, M2_P, CNT, MEAN, RSTD,
                 e = 0.0
                 if HAS_E:
                     e = tl.load(E + n * C + c).to(tl.float32)
-                y = _finish((x.to(tl.float32) - mean) * a + sh, e, R, base + o, inb, HAS_R, HAS_E, GELU, FAST_ERF)
+                y = _finish((x.to(tl.float32) - mean) * a + sh, e, R, base + o, inb, HAS_R, HAS_E, ACT, FAST_ERF)
             else:
                 if MODE == 3:
                     c = o % C
@@ -431,7 +441,7 @@ def _persistent_kernel(X, Y, W, B, R, E, MEAN_P, M2_P, CNT, MEAN, RSTD,
                 e = 0.0
                 if HAS_E:
                     e = tl.load(E + n * C + c, mask=inb, other=0.0).to(tl.float32)
-                y = _finish((x.to(tl.float32) - mean) * a + sh, e, R, base + o, inb, HAS_R, HAS_E, GELU, FAST_ERF)
+                y = _finish((x.to(tl.float32) - mean) * a + sh, e, R, base + o, inb, HAS_R, HAS_E, ACT, FAST_ERF)
             tl.store(Y + base + o, y.to(Y.dtype.element_ty), mask=inb)
         if not EARLY_PUBLISH:
             if nxt < NROWS:
@@ -443,7 +453,7 @@ def _persistent_kernel(X, Y, W, B, R, E, MEAN_P, M2_P, CNT, MEAN, RSTD,
 @triton.jit
 def _recompute_dz(X, DY, W, B, R, MEAN, RSTD, n, c, p, mask, sN, sC, sHW, G,
                   CPG: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr,
-                  GELU: tl.constexpr):
+                  ACT: tl.constexpr):
     off = n * sN + c * sC + p * sHW
     x = tl.load(X + off, mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(DY + off, mask=mask, other=0.0).to(tl.float32)
@@ -457,15 +467,19 @@ def _recompute_dz(X, DY, W, B, R, MEAN, RSTD, n, c, p, mask, sN, sC, sHW, G,
     else:
         w = tl.where(cm, 1.0, 0.0)
     dz = dy
-    if GELU:
+    if ACT != 0:
         z = xhat * w
         if HAS_B:
             z = z + tl.load(B + c, mask=cm, other=0.0).to(tl.float32)
         if HAS_R:
             z = z + tl.load(R + off, mask=mask, other=0.0).to(tl.float32)
-        cdf = 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476))
-        pdf = tl.exp(-0.5 * z * z) * 0.3989422804014327
-        dz = dy * (cdf + z * pdf)
+        if ACT == 1:  # d/dz z Phi(z) = Phi(z) + z phi(z)
+            cdf = 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476))
+            pdf = tl.exp(-0.5 * z * z) * 0.3989422804014327
+            dz = dy * (cdf + z * pdf)
+        else:  # d/dz z sigmoid(z) = s (1 + z (1 - s))
+            sg = tl.sigmoid(z)
+            dz = dy * (sg * (1.0 + z * (1.0 - sg)))
     dz = tl.where(mask, dz, 0.0)
     xhat = tl.where(mask, xhat, 0.0)
     return off, dy, dz, xhat, w, rstd
@@ -475,7 +489,7 @@ def _recompute_dz(X, DY, W, B, R, MEAN, RSTD, n, c, p, mask, sN, sC, sHW, G,
 def _bwd_sums_kernel(X, DY, W, B, R, MEAN, RSTD, PA, PB, PE,
                      C, HW, sN, sC, sHW, G,
                      CPG: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr,
-                     HAS_E: tl.constexpr, GELU: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+                     HAS_E: tl.constexpr, ACT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     n = tl.program_id(0).to(tl.int64)
     cb = tl.program_id(1)
     pb = tl.program_id(2)
@@ -483,7 +497,7 @@ def _bwd_sums_kernel(X, DY, W, B, R, MEAN, RSTD, PA, PB, PE,
     p = pb * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
     mask = (c < C) & (p < HW)
     _, dy, dz, xhat, _, _ = _recompute_dz(X, DY, W, B, R, MEAN, RSTD, n, c, p, mask, sN, sC, sHW, G,
-                                          CPG, HAS_W, HAS_B, HAS_R, GELU)
+                                          CPG, HAS_W, HAS_B, HAS_R, ACT)
     cc = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     out = (n * tl.num_programs(2) + pb) * C + cc
     cm = cc < C
@@ -497,7 +511,7 @@ def _bwd_sums_kernel(X, DY, W, B, R, MEAN, RSTD, PA, PB, PE,
 def _bwd_dx_kernel(X, DY, W, B, R, MEAN, RSTD, S1, S2, DX, DR,
                    C, HW, sN, sC, sHW, G, inv_len,
                    CPG: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr,
-                   WRITE_DR: tl.constexpr, GELU: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+                   WRITE_DR: tl.constexpr, ACT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     n = tl.program_id(0).to(tl.int64)
     cb = tl.program_id(1)
     pb = tl.program_id(2)
@@ -505,7 +519,7 @@ def _bwd_dx_kernel(X, DY, W, B, R, MEAN, RSTD, S1, S2, DX, DR,
     p = pb * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
     mask = (c < C) & (p < HW)
     off, _, dz, xhat, w, rstd = _recompute_dz(X, DY, W, B, R, MEAN, RSTD, n, c, p, mask, sN, sC, sHW, G,
-                                              CPG, HAS_W, HAS_B, HAS_R, GELU)
+                                              CPG, HAS_W, HAS_B, HAS_R, ACT)
     grp = n * G + c // CPG
     cm = c < C
     s1 = tl.load(S1 + grp, mask=cm, other=0.0)
@@ -737,7 +751,7 @@ class _Problem:
     emb: torch.Tensor | None
     num_groups: int
     eps: float
-    gelu: bool
+    act: int
     channels_last: bool
 
     @property
@@ -757,9 +771,9 @@ class _Problem:
         return (self.x, self.y, *(t if t is not None else self.x
                                   for t in (self.weight, self.bias, self.residual, self.emb)))
 
-    def flags(self) -> dict[str, bool]:
+    def flags(self) -> dict[str, Any]:
         return dict(HAS_W=self.weight is not None, HAS_B=self.bias is not None, HAS_R=self.residual is not None,
-                    HAS_E=self.emb is not None, GELU=self.gelu)
+                    HAS_E=self.emb is not None, ACT=self.act)
 
 
 def two_pass_launches(p: _Problem, cfg: ForwardConfig) -> tuple[Any, Any]:
@@ -839,26 +853,26 @@ def persistent_launch(p: _Problem, cfg: ForwardConfig) -> tuple[PersistentPlan |
 
 
 def _problem(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
-             eps: float, residual: torch.Tensor | None, emb: torch.Tensor | None, gelu: bool) -> _Problem:
+             eps: float, residual: torch.Tensor | None, emb: torch.Tensor | None, act: int) -> _Problem:
     x, channels_last = _layout(x, num_groups)
     if residual is not None:
         residual = _like(residual, channels_last)
     rows = x.shape[0] * num_groups
     return _Problem(x, torch.empty_like(x), torch.empty(rows, device=x.device, dtype=torch.float32),
                     torch.empty(rows, device=x.device, dtype=torch.float32), weight, bias, residual,
-                    emb.contiguous() if emb is not None else None, num_groups, float(eps), gelu, channels_last)
+                    emb.contiguous() if emb is not None else None, num_groups, float(eps), act, channels_last)
 
 
 def group_norm_act_forward(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None,
                            bias: torch.Tensor | None, eps: float, residual: torch.Tensor | None,
-                           emb: torch.Tensor | None, gelu: bool) -> ForwardResult:
+                           emb: torch.Tensor | None, act: int) -> ForwardResult:
     """Launch the forward kernels; returns (out, mean, rstd, x, residual, channels_last) where x and
     residual are in the layout the kernels read (saved for the backward).
 
     Path: ``select_path`` on the config's ``path`` (CUDA: persistent, interpreter/CPU: two-pass); the
     persistent kernel then runs where ``plan_persistent`` finds a grid, and the two launches elsewhere
     (or a ValueError when the persistent path was asked for explicitly)."""
-    p = _problem(x, num_groups, weight, bias, eps, residual, emb, gelu)
+    p = _problem(x, num_groups, weight, bias, eps, residual, emb, act)
     if p.x.numel() == 0:
         p.mean.fill_(float("nan"))
         p.rstd.fill_(float("nan"))
@@ -881,7 +895,7 @@ def group_norm_act_forward(x: torch.Tensor, num_groups: int, weight: torch.Tenso
 
 def group_norm_act_backward(dy: torch.Tensor, x: torch.Tensor, num_groups: int, weight: torch.Tensor | None,
                             bias: torch.Tensor | None, residual: torch.Tensor | None, has_emb: bool,
-                            mean: torch.Tensor, rstd: torch.Tensor, gelu: bool, channels_last: bool,
+                            mean: torch.Tensor, rstd: torch.Tensor, act: int, channels_last: bool,
                             need_residual_grad: bool) -> BackwardResult:
     """(dx, dweight, dbias, dresidual, demb); None where the input is absent or not needed."""
     n, c = x.shape[0], x.shape[1]
@@ -900,7 +914,7 @@ def group_norm_act_backward(dy: torch.Tensor, x: torch.Tensor, num_groups: int, 
         sn, sc, sp = _strides(n, c, hw, channels_last)
         dummy = x
         common: dict[str, Any] = dict(CPG=c // num_groups, HAS_W=weight is not None, HAS_B=bias is not None,
-                                      HAS_R=residual is not None, GELU=gelu, BLOCK_C=bc, BLOCK_P=bp, num_warps=4)
+                                      HAS_R=residual is not None, ACT=act, BLOCK_C=bc, BLOCK_P=bp, num_warps=4)
         wt = weight if weight is not None else dummy
         bs = bias if bias is not None else dummy
         rs = residual if residual is not None else dummy
@@ -925,20 +939,20 @@ class GroupNormActFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                 residual: torch.Tensor | None, emb: torch.Tensor | None, num_groups: int, eps: float,
-                gelu: bool) -> torch.Tensor:
+                act: int) -> torch.Tensor:
         y, mean, rstd, xl, rl, channels_last = group_norm_act_forward(x, num_groups, weight, bias, eps, residual,
-                                                                      emb, gelu)
+                                                                      emb, act)
         ctx.save_for_backward(xl, weight, bias, rl, mean, rstd)
-        ctx.meta = (num_groups, gelu, channels_last, emb is not None, x.dtype,
+        ctx.meta = (num_groups, act, channels_last, emb is not None, x.dtype,
                     None if emb is None else emb.dtype, None if residual is None else residual.dtype)
         return y
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight, bias, residual, mean, rstd = ctx.saved_tensors
-        num_groups, gelu, channels_last, has_emb, x_dtype, e_dtype, r_dtype = ctx.meta
+        num_groups, act, channels_last, has_emb, x_dtype, e_dtype, r_dtype = ctx.meta
         dx, dw, db, dr, de = group_norm_act_backward(dy, x, num_groups, weight, bias, residual, has_emb, mean,
-                                                     rstd, gelu, channels_last, ctx.needs_input_grad[3])
+                                                     rstd, act, channels_last, ctx.needs_input_grad[3])
         return (dx.to(x_dtype), dw, db, None if dr is None else dr.to(r_dtype),
                 None if de is None else de.to(e_dtype), None, None, None)
 
@@ -949,5 +963,5 @@ def group_norm_act(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None
     """Triton ``group_norm_act`` (see the module docstring); differentiable in every tensor argument."""
     check_group_norm_args(x, num_groups, weight, bias, eps, residual, emb, activation)
     out: torch.Tensor = GroupNormActFunction.apply(x, weight, bias, residual, emb, num_groups, eps,
-                                                   activation == "gelu")
+                                                   ACT_CODES[activation])
     return out

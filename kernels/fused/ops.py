@@ -94,6 +94,11 @@ GN_SAMPLES = [
     _gn_sample("mean 300 (2,3,11,13)", (2, 3, 11, 13), 1, offset=300.0, seed=9, dtypes=("float32", "float64")),
     _gn_sample("NaN in group 0 (2,4,3,3)", (2, 4, 3, 3), 2, nan=True, grad=False, seed=10),
     _gn_sample("empty batch (0,4,3,3)", (0, 4, 3, 3), 2, residual=True, emb=True, seed=11),
+    _gn_sample("GroupNorm(4)+SiLU (2,8,5,7)", (2, 8, 5, 7), 4, activation="silu", seed=14),
+    _gn_sample("GroupNorm(2)+residual+SiLU+emb (2,6,3,5)", (2, 6, 3, 5), 2, residual=True, emb=True,
+               activation="silu", seed=15),
+    _gn_sample("channels-last GroupNorm(1,C)+SiLU (2,8,3,5)", (2, 8, 3, 5), 1, layout="channels_last",
+               activation="silu", seed=16),
 ]
 
 
@@ -158,7 +163,7 @@ def group_norm_act(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None
     """``act(GroupNorm(num_groups)(x) * weight + bias + residual) + emb[:, :, None, None]``.
 
     x: (N, C, *spatial) float16/bfloat16/float32(/float64: reference); weight, bias: (C,) or None;
-    residual: x's shape; emb: (N, C); activation: 'gelu' (exact) or 'none'. Output in x's dtype and
+    residual: x's shape; emb: (N, C); activation: 'gelu' (exact), 'silu' or 'none'. Output in x's dtype and
     layout. ``backend``: 'triton' or 'reference'.
     """
     if torch.compiler.is_compiling():  # one opaque node in the graph (kernels/torch_ops.py)

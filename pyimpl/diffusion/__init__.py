@@ -2,7 +2,14 @@
 classifier-free guidance, and the Philox noise the kernels draw. The seed's UNet is ``pyimpl.unet``."""
 
 from pyimpl.diffusion.philox import NOISE_BLOCK, NOISE_QUARTER, noise_counters, philox_normal, set_philox_rounds
-from pyimpl.diffusion.schedule import BETA_SCHEDULES, Schedule, make_betas, make_schedule, sample_timesteps
+from pyimpl.diffusion.schedule import (
+    BETA_SCHEDULES,
+    Schedule,
+    make_betas,
+    make_schedule,
+    rescale_zero_terminal_snr,
+    sample_timesteps,
+)
 from pyimpl.diffusion.steps import (
     PREDICTION_TYPES,
     VARIANCE_TYPES,
@@ -13,6 +20,7 @@ from pyimpl.diffusion.steps import (
     guided,
     q_sample,
     threshold_scale,
+    velocity,
 )
 
 __all__ = [
@@ -32,7 +40,9 @@ __all__ = [
     "noise_counters",
     "philox_normal",
     "q_sample",
+    "rescale_zero_terminal_snr",
     "sample_timesteps",
     "set_philox_rounds",
     "threshold_scale",
+    "velocity",
 ]

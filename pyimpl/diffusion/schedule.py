@@ -6,7 +6,12 @@ Formulas as diffusers' DDPMScheduler builds them (``beta_schedule``):
 - ``squaredcos_cap_v2``: beta_i = min(1 - abar((i+1)/T) / abar(i/T), 0.999) with
   abar(s) = cos((s + 0.008) / 1.008 * pi / 2) ** 2 (Nichol & Dhariwal 2021, "improved DDPM");
 - ``sigmoid``: sigmoid(linspace(-6, 6, T)) * (beta_end - beta_start) + beta_start (GeoDiff);
+- ``laplace``: as squaredcos_cap_v2 with abar(s) = sqrt(snr / (1 + snr)),
+  snr = exp(-sign(1/2 - s) / 2 log(1 - 2 |1/2 - s| + 1e-6)) (diffusers' Laplace schedule);
 - or given betas (``trained_betas``).
+``rescale_betas_zero_snr`` then rescales the betas to zero terminal SNR (Lin et al. 2023, "Common
+Diffusion Noise Schedules and Sample Steps are Flawed", algorithm 1): sqrt(alpha_hat) is shifted so
+its last value is 0 and scaled so its first value is unchanged; the last beta becomes 1.
 The schedule is kept in float32 (diffusers' choice) or float64, never float16: in float16
 alpha_hat near t = 0 rounds to 1 and 1 - alpha_hat to 0, a division by zero in every step.
 """
@@ -14,15 +19,36 @@ alpha_hat near t = 0 rounds to 1 and 1 - alpha_hat to 0, a division by zero in e
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["BETA_SCHEDULES", "Schedule", "make_betas", "make_schedule", "sample_timesteps"]
+__all__ = ["BETA_SCHEDULES", "Schedule", "make_betas", "make_schedule", "rescale_zero_terminal_snr", "sample_timesteps"]
 
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
 SCHEDULE_DTYPES = (torch.float32, torch.float64)
+
+
+def _alpha_bar_betas(n: int, abar: Callable[[float], float]) -> torch.Tensor:
+    """beta_i = min(1 - abar((i + 1) / n) / abar(i / n), 0.999): a continuous alpha_hat discretized."""
+    return torch.tensor([min(1 - abar((i + 1) / n) / abar(i / n), 0.999) for i in range(n)], dtype=torch.float32)
+
+
+def _laplace_abar(s: float) -> float:
+    lmb = -0.5 * math.copysign(1, 0.5 - s) * math.log(1 - 2 * math.fabs(0.5 - s) + 1e-6)
+    snr = math.exp(lmb)
+    return math.sqrt(snr / (1 + snr))
+
+
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Betas whose alpha_hat ends at 0 (zero terminal SNR; Lin et al. 2023, algorithm 1), in float32."""
+    sqrt_abar = torch.cumprod(1.0 - betas.to(torch.float32), dim=0).sqrt()
+    first, last = sqrt_abar[0].clone(), sqrt_abar[-1].clone()
+    sqrt_abar = (sqrt_abar - last) * (first / (first - last))
+    abar = sqrt_abar**2
+    alphas = torch.cat([abar[0:1], abar[1:] / abar[:-1]])
+    return 1 - alphas
 
 
 def make_betas(
@@ -31,8 +57,20 @@ def make_betas(
     beta_end: float = 0.02,
     beta_schedule: str = "linear",
     trained_betas: Sequence[float] | torch.Tensor | None = None,
+    rescale_betas_zero_snr: bool = False,
 ) -> torch.Tensor:
-    """beta_t (float32, length T) for the named schedule, or the given ``trained_betas``."""
+    """beta_t (float32, length T) for the named schedule, or the given ``trained_betas``; rescaled to
+    zero terminal SNR with ``rescale_betas_zero_snr``."""
+    betas = _named_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
+    if rescale_betas_zero_snr:
+        if betas.numel() < 2:
+            raise ValueError("rescale_betas_zero_snr=True needs at least 2 timesteps")
+        return rescale_zero_terminal_snr(betas)
+    return betas
+
+
+def _named_betas(num_train_timesteps: int, beta_start: float, beta_end: float, beta_schedule: str,
+                 trained_betas: Sequence[float] | torch.Tensor | None) -> torch.Tensor:
     if trained_betas is not None:
         betas = torch.as_tensor(trained_betas, dtype=torch.float32).flatten().cpu()
         if betas.numel() == 0:
@@ -48,10 +86,9 @@ def make_betas(
     if beta_schedule == "scaled_linear":
         return torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=torch.float32) ** 2
     if beta_schedule == "squaredcos_cap_v2":
-        def abar(s: float) -> float:
-            return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
-
-        return torch.tensor([min(1 - abar((i + 1) / n) / abar(i / n), 0.999) for i in range(n)], dtype=torch.float32)
+        return _alpha_bar_betas(n, lambda s: math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2)
+    if beta_schedule == "laplace":
+        return _alpha_bar_betas(n, _laplace_abar)
     if beta_schedule == "sigmoid":
         return torch.sigmoid(torch.linspace(-6, 6, n)) * (beta_end - beta_start) + beta_start
     raise ValueError(f"beta_schedule={beta_schedule!r}: supported {', '.join(BETA_SCHEDULES)} (or trained_betas)")
@@ -104,9 +141,10 @@ def make_schedule(
     trained_betas: Sequence[float] | torch.Tensor | None = None,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = None,
+    rescale_betas_zero_snr: bool = False,
 ) -> Schedule:
     """The schedule; the defaults are the seed's (linear, 1e-4 .. 0.02, T = 1000)."""
-    betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
+    betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr)
     return Schedule.from_betas(betas, dtype=dtype, device=device)
 
 

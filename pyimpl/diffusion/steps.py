@@ -8,6 +8,8 @@ draw), or ``torch.randn`` when neither is given.
 
 - ``q_sample``: x_t = sqrt(alpha_hat_t) x_0 + sqrt(1 - alpha_hat_t) eps (the seed's noise_images;
   Ho et al. 2020, eq. 4).
+- ``velocity``: the v-prediction target v = sqrt(alpha_hat_t) eps - sqrt(1 - alpha_hat_t) x_0
+  (Salimans & Ho 2022, "Progressive Distillation", sec. 4; diffusers' ``get_velocity``).
 - ``ddpm_seed_step``: the seed's update, verbatim:
   x = 1 / sqrt(alpha_t) (x - (1 - alpha_t) / sqrt(1 - alpha_hat_t) eps) + sqrt(beta_t) z, z = 0 when t <= 1.
 - ``ddpm_step``: diffusers' ``DDPMScheduler.step`` (Ho et al. 2020 eqs. 6, 7, 15) with
@@ -42,6 +44,7 @@ __all__ = [
     "guided",
     "q_sample",
     "threshold_scale",
+    "velocity",
 ]
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -233,6 +236,15 @@ def q_sample(
     return (out, eps.to(x0.dtype)) if return_noise else out
 
 
+def velocity(x0: torch.Tensor, t: Any, schedule: Schedule, noise: torch.Tensor) -> torch.Tensor:
+    """v = sqrt(alpha_hat_t) noise - sqrt(1 - alpha_hat_t) x0, in x0's dtype (diffusers' ``get_velocity``)."""
+    if noise is None:
+        raise ValueError("noise is required: the velocity is defined for a given noise")
+    a = check_step_args(x0, t, x0, schedule, noise)
+    ah = _per_sample(_gather(schedule.alphas_cumprod, a.t), x0)
+    return (torch.sqrt(ah) * noise.to(ah.dtype) - torch.sqrt(1 - ah) * x0.to(ah.dtype)).to(x0.dtype)
+
+
 def ddpm_seed_step(
     model_output: torch.Tensor,
     t: Any,
@@ -262,7 +274,8 @@ def ddpm_seed_step(
 
 def threshold_scale(pred_original: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
     """Dynamic thresholding's s per sample (Saharia et al. 2022, diffusers' ``_threshold_sample``):
-    s = clamp(quantile(|x0|, ratio), 1, max_value) over each sample's flattened values, float32 or wider."""
+    s = clamp(quantile(|x0|, ratio), 1, max_value) over each sample's flattened values, float32 or wider.
+    With max_value < 1, s = max_value for every sample (torch.clamp's upper bound wins, as in diffusers)."""
     n = pred_original.shape[0]
     flat = pred_original.reshape(n, -1)
     if flat.dtype not in (torch.float32, torch.float64):
@@ -281,8 +294,8 @@ def _check_options(prediction_type: str, variance_type: str | None, clip_sample_
         raise ValueError(f"clip_sample_range={clip_sample_range!r}: must be positive")
     if not 0 <= dynamic_thresholding_ratio <= 1:
         raise ValueError(f"dynamic_thresholding_ratio={dynamic_thresholding_ratio!r}: must lie in [0, 1]")
-    if not sample_max_value >= 1:
-        raise ValueError(f"sample_max_value={sample_max_value!r}: must be >= 1")
+    if not sample_max_value > 0:
+        raise ValueError(f"sample_max_value={sample_max_value!r}: must be positive")
 
 
 def _pred_original(prediction_type: str, mo: torch.Tensor, x: torch.Tensor, ap: torch.Tensor) -> torch.Tensor:

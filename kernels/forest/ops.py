@@ -7,6 +7,7 @@ class weights and per-tree splitmix64 seeds.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,13 @@ CRITERIA = ref.CRITERIA
 # libm that rounds log2 differently from Python's math.log2.
 _TOL = {"*": Tolerance(atol=1e-12, rtol=1e-12)}
 _F64 = lambda dt: "float64"  # float32 inputs are exact in float64; the references cast back
+
+
+def _threads(n_threads: Any) -> int:
+    """``n_threads`` checked and clamped to [1, cores]: more threads than cores only add start-up cost."""
+    if not isinstance(n_threads, (int, np.integer)) or isinstance(n_threads, bool):
+        raise ValueError(f"n_threads={n_threads!r}: must be an int (values above the core count run on every core)")
+    return max(1, min(int(n_threads), os.cpu_count() or 1))
 
 
 def _criterion(criterion: Any) -> int:
@@ -341,6 +349,26 @@ def _check_build(X_cols: np.ndarray, kw: dict[str, Any]) -> None:
     if not 1 <= int(kw["max_features"]) <= n_features:
         raise ValueError(f"max_features={kw['max_features']}: must be in [1, n_features={n_features}]")
     _criterion(kw["criterion"])
+    _threads(kw["n_threads"])
+    y = np.asarray(kw["y"])
+    bad = np.flatnonzero((y < 0) | (y >= kw["n_classes"]))
+    if bad.size:
+        raise ValueError(f"y[{bad[0]}] = {y[bad[0]]}: must be in [0, n_classes)")
+    if kw.get("bins") is not None:
+        _check_bins(np.asarray(kw["bins"]), np.asarray(kw["n_bins"]), n_features, n)
+
+
+def _check_bins(bins: np.ndarray, n_bins: np.ndarray, n_features: int, n: int) -> None:
+    """Every bin of feature f below ``n_bins[f]`` (the histograms have ``n_bins[f]`` slots)."""
+    if bins.shape != (n_features, n) or n_bins.shape != (n_features,):
+        raise ValueError(f"bins must be (n_features, n_samples) = {(n_features, n)} and n_bins (n_features,), got "
+                         f"{bins.shape} and {n_bins.shape}")
+    if n_features and n:
+        bad = np.argwhere(bins.astype(np.int64) >= n_bins.astype(np.int64)[:, None])
+        if bad.size:
+            f, i = (int(v) for v in bad[0])
+            raise ValueError(f"bins[{f}, {i}] = {int(bins[f, i])}: feature {f} has n_bins = {int(n_bins[f])}, so its "
+                             f"bins must be in [0, {int(n_bins[f])})")
 
 
 def _build_forest_reference(X_cols: np.ndarray, **kw: Any) -> dict[str, np.ndarray]:
@@ -375,6 +403,7 @@ def build_forest_native(X_cols: np.ndarray, **kw: Any) -> dict[str, np.ndarray]:
     y, sw, counts, cw, seeds = data
     args = [kw[k] for k in _BUILD_KEYS]
     args[1] = _criterion(args[1])
+    args[-1] = _threads(args[-1])
     out = native().build_forest(np.ascontiguousarray(X_cols, np.float32), np.asarray(y, np.int32),
                                 np.asarray(sw, np.float64), np.asarray(counts, np.int32),
                                 np.asarray(cw, np.float64), np.asarray(seeds, np.uint64), *args, **hist)
@@ -407,8 +436,10 @@ def _predict_sample(name: str, n_fit: int, n_predict: int, n_features: int, n_cl
     return Sample(name, make)
 
 
-def _check_predict(X: np.ndarray) -> None:
-    """X's shape; the trees are checked by the backend (``pyimpl.forest.check_trees`` or C++)."""
+def _check_predict(X: np.ndarray, n_threads: Any) -> None:
+    """X's shape and the thread count; the trees are checked by the backend
+    (``pyimpl.forest.check_trees`` or C++, with the same messages)."""
+    _threads(n_threads)
     if not isinstance(X, np.ndarray) or X.ndim != 2:
         raise ValueError(f"X must be a 2-D array, got shape {np.shape(X)}")
     if X.shape[1] < 1:
@@ -418,7 +449,7 @@ def _check_predict(X: np.ndarray) -> None:
 def _predict_reference(X: np.ndarray, feature: np.ndarray, threshold: np.ndarray, child: np.ndarray,
                        value: np.ndarray, node_offsets: np.ndarray, leaf_offsets: np.ndarray, n_threads: int = 1,
                        inbag: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    _check_predict(X)
+    _check_predict(X, n_threads)
     return ref.predict_proba(X, feature, threshold, child, value, node_offsets, leaf_offsets, n_threads, inbag)
 
 
@@ -442,9 +473,9 @@ def forest_predict_proba_native(X: np.ndarray, feature: np.ndarray, threshold: n
                                 value: np.ndarray, node_offsets: np.ndarray, leaf_offsets: np.ndarray,
                                 n_threads: int = 1, inbag: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """C++ batch prediction: rows in parallel blocks, 8 rows descending each tree together."""
-    _check_predict(X)
+    _check_predict(X, n_threads)
     proba, used = native().predict_proba(np.ascontiguousarray(X, np.float32), feature, threshold, child, value,
-                                         node_offsets, leaf_offsets, int(n_threads), inbag)
+                                         node_offsets, leaf_offsets, _threads(n_threads), inbag)
     return proba, used
 
 

@@ -312,9 +312,9 @@ def _lf(n: int, n_beams: int, seed: int, laser: tuple[float, float, float] = (0.
 
 
 def _check_lf(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarray, laser_pose: np.ndarray,
-              range_max: float) -> tuple[np.ndarray, ...]:
+              range_max: float, sigma_hit: float) -> tuple[np.ndarray, ...]:
     poses, ranges, bearings, laser_pose = (_f64(a) for a in (poses, ranges, bearings, laser_pose))
-    sensors.check_scan_args(poses, ranges, bearings, laser_pose, range_max)
+    sensors.check_scan_args(poses, ranges, bearings, laser_pose, range_max, sigma_hit)
     return poses, ranges, bearings, laser_pose
 
 
@@ -348,7 +348,7 @@ def _likelihood_field(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarra
                       resolution: float, origin_x: float, origin_y: float, max_dist: float, range_max: float,
                       z_hit: float, z_rand: float, sigma_hit: float, laser_pose: np.ndarray, log_sum: bool,
                       force_parallel: bool) -> np.ndarray:
-    poses, ranges, bearings, laser_pose = _check_lf(poses, ranges, bearings, laser_pose, range_max)
+    poses, ranges, bearings, laser_pose = _check_lf(poses, ranges, bearings, laser_pose, range_max, sigma_hit)
     mod = _numba("sensors")
     d = _f64(dist)
     key = (float(z_hit), float(z_rand), float(sigma_hit), float(range_max))
@@ -427,7 +427,7 @@ def _likelihood_field_prob(poses: np.ndarray, ranges: np.ndarray, bearings: np.n
     if not (do_beamskip and converged):
         return _likelihood_field(poses, ranges, bearings, dist, resolution, origin_x, origin_y, max_dist, range_max,
                                  z_hit, z_rand, sigma_hit, laser_pose, True, force_parallel)
-    poses, ranges, bearings, laser_pose = _check_lf(poses, ranges, bearings, laser_pose, range_max)
+    poses, ranges, bearings, laser_pose = _check_lf(poses, ranges, bearings, laser_pose, range_max, sigma_hit)
     mod = _numba("sensors")
     d = _f64(dist)
     n, nb = len(poses), len(ranges)
@@ -508,7 +508,7 @@ def _beam_model(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarray, sta
                 origin_x: float, origin_y: float, range_max: float, z_hit: float, z_short: float, z_max: float,
                 z_rand: float, sigma_hit: float, lambda_short: float, laser_pose: np.ndarray,
                 force_parallel: bool) -> np.ndarray:
-    poses, ranges, bearings, laser_pose = _check_lf(poses, ranges, bearings, laser_pose, range_max)
+    poses, ranges, bearings, laser_pose = _check_lf(poses, ranges, bearings, laser_pose, range_max, sigma_hit)
     out = np.empty(len(poses))
     # a beam walks up to range / res cells: threads pay off sooner than for the likelihood field
     _launch(_numba("sensors").beam_model_range, len(poses), 8 * len(poses) * len(ranges), force_parallel, out, poses,

@@ -34,6 +34,14 @@ namespace {
 
 using mk::require;
 
+// Per-node class buffers and histograms are n_classes wide: a bound keeps a bad count from
+// asking for gigabytes (labels are encoded 0..n_classes-1 by the estimator).
+constexpr int kMaxClasses = 1 << 16;
+
+void require_classes(int n_classes) {
+  require(n_classes >= 1 && n_classes <= kMaxClasses, "n_classes must be in [1, 65536]");
+}
+
 void require_criterion(int criterion) {
   require(criterion == mk::forest::kGini || criterion == mk::forest::kEntropy, "criterion must be 0 (gini) or 1 (entropy)");
 }
@@ -78,7 +86,7 @@ py::dict build_forest(Arr<float> X_cols, Arr<std::int32_t> y, Arr<double> sample
   require(y.ndim() == 1 && y.shape(0) == n, "y must have n_samples entries");
   require(sample_weight.ndim() == 1 && sample_weight.shape(0) == n, "sample_weight must have n_samples entries");
   require(counts.ndim() == 2 && counts.shape(0) == T && counts.shape(1) == n, "counts must be (n_trees, n_samples)");
-  require(n_classes >= 1, "n_classes must be >= 1");
+  require_classes(n_classes);
   require(class_weight.ndim() == 2 && class_weight.shape(0) == T && class_weight.shape(1) == n_classes,
           "class_weight must be (n_trees, n_classes)");
   require(F >= 1 && max_features >= 1 && max_features <= F, "max_features must be in [1, n_features]");
@@ -180,7 +188,7 @@ py::tuple best_split_exact(Arr<float> values, Arr<std::int32_t> y, Arr<double> w
   const std::int64_t m = values.shape(0);
   require(y.shape(0) == m && w.shape(0) == m, "values, y and w must have one length");
   require(m < std::numeric_limits<std::int32_t>::max(), "values must have fewer than 2**31 - 1 entries");
-  require(n_classes >= 1, "n_classes must be >= 1");
+  require_classes(n_classes);
   require_criterion(criterion);
   std::vector<float> vals(values.data(), values.data() + m);
   std::vector<std::int32_t> ids(m);
@@ -204,8 +212,8 @@ py::tuple best_split_hist(Arr<std::uint8_t> bins, Arr<std::int32_t> y, Arr<doubl
   require(bins.ndim() == 1 && y.ndim() == 1 && w.ndim() == 1 && edges.ndim() == 1, "bins, y, w and edges must be 1-D");
   const std::int64_t m = bins.shape(0);
   require(y.shape(0) == m && w.shape(0) == m, "bins, y and w must have one length");
-  require(edges.shape(0) < std::numeric_limits<std::int32_t>::max(), "edges must have fewer than 2**31 - 1 entries");
-  require(n_classes >= 1, "n_classes must be >= 1");
+  require(edges.shape(0) <= 255, "edges must have at most 255 entries (bins are uint8: at most 256 bins)");
+  require_classes(n_classes);
   require_criterion(criterion);
   const int nb = static_cast<int>(edges.shape(0)) + 1;
   std::vector<double> hist(static_cast<std::size_t>(nb) * n_classes, 0.0), node(n_classes, 0.0),

@@ -445,7 +445,7 @@ def _check_offsets(name: str, off: np.ndarray, end: int, exact: bool) -> None:
     head = "node_offsets / leaf_offsets must increase and stay inside the arrays: "
     if off[0] != 0:
         raise ValueError(f"{head}{name}[0] = {int(off[0])}, expected 0")
-    step = np.flatnonzero(np.diff(off) < 1)
+    step = np.flatnonzero(off[1:] <= off[:-1])  # compared, not subtracted: no int64 wrap-around
     if step.size:
         t = int(step[0])
         raise ValueError(f"{head}{name}[{t + 1}] = {int(off[t + 1])} is not above {name}[{t}] = {int(off[t])}")

@@ -158,11 +158,22 @@ def best_split_exact(values: np.ndarray, y: np.ndarray, w: np.ndarray, n_classes
 # best_split_hist
 
 
+def _check_hist_args(bins: np.ndarray, edges: np.ndarray) -> None:
+    n_bins = len(edges) + 1
+    if n_bins > 256:
+        raise ValueError(f"edges has {len(edges)} entries: at most 255 (bins are uint8: at most 256 bins)")
+    b = np.asarray(bins)
+    if b.size and int(b.max()) >= n_bins:
+        i = int(np.argmax(b >= n_bins))
+        raise ValueError(f"bins[{i}] = {int(b[i])}: must be in [0, len(edges) + 1 = {n_bins})")
+
+
 def _best_split_hist_reference(bins: np.ndarray, y: np.ndarray, w: np.ndarray, edges: np.ndarray, n_classes: int,
                                criterion: str = "gini", min_samples_leaf: int = 1,
                                min_weight_leaf: float = 0.0) -> tuple[bool, int, float, int, float]:
     _criterion(criterion)
     _check_split_args(np.asarray(y), np.asarray(w), len(bins), n_classes)
+    _check_hist_args(bins, edges)
     return ref.best_split_hist(bins, y, w, edges, n_classes, criterion, min_samples_leaf, min_weight_leaf)
 
 
@@ -171,6 +182,10 @@ HIST_ERRORS = [
                                         np.zeros(1, np.float32), 2)), ValueError, "n_classes=2"),
     ErrorSample("unknown criterion", _bad((np.zeros(3, np.uint8), np.zeros(3, np.int32), np.ones(3),
                                            np.zeros(1, np.float32), 2), {"criterion": "mse"}), ValueError, "'mse'"),
+    ErrorSample("bin past the edges", _bad((np.array([0, 2, 1], np.uint8), np.zeros(3, np.int32), np.ones(3),
+                                            np.zeros(1, np.float32), 2)), ValueError, "bins[1] = 2"),
+    ErrorSample("too many edges", _bad((np.zeros(3, np.uint8), np.zeros(3, np.int32), np.ones(3),
+                                        np.arange(256, dtype=np.float32), 2)), ValueError, "at most 255"),
 ]
 
 define_op("best_split_hist", reference=_best_split_hist_reference, dtypes=("uint8",), samples=HIST_SAMPLES,
@@ -187,6 +202,7 @@ def best_split_hist_native(bins: np.ndarray, y: np.ndarray, w: np.ndarray, edges
     crit = _criterion(criterion)
     y, w = np.asarray(y, np.int32), np.asarray(w, np.float64)
     _check_split_args(y, w, len(bins), n_classes)
+    _check_hist_args(bins, edges)
     varies, b, thr, nl, pr = native().best_split_hist(np.asarray(bins, np.uint8), y, w, np.asarray(edges, np.float32),
                                                       n_classes, crit, min_samples_leaf, min_weight_leaf)
     return bool(varies), int(b), float(thr), int(nl), float(pr)
@@ -381,6 +397,9 @@ _BUILD_ERRORS_BASE = dict(y=np.zeros(4, np.int32), sample_weight=np.ones(4), cou
                           max_depth=-1, min_samples_split=2, min_samples_leaf=1, min_weight_fraction_leaf=0.0,
                           min_impurity_decrease=0.0, min_info_gain=0.0, max_features=1, n_threads=1)
 
+_BAD_BINS = dict(bins=np.array([[0, 1, 0, 1], [0, 1, 1, 200]], np.uint8), n_bins=np.array([2, 2], np.int32),
+                 split_values=np.zeros(2, np.float32), split_offsets=np.array([0, 1, 2], np.int64))
+
 define_op("build_forest", reference=_build_forest_reference, dtypes=("float32",), samples=FOREST_SAMPLES,
           error_samples=[
               ErrorSample("1-D X", _bad((np.zeros(4, np.float32),), dict(_BUILD_ERRORS_BASE)), ValueError, "2-D"),
@@ -389,6 +408,15 @@ define_op("build_forest", reference=_build_forest_reference, dtypes=("float32",)
                           ValueError, "max_features=3"),
               ErrorSample("y length", _bad((np.zeros((2, 4), np.float32),),
                                            {**_BUILD_ERRORS_BASE, "y": np.zeros(3, np.int32)}), ValueError, "(4,)"),
+              ErrorSample("y past n_classes", _bad((np.zeros((2, 4), np.float32),),
+                                                   {**_BUILD_ERRORS_BASE, "y": np.array([0, 1, 2, 0], np.int32)}),
+                          ValueError, "y[2] = 2: must be in [0, n_classes)"),
+              ErrorSample("bin past n_bins", _bad((np.zeros((2, 4), np.float32),),
+                                                  {**_BUILD_ERRORS_BASE, **_BAD_BINS}),
+                          ValueError, "bins[1, 3] = 200: feature 1 has n_bins = 2"),
+              ErrorSample("n_threads not an int", _bad((np.zeros((2, 4), np.float32),),
+                                                       {**_BUILD_ERRORS_BASE, "n_threads": 2.5}),
+                          ValueError, "n_threads=2.5"),
           ],
           reference_dtype=_F64, doc="grow trees from bootstrap counts and seeds: packed node arrays")
 
@@ -456,6 +484,25 @@ def _predict_reference(X: np.ndarray, feature: np.ndarray, threshold: np.ndarray
 _TINY_MODEL = (np.array([0, -1, -1], np.int32), np.array([0.5, 0, 0], np.float32), np.array([1, 0, 1], np.int32),
                np.array([[1, 0], [0, 1]], np.float32), np.array([0, 3], np.int64), np.array([0, 2], np.int64))
 
+
+def _tiny(array: str, index: int, value: int) -> tuple[np.ndarray, ...]:
+    """_TINY_MODEL with one entry of one array replaced."""
+    names = ("feature", "threshold", "child", "value", "node_offsets", "leaf_offsets")
+    arrays = [a.copy() for a in _TINY_MODEL]
+    arrays[names.index(array)][index] = value
+    return tuple(arrays)
+
+
+_BAD_MODELS = [  # (name, array, index, value, message)
+    ("child + 1 overflows int32", "child", 0, 2**31 - 1, "child[0] = 2147483647: the children of split node 0"),
+    ("negative leaf offset", "leaf_offsets", 0, -2, "leaf_offsets[0] = -2, expected 0"),
+    ("negative node offset", "node_offsets", 0, -(10**7), "node_offsets[0] = -10000000, expected 0"),
+    ("offsets past the nodes", "node_offsets", 1, 4, "node_offsets[1] = 4, expected the number of nodes, 3"),
+    ("leaf row outside the tree", "child", 2, 2, "child[2] = 2: leaf 2 of tree 0 must name a value row in [0, 2)"),
+    ("feature below -1", "feature", 1, -5, "feature[1] = -5: must be -1 at a leaf"),
+    ("split feature past X", "feature", 0, 1, "X has 1 features, but a node splits on feature 1 (feature[0])"),
+]
+
 define_op("forest_predict_proba", reference=_predict_reference, dtypes=("float32",),
           samples=[_predict_sample("fit 60, predict 37, F=5, C=3, 4 trees", 60, 37, 5, 3, 4, seed=1),
                    _predict_sample("fit 80, predict 0 rows", 80, 0, 4, 2, 2, seed=2),
@@ -463,7 +510,10 @@ define_op("forest_predict_proba", reference=_predict_reference, dtypes=("float32
                    _predict_sample("out-of-bag: fit 50, F=4, C=3, 6 trees", 50, 0, 4, 3, 6, seed=4, oob=True)],
           error_samples=[ErrorSample("too few features", _bad((np.zeros((2, 0), np.float32), *_TINY_MODEL)),
                                      ValueError, "X has 0 features"),
-                         ErrorSample("1-D X", _bad((np.zeros(3, np.float32), *_TINY_MODEL)), ValueError, "2-D")],
+                         ErrorSample("1-D X", _bad((np.zeros(3, np.float32), *_TINY_MODEL)), ValueError, "2-D"),
+                         *[ErrorSample(name, _bad((np.zeros((2, 1), np.float32), *_tiny(array, index, bad))),
+                                       ValueError, match)
+                           for name, array, index, bad, match in _BAD_MODELS]],
           reference_dtype=_F64, doc="mean leaf class fractions over trees (optionally out-of-bag)")
 
 

@@ -108,7 +108,7 @@ ERROR_SAMPLES = [
     ErrorSample("float first", _bad((_f64(5), 1.0, None)), TypeError, "first must be an integer"),
     ErrorSample("indices length", _bad((_f64(5), 0, None), {"indices": np.arange(4)}), ValueError, "length 5"),
     ErrorSample("float indices", _bad((_f64(5), 0, None), {"indices": np.zeros(5)}), TypeError, "indices.dtype"),
-    ErrorSample("masked values", lambda: ((np.ma.masked_array(_f64(5), mask=[0, 1, 0, 0, 1]), 0, None), {}),
+    ErrorSample("masked values", lambda: ((np.ma.masked_array(_f64(5), mask=np.arange(5) % 2 == 1), 0, None), {}),
                 TypeError, "masked array"),
     ErrorSample("masked indices", lambda: ((_f64(5), 0, None), {"indices": np.ma.masked_array(np.arange(5))}),
                 TypeError, "masked array"),

@@ -58,7 +58,7 @@ SIGMA_HIT_MIN = 1e-150
 
 def check_sigma_hit(sigma_hit: Any) -> None:
     if isinstance(sigma_hit, bool) or not isinstance(sigma_hit, numbers.Real) or not (
-            math.isfinite(sigma_hit) and sigma_hit >= SIGMA_HIT_MIN):
+            math.isfinite(sigma_hit) and float(sigma_hit) >= SIGMA_HIT_MIN):
         raise ValueError(f"sigma_hit={sigma_hit!r}: must be a finite number >= {SIGMA_HIT_MIN} (the models divide by "
                          "2 sigma_hit², which must stay a positive float)")
 

@@ -387,12 +387,14 @@ def likelihood_field_numba_parallel(poses: np.ndarray, ranges: np.ndarray, beari
 
 
 def _lf_errors(extra: dict[str, Any]) -> list[ErrorSample]:
-    def args(n_ranges: int, n_bearings: int, range_max: float = 4.0) -> tuple[Any, ...]:
+    def args(n_ranges: int, n_bearings: int, range_max: float = 4.0, sigma_hit: float = 0.2) -> tuple[Any, ...]:
         return (np.zeros((2, 3)), np.ones(n_ranges), np.zeros(n_bearings), np.zeros((3, 3)), 0.1, 0.0, 0.0, 1.0,
-                range_max, 0.5, 0.5, 0.2, np.zeros(3))
+                range_max, 0.5, 0.5, sigma_hit, np.zeros(3))
     return [
         ErrorSample("bearings length", lambda: (args(5, 4), dict(extra)), ValueError, "bearings (4,)"),
         ErrorSample("range_max 0", lambda: (args(5, 5, 0.0), dict(extra)), ValueError, "range_max=0.0"),
+        ErrorSample("sigma_hit 1e-300", lambda: (args(5, 5, sigma_hit=1e-300), dict(extra)), ValueError,
+                    "sigma_hit=1e-300: must be a finite number >= 1e-150"),
     ]
 
 
@@ -553,6 +555,9 @@ define_op(
     error_samples=[
         ErrorSample("bearings length", _bm_error(5, 6), ValueError, "bearings (6,)"),
         ErrorSample("range_max -1", _bm_error(5, 5, -1.0), ValueError, "range_max=-1.0"),
+        ErrorSample("sigma_hit 0", lambda: ((np.zeros((2, 3)), np.ones(5), np.zeros(5), np.zeros((3, 3), np.int8),
+                                             0.1, 0.0, 0.0, 4.0, *{**BEAM_PARAMS, "sigma_hit": 0.0}.values(),
+                                             np.zeros(3)), {}), ValueError, "sigma_hit=0.0"),
     ],
     doc="nav2 beam-model weight factors: 1 + sum of pz^3 with ray-cast expected ranges",
 )

@@ -278,8 +278,13 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
     ref.check_causal(causal)
     # On the CPU, SDPA's kernels do not propagate NaN/Inf as the formula does (a NaN query row
     # seeing one key gives 0; a masked NaN key spoils rows that cannot see it): non-finite inputs
-    # take the written-out formula. The check reads q, k, v once, O(N D) against SDPA's O(N² D).
-    nonfinite = not q.is_cuda and not all(bool(torch.isfinite(x).all()) for x in (q, k, v))
+    # take the written-out formula. One float64 sum per input finds them (NaN or Inf in, non-finite
+    # sum out), O(N D) against SDPA's O(N² D): 0.05 ms beside 22 ms at B=2 H=4 N=512 D=64.
+    if q.is_cuda:
+        nonfinite = False
+    else:
+        total = q.sum(dtype=torch.float64) + k.sum(dtype=torch.float64) + v.sum(dtype=torch.float64)
+        nonfinite = not bool(torch.isfinite(total))
     if q.numel() == 0 or nk == 0 or nonfinite:
         return ref.attention(q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask, layout=layout)
     qh, kh, vh = _as_bhnd(layout, q, k, v)

@@ -283,7 +283,8 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
     if q.is_cuda:
         nonfinite = False
     else:
-        total = q.sum(dtype=torch.float64) + k.sum(dtype=torch.float64) + v.sum(dtype=torch.float64)
+        with torch.no_grad():
+            total = q.sum(dtype=torch.float64) + k.sum(dtype=torch.float64) + v.sum(dtype=torch.float64)
         nonfinite = not bool(torch.isfinite(total))
     if q.numel() == 0 or nk == 0 or nonfinite:
         return ref.attention(q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask, layout=layout)

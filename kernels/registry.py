@@ -98,6 +98,7 @@ class Op:
     reference_dtype: Callable[[str], str] | None = None  # run the reference in this dtype
     doc: str = ""
     backends: dict[str, Backend] = field(default_factory=dict)
+    check: Callable[..., Any] | None = None  # the call's argument checks, for explain
     ordered: list[Backend] = field(default_factory=list)  # backends, highest priority first
     env_key: str = ""  # KERNELS_BACKEND_<NAME>
     dispatch_key: Callable[..., Hashable | None] | None = None
@@ -189,6 +190,7 @@ def define_op(
     reference_dtype: Callable[[str], str] | None = None,
     doc: str = "",
     dispatch_key: Callable[..., Hashable | None] | None = None,
+    check: Callable[..., Any] | None = None,
 ) -> Op:
     """Declare an op with its reference. The reference also becomes the ``reference`` backend.
 
@@ -197,7 +199,10 @@ def define_op(
     (devices and dtypes of all arrays included), or None to decide afresh. Automatic dispatch then
     remembers its choice per key and skips the reasons on later calls; the chosen backend must
     validate its arguments itself (as every backend does), since invalid inputs are no longer
-    rejected by the reasons first. Forced backends always run their reasons."""
+    rejected by the reasons first. Forced backends always run their reasons.
+
+    ``check(*args, **kwargs)``, optional: the argument checks every backend runs, raising as the
+    call would; ``explain`` runs it first and reports the error the call would raise."""
     if name in _OPS:
         warnings.warn(f"op {name!r} is defined again; the new definition replaces it", stacklevel=2)
     op = Op(
@@ -210,6 +215,7 @@ def define_op(
         reference_dtype=reference_dtype,
         doc=doc or (reference.__doc__ or "").strip().split("\n")[0],
         dispatch_key=dispatch_key,
+        check=check,
     )
     _OPS[name] = op
     op.add_backend(Backend(
@@ -432,9 +438,15 @@ def call(op: str, *args: Any, backend: str | None = None, **kwargs: Any) -> Any:
 
 def explain(op: str, *args: Any, backend: str | None = None, **kwargs: Any) -> str:
     """A readable account of the dispatch decision for these inputs, one line per backend."""
-    get_op(op)
+    checks = get_op(op).check
     device, dtype = inspect_arrays(args, kwargs)
     lines = [f"{op}: inputs on {device or 'no device'}, dtype {dtype or 'n/a'}"]
+    if checks is not None:
+        try:
+            checks(*args, **kwargs)
+        except (TypeError, ValueError, IndexError) as e:
+            return "\n".join([*lines, f"-> raises {type(e).__name__}: {str(e).splitlines()[0]} (every backend "
+                               "checks these arguments)"])
     name, source = forced_backend(op, backend)
     if name is not None:
         lines.append(f"forced: {name!r} by {source}")

@@ -33,6 +33,12 @@ def _shape(t: torch.Tensor) -> str:
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def check_causal(causal: Any) -> None:
+    """``causal`` must be a bool: a string such as ``'no'`` would otherwise count as True."""
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal={causal!r}: must be a bool (True or False)")
+
+
 def check_attention_args(q: Any, k: Any, v: Any, key_padding_mask: Any, layout: str, scale: Any
                          ) -> tuple[int, int, int, int, int]:
     """Validate the arguments every backend shares; return ``(B, H, Nq, Nk, D)``."""
@@ -151,6 +157,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     """
     del deterministic
     check_attention_args(q, k, v, key_padding_mask, layout, scale)
+    check_causal(causal)
     if layout == "bnhd":
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     p = attention_probabilities(q, k, causal=causal, scale=scale, key_padding_mask=key_padding_mask)

@@ -441,30 +441,58 @@ def build_forest(X_cols: np.ndarray, y: np.ndarray, sample_weight: np.ndarray, c
     }
 
 
+def _check_offsets(name: str, off: np.ndarray, end: int, exact: bool) -> None:
+    head = "node_offsets / leaf_offsets must increase and stay inside the arrays: "
+    if off[0] != 0:
+        raise ValueError(f"{head}{name}[0] = {int(off[0])}, expected 0")
+    step = np.flatnonzero(off[1:] <= off[:-1])  # compared, not subtracted: no int64 wrap-around
+    if step.size:
+        t = int(step[0])
+        raise ValueError(f"{head}{name}[{t + 1}] = {int(off[t + 1])} is not above {name}[{t}] = {int(off[t])}")
+    last = int(off[-1])
+    if (last != end) if exact else (last > end):
+        want = "the number of nodes, " if exact else "at most the number of value rows, "
+        raise ValueError(f"{head}{name}[{off.shape[0] - 1}] = {last}, expected {want}{end}")
+
+
 def check_trees(feature: np.ndarray, threshold: np.ndarray, child: np.ndarray, n_leaf_rows: int,
                 node_offsets: np.ndarray, leaf_offsets: np.ndarray, n_features: int) -> None:
-    """Raise ``ValueError`` unless the packed arrays describe trees: offsets increasing from 0 to
-    the array lengths, every internal node's children after it inside its tree, every leaf's
-    value row inside its tree's rows, every split feature below ``n_features``. (A cycle would
-    make prediction loop forever; an index outside would read outside the arrays.)"""
+    """Raise ``ValueError`` naming the first bad entry unless the packed arrays describe trees:
+    offsets strictly increasing from 0 to the array lengths, every internal node's children after
+    it inside its tree, every leaf (feature -1) naming a value row of its tree, every split feature
+    below ``n_features``. (A cycle would make prediction loop forever; an index outside would read
+    outside the arrays.) The C++ check (csrc/forest_predict.cpp) raises the same messages."""
     feature = np.asarray(feature).astype(np.int64)
     child = np.asarray(child).astype(np.int64)
-    no, lo = np.asarray(node_offsets), np.asarray(leaf_offsets)
+    no, lo = np.asarray(node_offsets).astype(np.int64), np.asarray(leaf_offsets).astype(np.int64)
     n = feature.shape[0]
-    if (np.shape(threshold) != (n,) or child.shape != (n,) or no.ndim != 1 or no.shape != lo.shape
-            or no.shape[0] < 2 or no[0] != 0 or no[-1] != n or lo[0] != 0 or lo[-1] > n_leaf_rows
-            or (np.diff(no) < 1).any() or (np.diff(lo) < 1).any()):
-        raise ValueError("node_offsets / leaf_offsets must increase and stay inside the arrays")
-    if n and int(feature.max()) >= n_features:
-        raise ValueError(f"X has {n_features} features, but a node splits on feature {int(feature.max())}")
+    if feature.ndim != 1 or np.shape(threshold) != (n,) or child.shape != (n,):
+        raise ValueError("node arrays must be 1-D of one length")
+    if no.ndim != 1 or no.shape != lo.shape or no.shape[0] < 2:
+        raise ValueError("node_offsets and leaf_offsets must have n_trees + 1 entries, n_trees >= 1")
+    _check_offsets("node_offsets", no, n, exact=True)
+    _check_offsets("leaf_offsets", lo, int(n_leaf_rows), exact=False)
     tree = np.repeat(np.arange(no.shape[0] - 1), np.diff(no))
     local = np.arange(n) - no[tree]
     size, leaves = np.diff(no)[tree], np.diff(lo)[tree]
-    ok_inner = (child > local) & (child + 1 < size)
+    ok_inner = (feature < n_features) & (child > local) & (child + 1 < size)
     ok_leaf = (feature == -1) & (child >= 0) & (child < leaves)
-    if not np.where(feature >= 0, ok_inner, ok_leaf).all():
-        raise ValueError("node arrays do not describe trees: a child outside its tree or before its parent, or a "
-                         "leaf row outside the tree's rows")
+    bad = np.flatnonzero(~np.where(feature >= 0, ok_inner, ok_leaf))
+    if not bad.size:
+        return
+    i = int(bad[0])
+    t, k, f, c = int(tree[i]), int(local[i]), int(feature[i]), int(child[i])
+    if f < -1:
+        raise ValueError(f"node arrays do not describe trees: feature[{i}] = {f}: must be -1 at a leaf or a feature "
+                         f"index in [0, {n_features})")
+    if f >= n_features:
+        raise ValueError(f"X has {n_features} features, but a node splits on feature {f} (feature[{i}])")
+    if f >= 0:
+        raise ValueError(f"node arrays do not describe trees: child[{i}] = {c}: the children of split node {k} of tree "
+                         f"{t} must be local nodes in ({k}, {int(size[i]) - 1}) (a child outside its tree or before "
+                         "its parent)")
+    raise ValueError(f"node arrays do not describe trees: child[{i}] = {c}: leaf {k} of tree {t} must name a value "
+                     f"row in [0, {int(leaves[i])}) (a leaf row outside the tree's rows)")
 
 
 def predict_proba(X: np.ndarray, feature: np.ndarray, threshold: np.ndarray, child: np.ndarray, value: np.ndarray,

@@ -31,6 +31,10 @@ def check_sort_args(values: Any, first: Any, last: Any, indices: Any) -> tuple[i
     """
     if not isinstance(values, np.ndarray):
         raise TypeError(f"values must be a numpy.ndarray, got {type(values).__name__}")
+    for name, a in (("values", values), ("indices", indices)):
+        if isinstance(a, np.ma.MaskedArray):
+            raise TypeError(f"{name} is a masked array: an in-place sort would move the data under a mask that "
+                            f"stays put; sort {name}.filled(fill) or use numpy.ma.sort")
     if values.ndim != 1:
         raise ValueError(f"values must be 1-D, got shape {values.shape}")
     if values.dtype not in _SORT_NP:

@@ -149,6 +149,32 @@ def _finite_estimate(pf: ParticleFilter) -> None:
     assert np.isfinite(est.pose).all() and np.isfinite(pf.poses).all() and np.isfinite(pf.weights).all()
 
 
+@pytest.mark.parametrize("jump", [1e155, 1e300, -1.7e308])
+def test_huge_odometry_jumps_are_rejected(floor: OccupancyMap, run: SimulatedRun, jump: float) -> None:
+    """A finite jump that would give non-finite (or farther than 1e15 m) particles is rejected: the
+    particles stay, the scan is skipped, and the next update starts from the new odometry."""
+    pf = ParticleFilter(floor, random_seed=2, **SMALL)
+    pf.initialize(run.truth[0], (0.02, 0.02, 0.01))
+    assert pf.update(run.odometry[0], run.scans[0])
+    before = pf.poses.copy()
+    odom = np.array(run.odometry[1], dtype=float)
+    odom[0] += jump
+    with pytest.warns(UserWarning, match="odometry jump .* is rejected"):
+        assert not pf.update(odom, run.scans[1])
+    np.testing.assert_array_equal(pf.poses, before)
+    moved = odom + np.array([0.0, 0.3, 0.0])
+    assert pf.update(moved, run.scans[1])  # relative to the new reference: a normal step
+    _finite_estimate(pf)
+    with pytest.raises(ValueError, match=r"\|x\|, \|y\| <= 1e\+15"):
+        pf.initialize((1e200, 0.0, 0.0))
+
+
+@pytest.mark.parametrize("model", ["likelihood_field", "likelihood_field_prob", "beam"])
+def test_tiny_sigma_hit_is_refused(floor: OccupancyMap, model: str) -> None:
+    with pytest.raises(ValueError, match=r"sigma_hit=1e-300: must be a finite number >= 1e-150"):
+        ParticleFilter(floor, sigma_hit=1e-300, laser_model_type=model, **SMALL)
+
+
 def test_bad_scans_and_odometry_never_crash_nor_nan(floor: OccupancyMap, run: SimulatedRun) -> None:
     pf = ParticleFilter(floor, random_seed=6, update_min_d=0.0, update_min_a=0.0, **SMALL)
     pf.initialize(run.truth[0], (0.02, 0.02, 0.01))

@@ -111,6 +111,54 @@ def test_missing_and_broken_files(tmp_path: Path) -> None:
         load_map(path)
 
 
+def test_sixteen_bit_images_scale_by_their_bit_depth(tmp_path: Path) -> None:
+    """nav2's map_server reads a pixel as p / (2**depth - 1): a dark 16-bit pixel is an obstacle."""
+    px = np.array([[1000, 65535, 30000, 0]], np.uint16)  # occupancy 0.985, 0, 0.54, 1
+    for suffix in ("png", "pgm"):
+        Image.fromarray(px).save(tmp_path / f"d.{suffix}")
+        (tmp_path / "d.yaml").write_text(f"image: d.{suffix}\nresolution: 0.1\norigin: [0, 0, 0]\nnegate: 0\n"
+                                         "occupied_thresh: 0.65\nfree_thresh: 0.196\n")
+        assert read_grid(tmp_path / "d.yaml")[0].tolist() == [[100, 0, -1, 100]], suffix
+        (tmp_path / "d.yaml").write_text(f"image: d.{suffix}\nresolution: 0.1\norigin: [0, 0, 0]\nnegate: 0\n"
+                                         "occupied_thresh: 0.65\nfree_thresh: 0.196\nmode: raw\n")
+        assert read_grid(tmp_path / "d.yaml")[0].tolist() == [[4, -1, -1, 0]], suffix  # round(255 p / 65535)
+
+
+def test_an_oversized_image_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "big.pgm").write_bytes(b"P5\n100000 100000\n255\n" + bytes(64))
+    path = tmp_path / "big.yaml"
+    path.write_text("image: big.pgm\nresolution: 0.1\norigin: [0, 0, 0]\nnegate: 0\noccupied_thresh: 0.65\n"
+                    "free_thresh: 0.196\n")
+    with pytest.raises(ValueError, match=r"big\.pgm is too large to read safely .*MAX_IMAGE_PIXELS"):
+        load_map(path)
+
+
+def test_a_directory_is_not_reported_missing(tmp_path: Path) -> None:
+    (tmp_path / "maps.yaml").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"maps\.yaml is a directory, not a file"):
+        load_map(tmp_path / "maps.yaml")
+    path = _write_map(tmp_path, np.zeros((2, 2), np.uint8), extra="")
+    (tmp_path / "m.png").unlink()
+    (tmp_path / "m.png").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"m\.png is a directory"):
+        load_map(path)
+
+
+def test_numbers_with_an_exponent_but_no_dot(tmp_path: Path) -> None:
+    """YAML 1.1 (PyYAML) reads 1e-300 as a string; map_server's yaml-cpp as a number."""
+    path = _write_map(tmp_path, np.zeros((2, 2), np.uint8))
+    path.write_text(path.read_text().replace("resolution: 0.1", "resolution: 1e-300")
+                    .replace("origin: [-1.0, 2.0, 0.0]", "origin: [-1e3, 2E-1, 0]"))
+    keys = read_grid(path)[1]
+    assert keys["resolution"] == 1e-300 and keys["origin"] == [-1000.0, 0.2, 0.0]
+    path.write_text(path.read_text().replace("resolution: 1e-300", "resolution: 1e400"))
+    with pytest.raises(ValueError, match="resolution='1e400': expected a finite number"):
+        read_grid(path)
+    path.write_text(path.read_text().replace("resolution: 1e400", "resolution: fast"))
+    with pytest.raises(ValueError, match="resolution='fast'"):
+        read_grid(path)
+
+
 def test_occupancy_map_checks_its_arguments() -> None:
     with pytest.raises(ValueError, match=r"resolution=0\.0"):
         OccupancyMap(np.zeros((2, 2), np.int8), 0.0)

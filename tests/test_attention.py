@@ -310,3 +310,11 @@ def test_gpu_cached_launch_respecialises_on_strides_alignment_and_lengths() -> N
             out = kernels.attention(q, k, v)
             assert float((out.double() - want).norm() / want.norm()) < 5e-3
         assert flash.pointer_alignment((q,)) == (offset % 8 == 0,)
+
+
+def test_explain_runs_the_calls_argument_checks() -> None:
+    q, k = torch.zeros(2, 3, 5, 16), torch.zeros(3, 3, 5, 16)
+    assert "-> raises ValueError: batch: q has 2, k has 3" in kernels.explain("attention", q, k, k)
+    assert "-> raises TypeError: causal='no'" in kernels.explain("attention", q, q, q, causal="no")
+    with pytest.raises(TypeError, match="causal='no': must be a bool"):
+        kernels.attention(q, q, q, causal="no")

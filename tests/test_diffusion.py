@@ -37,6 +37,18 @@ def test_schedules_equal_diffusers(schedule: str) -> None:
     assert torch.equal(ours.betas, theirs.betas) and torch.equal(ours.alphas_cumprod, theirs.alphas_cumprod)
 
 
+@pytest.mark.parametrize("kw,match", [
+    (dict(beta_end=1.5), "betas span 0.0001..1.5; every beta must lie in \\(0, 1\\)"),
+    (dict(beta_start=-0.1), "betas span -0.1..0.02"),
+    (dict(beta_end=float("nan")), "beta_end=nan: must be a finite number"),
+    (dict(beta_schedule="scaled_linear", beta_start=-0.01), "takes square roots"),
+    (dict(beta_schedule="sigmoid", beta_end=2.0), "sigmoid schedule's betas span"),
+])
+def test_schedules_with_betas_outside_the_unit_interval_raise(kw: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ref.make_schedule(**kw)
+
+
 def test_seed_schedule_and_timesteps() -> None:
     s = ref.make_schedule()
     assert torch.equal(s.betas, torch.linspace(1e-4, 0.02, 1000))  # the seed's prepare_noise_schedule

@@ -150,3 +150,10 @@ def test_native_releases_the_gil_and_threads_agree() -> None:
 def test_native_is_the_automatic_choice_when_built() -> None:
     chosen = kernels.registry.select("insertion_sort", (np.zeros(4),), {}).name
     assert chosen == ("native" if native_unavailable() is None else "reference")
+
+
+def test_explain_runs_the_calls_argument_checks() -> None:
+    text = kernels.explain("insertion_sort", np.zeros((2, 3)))
+    assert text.splitlines()[-1].startswith("-> raises ValueError: values must be 1-D, got shape (2, 3)")
+    assert "-> raises TypeError: values is a masked array" in kernels.explain("hybrid_sort", np.ma.zeros(4))
+    assert kernels.explain("hybrid_sort", np.zeros(4)).splitlines()[-1].startswith("-> runs")

@@ -2,10 +2,13 @@
 
 YAML keys: ``image`` (path relative to the YAML), ``resolution``, ``origin`` [x, y, yaw],
 ``occupied_thresh``, ``free_thresh``, ``negate`` and optional ``mode`` (trinary, scale, raw).
-A pixel p in [0, 255] has occupancy occ = (255 - p) / 255 (p / 255 with ``negate``); trinary:
-occ >= occupied_thresh -> 100, occ <= free_thresh -> 0, otherwise unknown (-1); scale: values in
-between become round(100 · (occ - free) / (occupied - free)); raw: the pixel value itself (outside
-[-1, 100]: unknown). Transparent pixels are unknown. Rows are flipped so row 0 is the lower edge.
+A pixel p of an image with maximum value M (255 for 8-bit images, 65535 for 16-bit PGM / PNG, as
+map_server scales by the bit depth) has shade s = p / M and occupancy occ = 1 - s (s with
+``negate``); trinary: occ >= occupied_thresh -> 100, occ <= free_thresh -> 0, otherwise unknown (-1);
+scale: values in between become round(100 · (occ - free) / (occupied - free)); raw: round(255 s)
+(outside [-1, 100]: unknown). Transparent pixels are unknown. Rows are flipped so row 0 is the lower
+edge. Numbers in the YAML may be written as ``1e-3`` (YAML 1.1, and so PyYAML, reads that as a
+string; map_server's yaml-cpp reads a number).
 AMCL then keeps 0 as free, 100 as occupied and everything else as unknown (``convertMap``).
 Colour images are reduced to grey with Pillow's luma weights (map_server averages the channels).
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,9 @@ from PIL import Image
 from pyimpl.amcl.maps import FREE, OCCUPIED, OccupancyMap
 
 MODES = ("trinary", "scale", "raw")
+# A decimal number, exponent allowed without a dot ("1e-300"), as yaml-cpp reads it.
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_SIXTEEN_BIT = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
 def _key(doc: dict[str, Any], name: str, path: Path) -> Any:
@@ -34,18 +41,49 @@ def _key(doc: dict[str, Any], name: str, path: Path) -> Any:
     return doc[name]
 
 
-def _number(doc: dict[str, Any], name: str, path: Path) -> float:
-    v = _key(doc, name, path)
+def _as_number(v: Any) -> float | None:
+    """A finite int or float, or a string spelling one (``1e-300``); None otherwise."""
+    if isinstance(v, str) and _NUMBER.fullmatch(v.strip()):
+        v = float(v)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ValueError(f"{path}: {name}={v!r}: expected a finite number")
+        return None
     return float(v)
+
+
+def _number(doc: dict[str, Any], name: str, path: Path) -> float:
+    v = _as_number(_key(doc, name, path))
+    if v is None:
+        raise ValueError(f"{path}: {name}={doc[name]!r}: expected a finite number")
+    return v
+
+
+def _require_file(p: Path, what: str) -> None:
+    if p.is_dir():
+        raise IsADirectoryError(f"{what} {p} is a directory, not a file")
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} {p} does not exist")
+
+
+def _read_image(image_path: Path, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(shade in [0, 1] as float32, alpha channel or None); 16-bit images scaled by 65535."""
+    try:
+        with Image.open(image_path) as img:
+            img.load()
+            alpha = np.asarray(img.getchannel("A")) if img.mode in ("RGBA", "LA", "PA") else None
+            if img.mode in _SIXTEEN_BIT:
+                return np.asarray(img, dtype=np.float32) / 65535.0, alpha
+            return np.asarray(img.convert("L"), dtype=np.float32) / 255.0, alpha
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{path}: image {image_path} is too large to read safely ({e}); raise "
+                         "PIL.Image.MAX_IMAGE_PIXELS if the image is trusted") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read image {image_path}: {e}") from None
 
 
 def read_grid(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]:
     """The occupancy values (H, W) int8 of a map YAML (-1 unknown, 0..100) and its parsed keys."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"map YAML {path} does not exist")
+    _require_file(path, "map YAML")
     try:
         doc = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -59,8 +97,8 @@ def read_grid(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]
     if resolution <= 0:
         raise ValueError(f"{path}: resolution={resolution}: must be > 0")
     origin = _key(doc, "origin", path)
-    if not isinstance(origin, (list, tuple)) or len(origin) != 3 or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in origin):
+    xyz = [_as_number(v) for v in origin] if isinstance(origin, (list, tuple)) else []
+    if len(xyz) != 3 or None in xyz:
         raise ValueError(f"{path}: origin={origin!r}: expected three finite numbers [x, y, yaw]")
     occupied = _number(doc, "occupied_thresh", path)
     free = _number(doc, "free_thresh", path)
@@ -73,21 +111,14 @@ def read_grid(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]
     if mode not in MODES:
         raise ValueError(f"{path}: mode={mode!r}: expected one of {', '.join(MODES)}")
     image_path = Path(image) if os.path.isabs(image) else path.parent / image
-    if not image_path.is_file():
-        raise FileNotFoundError(f"{path}: image {image_path} does not exist")
-    try:
-        with Image.open(image_path) as img:
-            img.load()
-            alpha = np.asarray(img.getchannel("A")) if img.mode in ("RGBA", "LA", "PA") else None
-            grey = np.asarray(img.convert("L"), dtype=np.float32)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read image {image_path}: {e}") from None
+    _require_file(image_path, f"{path}: image")
+    shade, alpha = _read_image(image_path, path)
     if mode == "raw":
-        v = grey.astype(np.int16)
+        v = np.rint(shade * np.float32(255.0)).astype(np.int16)
         grid = np.where((v >= -1) & (v <= 100), v, -1).astype(np.int8)
     else:
-        occ = grey / 255.0 if negate else 1.0 - grey / 255.0
-        grid = np.full(grey.shape, -1, np.int8)
+        occ = shade if negate else 1.0 - shade
+        grid = np.full(shade.shape, -1, np.int8)
         grid[occ >= occupied] = 100
         grid[occ <= free] = 0
         if mode == "scale":
@@ -95,7 +126,7 @@ def read_grid(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]
             grid[mid] = np.rint((occ[mid] - free) / (occupied - free) * 100.0).astype(np.int8)
         if alpha is not None:
             grid[alpha < 255] = -1
-    keys = dict(resolution=resolution, origin=[float(v) for v in origin], mode=mode, negate=bool(negate),
+    keys = dict(resolution=resolution, origin=xyz, mode=mode, negate=bool(negate),
                 occupied_thresh=occupied, free_thresh=free, image=str(image_path))
     return grid[::-1].copy(), keys
 

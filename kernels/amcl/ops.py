@@ -312,9 +312,9 @@ def _lf(n: int, n_beams: int, seed: int, laser: tuple[float, float, float] = (0.
 
 
 def _check_lf(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarray, laser_pose: np.ndarray,
-              range_max: float) -> tuple[np.ndarray, ...]:
+              range_max: float, sigma_hit: float) -> tuple[np.ndarray, ...]:
     poses, ranges, bearings, laser_pose = (_f64(a) for a in (poses, ranges, bearings, laser_pose))
-    sensors.check_scan_args(poses, ranges, bearings, laser_pose, range_max)
+    sensors.check_scan_args(poses, ranges, bearings, laser_pose, range_max, sigma_hit)
     return poses, ranges, bearings, laser_pose
 
 
@@ -348,7 +348,7 @@ def _likelihood_field(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarra
                       resolution: float, origin_x: float, origin_y: float, max_dist: float, range_max: float,
                       z_hit: float, z_rand: float, sigma_hit: float, laser_pose: np.ndarray, log_sum: bool,
                       force_parallel: bool) -> np.ndarray:
-    poses, ranges, bearings, laser_pose = _check_lf(poses, ranges, bearings, laser_pose, range_max)
+    poses, ranges, bearings, laser_pose = _check_lf(poses, ranges, bearings, laser_pose, range_max, sigma_hit)
     mod = _numba("sensors")
     d = _f64(dist)
     key = (float(z_hit), float(z_rand), float(sigma_hit), float(range_max))
@@ -387,12 +387,14 @@ def likelihood_field_numba_parallel(poses: np.ndarray, ranges: np.ndarray, beari
 
 
 def _lf_errors(extra: dict[str, Any]) -> list[ErrorSample]:
-    def args(n_ranges: int, n_bearings: int, range_max: float = 4.0) -> tuple[Any, ...]:
+    def args(n_ranges: int, n_bearings: int, range_max: float = 4.0, sigma_hit: float = 0.2) -> tuple[Any, ...]:
         return (np.zeros((2, 3)), np.ones(n_ranges), np.zeros(n_bearings), np.zeros((3, 3)), 0.1, 0.0, 0.0, 1.0,
-                range_max, 0.5, 0.5, 0.2, np.zeros(3))
+                range_max, 0.5, 0.5, sigma_hit, np.zeros(3))
     return [
         ErrorSample("bearings length", lambda: (args(5, 4), dict(extra)), ValueError, "bearings (4,)"),
         ErrorSample("range_max 0", lambda: (args(5, 5, 0.0), dict(extra)), ValueError, "range_max=0.0"),
+        ErrorSample("sigma_hit 1e-300", lambda: (args(5, 5, sigma_hit=1e-300), dict(extra)), ValueError,
+                    "sigma_hit=1e-300: must be a finite number >= 1e-150"),
     ]
 
 
@@ -427,7 +429,7 @@ def _likelihood_field_prob(poses: np.ndarray, ranges: np.ndarray, bearings: np.n
     if not (do_beamskip and converged):
         return _likelihood_field(poses, ranges, bearings, dist, resolution, origin_x, origin_y, max_dist, range_max,
                                  z_hit, z_rand, sigma_hit, laser_pose, True, force_parallel)
-    poses, ranges, bearings, laser_pose = _check_lf(poses, ranges, bearings, laser_pose, range_max)
+    poses, ranges, bearings, laser_pose = _check_lf(poses, ranges, bearings, laser_pose, range_max, sigma_hit)
     mod = _numba("sensors")
     d = _f64(dist)
     n, nb = len(poses), len(ranges)
@@ -508,7 +510,7 @@ def _beam_model(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarray, sta
                 origin_x: float, origin_y: float, range_max: float, z_hit: float, z_short: float, z_max: float,
                 z_rand: float, sigma_hit: float, lambda_short: float, laser_pose: np.ndarray,
                 force_parallel: bool) -> np.ndarray:
-    poses, ranges, bearings, laser_pose = _check_lf(poses, ranges, bearings, laser_pose, range_max)
+    poses, ranges, bearings, laser_pose = _check_lf(poses, ranges, bearings, laser_pose, range_max, sigma_hit)
     out = np.empty(len(poses))
     # a beam walks up to range / res cells: threads pay off sooner than for the likelihood field
     _launch(_numba("sensors").beam_model_range, len(poses), 8 * len(poses) * len(ranges), force_parallel, out, poses,
@@ -553,6 +555,9 @@ define_op(
     error_samples=[
         ErrorSample("bearings length", _bm_error(5, 6), ValueError, "bearings (6,)"),
         ErrorSample("range_max -1", _bm_error(5, 5, -1.0), ValueError, "range_max=-1.0"),
+        ErrorSample("sigma_hit 0", lambda: ((np.zeros((2, 3)), np.ones(5), np.zeros(5), np.zeros((3, 3), np.int8),
+                                             0.1, 0.0, 0.0, 4.0, *{**BEAM_PARAMS, "sigma_hit": 0.0}.values(),
+                                             np.zeros(3)), {}), ValueError, "sigma_hit=0.0"),
     ],
     doc="nav2 beam-model weight factors: 1 + sum of pz^3 with ray-cast expected ranges",
 )

@@ -142,6 +142,7 @@ DDPM_SAMPLES = [
     _step_sample("ddpm", "step", (3, 2, 4, 6), noise="state", uncond=0.7),
     _step_sample("ddpm", "step", (4, 2, 3, 5), uncond=0.2, nan=True, prev_t=-1),
     _step_sample("ddpm", "step", (0, 2, 3, 5)),
+    _step_sample("ddpm", "step", (0, 2, 3, 5), thresholding=True),
 ]
 
 DDIM_SAMPLES = [
@@ -156,6 +157,7 @@ DDIM_SAMPLES = [
     _step_sample("ddim", "step", (2, 2, 5, 5), eta=0.8, noise="state", layout="s"),
     _step_sample("ddim", "step", (4, 3, 3, 3), noise="none", nan=True, uncond=0.5),
     _step_sample("ddim", "step", (0, 3, 3, 3), noise="none"),
+    _step_sample("ddim", "step", (0, 3, 3, 3), noise="none", thresholding=True),
 ]
 
 
@@ -200,6 +202,8 @@ def _step_errors(kind: str) -> list[ErrorSample]:
                     "guidance_scale=nan"),
         ErrorSample("int sample", lambda: (args(x=torch.zeros(2, 3, dtype=torch.int32)), {}), TypeError,
                     "model_output.dtype=torch.int32"),
+        ErrorSample("negative rng_state", lambda: (args(), {"rng_state": torch.tensor([-1, -1])}), ValueError,
+                    "rng_state=[-1, -1]"),
     ]
     if kind in ("ddpm", "ddim"):
         out += [
@@ -217,6 +221,9 @@ def _step_errors(kind: str) -> list[ErrorSample]:
             ErrorSample("learned without channels", lambda: (args(), {"variance_type": "learned"}), ValueError,
                         "needs the predicted variance"),
         ]
+    if kind in ("ddpm", "ddim"):
+        out += [ErrorSample("prev_t past T", lambda: (args(), {"prev_t": 1000}), ValueError,
+                            "prev_t=1000 is out of range: allowed an integer <= 999, negative meaning before step 0")]
     if kind == "ddim":
         out += [ErrorSample("negative eta", lambda: (args(), {"eta": -0.5}), ValueError, "eta=-0.5")]
     return out
@@ -230,6 +237,8 @@ Q_ERRORS = [
     ErrorSample("seed range", lambda: ((_x(2, 3), 4, _s()), {"seed": -1}), ValueError, "seed=-1"),
     ErrorSample("rng_state", lambda: ((_x(2, 3), 4, _s()), {"rng_state": torch.zeros(3, dtype=torch.int64)}),
                 ValueError, "rng_state must be an int64 tensor of shape (2,)"),
+    ErrorSample("negative rng_state", lambda: ((_x(2, 3), 4, _s()), {"rng_state": torch.tensor([5, -3])}),
+                ValueError, "rng_state=[5, -3]"),
 ]
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from kernels.forest import ops
 from kernels.forest.validation import (
     NotFittedError,
+    check_class_weight_values,
     check_int,
     check_real,
     check_sample_weight,
@@ -36,6 +37,7 @@ from kernels.forest.validation import (
     is_int,
     is_real,
     param_error,
+    scale_weights,
 )
 from pyimpl.forest import check_trees
 
@@ -80,6 +82,15 @@ _SPARK_TO_SKLEARN = dict(numTrees="n_estimators", maxDepth="max_depth", maxBins=
 _Model = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 NODE_DTYPE = np.dtype([("feature", np.int32), ("threshold", np.float32), ("child", np.int32)])
 _MODEL_ARRAYS = ("feature", "threshold", "child", "value", "node_offsets", "leaf_offsets")
+
+
+def _threads(n_jobs: int | None) -> int:
+    """scikit-learn's n_jobs as a thread count: None is 1, -1 all cores, -2 all but one; at most
+    the machine's cores (more threads than cores would only add start-up cost)."""
+    cores = os.cpu_count() or 1
+    if n_jobs is None:
+        return 1
+    return min(cores, n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs))
 
 
 def _spark_subset(strategy: Any, n_features: int, n_trees: int) -> int:
@@ -243,8 +254,7 @@ class RandomForestClassifier(_Mixin, _Base):
         check_int("n_jobs", nj, -(2**31), none=True)
         if nj == 0:
             raise param_error("n_jobs", "an int other than 0 or None", nj)
-        cores = os.cpu_count() or 1
-        p["n_jobs"] = 1 if nj is None else (nj if nj > 0 else max(1, cores + 1 + nj))
+        p["n_jobs"] = _threads(nj)
         ms = p["max_samples"]
         if ms is None:
             p["n_draw"] = n
@@ -272,6 +282,7 @@ class RandomForestClassifier(_Mixin, _Base):
         if cw == "balanced":
             return y.shape[0] / (n_classes * np.bincount(y, minlength=n_classes).astype(np.float64))
         if isinstance(cw, dict):
+            check_class_weight_values(cw)
             out = np.ones(n_classes)
             index = {c: i for i, c in enumerate(self.classes_.tolist())}
             for label, wt in cw.items():
@@ -312,6 +323,7 @@ class RandomForestClassifier(_Mixin, _Base):
                 per_class = np.bincount(y_enc, weights=counts[t], minlength=C)
                 present = per_class > 0
                 cw[t, present] = counts[t].sum() / (C * per_class[present])
+        sw = scale_weights(sw, counts, cw, y_enc)
         seeds = rng.integers(0, 2**64, T, dtype=np.uint64, endpoint=False)
         X_cols = np.ascontiguousarray(Xc.T)
         kw: dict[str, Any] = dict(
@@ -388,9 +400,8 @@ class RandomForestClassifier(_Mixin, _Base):
         """Mean over trees of the class fractions of the leaf each row reaches: (n, n_classes)."""
         arrays = self._arrays()
         Xc = check_X(X, reset_features=self.n_features_in_)
-        n_jobs = self.n_jobs if self.n_jobs is not None else 1
-        n_jobs = n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs)
-        proba, _ = ops.forest_predict_proba(Xc, *arrays, n_threads=n_jobs)
+        check_int("n_jobs", self.n_jobs, -(2**31), none=True)
+        proba, _ = ops.forest_predict_proba(Xc, *arrays, n_threads=_threads(self.n_jobs))
         return proba
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
@@ -450,7 +461,14 @@ class RandomForestClassifier(_Mixin, _Base):
             est.classes_ = z["classes"]
             est.feature_importances_ = z["feature_importances"]
         est.n_classes_ = int(est.classes_.shape[0])
-        est.n_features_in_ = int(header["n_features_in"])
+        n_features = header.get("n_features_in")
+        if not is_int(n_features) or n_features < 1:
+            raise ValueError(f"{path}: header n_features_in = {n_features!r}; expected an int >= 1")
+        imp = np.asarray(est.feature_importances_)
+        if imp.shape != (n_features,) or imp.dtype.kind != "f" or not np.isfinite(imp).all():
+            raise ValueError(f"{path}: feature_importances of shape {imp.shape} and dtype {imp.dtype} does not match "
+                             f"header n_features_in = {n_features}: expected {n_features} finite floats")
+        est.n_features_in_ = int(n_features)
         check_model(model, est.n_features_in_, est.n_classes_)
         est._set_arrays(model)
         if header.get("oob_score") is not None:
@@ -467,7 +485,15 @@ def check_model(model: dict[str, np.ndarray], n_features: int, n_classes: int) -
             raise ValueError(f"model array {k!r} has dtype {model[k].dtype}; expected kind {kind!r}")
     if model["value"].ndim != 2 or model["value"].shape[1] != n_classes:
         raise ValueError(f"model array 'value' must have shape (n_leaves, {n_classes}), got {model['value'].shape}")
-    check_trees(model["feature"], model["threshold"], model["child"], model["value"].shape[0],
+    value = model["value"]
+    if not np.isfinite(value).all() or (value < 0).any() or (value > 1).any():
+        bad = np.flatnonzero(~((value >= 0) & (value <= 1)).all(axis=1))[0]
+        raise ValueError(f"model array 'value' row {bad} = {value[bad].tolist()}: leaf values are class fractions, "
+                         "finite numbers in [0, 1]")
+    if np.isnan(model["threshold"]).any():
+        raise ValueError(f"model array 'threshold' has NaN at node {np.flatnonzero(np.isnan(model['threshold']))[0]}; "
+                         "split thresholds must be numbers")
+    check_trees(model["feature"], model["threshold"], model["child"], value.shape[0],
                 model["node_offsets"], model["leaf_offsets"], n_features)
 
 

@@ -7,6 +7,7 @@ class weights and per-tree splitmix64 seeds.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,13 @@ CRITERIA = ref.CRITERIA
 # libm that rounds log2 differently from Python's math.log2.
 _TOL = {"*": Tolerance(atol=1e-12, rtol=1e-12)}
 _F64 = lambda dt: "float64"  # float32 inputs are exact in float64; the references cast back
+
+
+def _threads(n_threads: Any) -> int:
+    """``n_threads`` checked and clamped to [1, cores]: more threads than cores only add start-up cost."""
+    if not isinstance(n_threads, (int, np.integer)) or isinstance(n_threads, bool):
+        raise ValueError(f"n_threads={n_threads!r}: must be an int (values above the core count run on every core)")
+    return max(1, min(int(n_threads), os.cpu_count() or 1))
 
 
 def _criterion(criterion: Any) -> int:
@@ -150,11 +158,22 @@ def best_split_exact(values: np.ndarray, y: np.ndarray, w: np.ndarray, n_classes
 # best_split_hist
 
 
+def _check_hist_args(bins: np.ndarray, edges: np.ndarray) -> None:
+    n_bins = len(edges) + 1
+    if n_bins > 256:
+        raise ValueError(f"edges has {len(edges)} entries: at most 255 (bins are uint8: at most 256 bins)")
+    b = np.asarray(bins)
+    if b.size and int(b.max()) >= n_bins:
+        i = int(np.argmax(b >= n_bins))
+        raise ValueError(f"bins[{i}] = {int(b[i])}: must be in [0, len(edges) + 1 = {n_bins})")
+
+
 def _best_split_hist_reference(bins: np.ndarray, y: np.ndarray, w: np.ndarray, edges: np.ndarray, n_classes: int,
                                criterion: str = "gini", min_samples_leaf: int = 1,
                                min_weight_leaf: float = 0.0) -> tuple[bool, int, float, int, float]:
     _criterion(criterion)
     _check_split_args(np.asarray(y), np.asarray(w), len(bins), n_classes)
+    _check_hist_args(bins, edges)
     return ref.best_split_hist(bins, y, w, edges, n_classes, criterion, min_samples_leaf, min_weight_leaf)
 
 
@@ -163,6 +182,10 @@ HIST_ERRORS = [
                                         np.zeros(1, np.float32), 2)), ValueError, "n_classes=2"),
     ErrorSample("unknown criterion", _bad((np.zeros(3, np.uint8), np.zeros(3, np.int32), np.ones(3),
                                            np.zeros(1, np.float32), 2), {"criterion": "mse"}), ValueError, "'mse'"),
+    ErrorSample("bin past the edges", _bad((np.array([0, 2, 1], np.uint8), np.zeros(3, np.int32), np.ones(3),
+                                            np.zeros(1, np.float32), 2)), ValueError, "bins[1] = 2"),
+    ErrorSample("too many edges", _bad((np.zeros(3, np.uint8), np.zeros(3, np.int32), np.ones(3),
+                                        np.arange(256, dtype=np.float32), 2)), ValueError, "at most 255"),
 ]
 
 define_op("best_split_hist", reference=_best_split_hist_reference, dtypes=("uint8",), samples=HIST_SAMPLES,
@@ -179,6 +202,7 @@ def best_split_hist_native(bins: np.ndarray, y: np.ndarray, w: np.ndarray, edges
     crit = _criterion(criterion)
     y, w = np.asarray(y, np.int32), np.asarray(w, np.float64)
     _check_split_args(y, w, len(bins), n_classes)
+    _check_hist_args(bins, edges)
     varies, b, thr, nl, pr = native().best_split_hist(np.asarray(bins, np.uint8), y, w, np.asarray(edges, np.float32),
                                                       n_classes, crit, min_samples_leaf, min_weight_leaf)
     return bool(varies), int(b), float(thr), int(nl), float(pr)
@@ -341,6 +365,26 @@ def _check_build(X_cols: np.ndarray, kw: dict[str, Any]) -> None:
     if not 1 <= int(kw["max_features"]) <= n_features:
         raise ValueError(f"max_features={kw['max_features']}: must be in [1, n_features={n_features}]")
     _criterion(kw["criterion"])
+    _threads(kw["n_threads"])
+    y = np.asarray(kw["y"])
+    bad = np.flatnonzero((y < 0) | (y >= kw["n_classes"]))
+    if bad.size:
+        raise ValueError(f"y[{bad[0]}] = {y[bad[0]]}: must be in [0, n_classes)")
+    if kw.get("bins") is not None:
+        _check_bins(np.asarray(kw["bins"]), np.asarray(kw["n_bins"]), n_features, n)
+
+
+def _check_bins(bins: np.ndarray, n_bins: np.ndarray, n_features: int, n: int) -> None:
+    """Every bin of feature f below ``n_bins[f]`` (the histograms have ``n_bins[f]`` slots)."""
+    if bins.shape != (n_features, n) or n_bins.shape != (n_features,):
+        raise ValueError(f"bins must be (n_features, n_samples) = {(n_features, n)} and n_bins (n_features,), got "
+                         f"{bins.shape} and {n_bins.shape}")
+    if n_features and n:
+        bad = np.argwhere(bins.astype(np.int64) >= n_bins.astype(np.int64)[:, None])
+        if bad.size:
+            f, i = (int(v) for v in bad[0])
+            raise ValueError(f"bins[{f}, {i}] = {int(bins[f, i])}: feature {f} has n_bins = {int(n_bins[f])}, so its "
+                             f"bins must be in [0, {int(n_bins[f])})")
 
 
 def _build_forest_reference(X_cols: np.ndarray, **kw: Any) -> dict[str, np.ndarray]:
@@ -353,6 +397,9 @@ _BUILD_ERRORS_BASE = dict(y=np.zeros(4, np.int32), sample_weight=np.ones(4), cou
                           max_depth=-1, min_samples_split=2, min_samples_leaf=1, min_weight_fraction_leaf=0.0,
                           min_impurity_decrease=0.0, min_info_gain=0.0, max_features=1, n_threads=1)
 
+_BAD_BINS = dict(bins=np.array([[0, 1, 0, 1], [0, 1, 1, 200]], np.uint8), n_bins=np.array([2, 2], np.int32),
+                 split_values=np.zeros(2, np.float32), split_offsets=np.array([0, 1, 2], np.int64))
+
 define_op("build_forest", reference=_build_forest_reference, dtypes=("float32",), samples=FOREST_SAMPLES,
           error_samples=[
               ErrorSample("1-D X", _bad((np.zeros(4, np.float32),), dict(_BUILD_ERRORS_BASE)), ValueError, "2-D"),
@@ -361,6 +408,15 @@ define_op("build_forest", reference=_build_forest_reference, dtypes=("float32",)
                           ValueError, "max_features=3"),
               ErrorSample("y length", _bad((np.zeros((2, 4), np.float32),),
                                            {**_BUILD_ERRORS_BASE, "y": np.zeros(3, np.int32)}), ValueError, "(4,)"),
+              ErrorSample("y past n_classes", _bad((np.zeros((2, 4), np.float32),),
+                                                   {**_BUILD_ERRORS_BASE, "y": np.array([0, 1, 2, 0], np.int32)}),
+                          ValueError, "y[2] = 2: must be in [0, n_classes)"),
+              ErrorSample("bin past n_bins", _bad((np.zeros((2, 4), np.float32),),
+                                                  {**_BUILD_ERRORS_BASE, **_BAD_BINS}),
+                          ValueError, "bins[1, 3] = 200: feature 1 has n_bins = 2"),
+              ErrorSample("n_threads not an int", _bad((np.zeros((2, 4), np.float32),),
+                                                       {**_BUILD_ERRORS_BASE, "n_threads": 2.5}),
+                          ValueError, "n_threads=2.5"),
           ],
           reference_dtype=_F64, doc="grow trees from bootstrap counts and seeds: packed node arrays")
 
@@ -375,6 +431,7 @@ def build_forest_native(X_cols: np.ndarray, **kw: Any) -> dict[str, np.ndarray]:
     y, sw, counts, cw, seeds = data
     args = [kw[k] for k in _BUILD_KEYS]
     args[1] = _criterion(args[1])
+    args[-1] = _threads(args[-1])
     out = native().build_forest(np.ascontiguousarray(X_cols, np.float32), np.asarray(y, np.int32),
                                 np.asarray(sw, np.float64), np.asarray(counts, np.int32),
                                 np.asarray(cw, np.float64), np.asarray(seeds, np.uint64), *args, **hist)
@@ -407,8 +464,10 @@ def _predict_sample(name: str, n_fit: int, n_predict: int, n_features: int, n_cl
     return Sample(name, make)
 
 
-def _check_predict(X: np.ndarray) -> None:
-    """X's shape; the trees are checked by the backend (``pyimpl.forest.check_trees`` or C++)."""
+def _check_predict(X: np.ndarray, n_threads: Any) -> None:
+    """X's shape and the thread count; the trees are checked by the backend
+    (``pyimpl.forest.check_trees`` or C++, with the same messages)."""
+    _threads(n_threads)
     if not isinstance(X, np.ndarray) or X.ndim != 2:
         raise ValueError(f"X must be a 2-D array, got shape {np.shape(X)}")
     if X.shape[1] < 1:
@@ -418,12 +477,31 @@ def _check_predict(X: np.ndarray) -> None:
 def _predict_reference(X: np.ndarray, feature: np.ndarray, threshold: np.ndarray, child: np.ndarray,
                        value: np.ndarray, node_offsets: np.ndarray, leaf_offsets: np.ndarray, n_threads: int = 1,
                        inbag: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    _check_predict(X)
+    _check_predict(X, n_threads)
     return ref.predict_proba(X, feature, threshold, child, value, node_offsets, leaf_offsets, n_threads, inbag)
 
 
 _TINY_MODEL = (np.array([0, -1, -1], np.int32), np.array([0.5, 0, 0], np.float32), np.array([1, 0, 1], np.int32),
                np.array([[1, 0], [0, 1]], np.float32), np.array([0, 3], np.int64), np.array([0, 2], np.int64))
+
+
+def _tiny(array: str, index: int, value: int) -> tuple[np.ndarray, ...]:
+    """_TINY_MODEL with one entry of one array replaced."""
+    names = ("feature", "threshold", "child", "value", "node_offsets", "leaf_offsets")
+    arrays = [a.copy() for a in _TINY_MODEL]
+    arrays[names.index(array)][index] = value
+    return tuple(arrays)
+
+
+_BAD_MODELS = [  # (name, array, index, value, message)
+    ("child + 1 overflows int32", "child", 0, 2**31 - 1, "child[0] = 2147483647: the children of split node 0"),
+    ("negative leaf offset", "leaf_offsets", 0, -2, "leaf_offsets[0] = -2, expected 0"),
+    ("negative node offset", "node_offsets", 0, -(10**7), "node_offsets[0] = -10000000, expected 0"),
+    ("offsets past the nodes", "node_offsets", 1, 4, "node_offsets[1] = 4, expected the number of nodes, 3"),
+    ("leaf row outside the tree", "child", 2, 2, "child[2] = 2: leaf 2 of tree 0 must name a value row in [0, 2)"),
+    ("feature below -1", "feature", 1, -5, "feature[1] = -5: must be -1 at a leaf"),
+    ("split feature past X", "feature", 0, 1, "X has 1 features, but a node splits on feature 1 (feature[0])"),
+]
 
 define_op("forest_predict_proba", reference=_predict_reference, dtypes=("float32",),
           samples=[_predict_sample("fit 60, predict 37, F=5, C=3, 4 trees", 60, 37, 5, 3, 4, seed=1),
@@ -432,7 +510,10 @@ define_op("forest_predict_proba", reference=_predict_reference, dtypes=("float32
                    _predict_sample("out-of-bag: fit 50, F=4, C=3, 6 trees", 50, 0, 4, 3, 6, seed=4, oob=True)],
           error_samples=[ErrorSample("too few features", _bad((np.zeros((2, 0), np.float32), *_TINY_MODEL)),
                                      ValueError, "X has 0 features"),
-                         ErrorSample("1-D X", _bad((np.zeros(3, np.float32), *_TINY_MODEL)), ValueError, "2-D")],
+                         ErrorSample("1-D X", _bad((np.zeros(3, np.float32), *_TINY_MODEL)), ValueError, "2-D"),
+                         *[ErrorSample(name, _bad((np.zeros((2, 1), np.float32), *_tiny(array, index, bad))),
+                                       ValueError, match)
+                           for name, array, index, bad, match in _BAD_MODELS]],
           reference_dtype=_F64, doc="mean leaf class fractions over trees (optionally out-of-bag)")
 
 
@@ -442,9 +523,9 @@ def forest_predict_proba_native(X: np.ndarray, feature: np.ndarray, threshold: n
                                 value: np.ndarray, node_offsets: np.ndarray, leaf_offsets: np.ndarray,
                                 n_threads: int = 1, inbag: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """C++ batch prediction: rows in parallel blocks, 8 rows descending each tree together."""
-    _check_predict(X)
+    _check_predict(X, n_threads)
     proba, used = native().predict_proba(np.ascontiguousarray(X, np.float32), feature, threshold, child, value,
-                                         node_offsets, leaf_offsets, int(n_threads), inbag)
+                                         node_offsets, leaf_offsets, _threads(n_threads), inbag)
     return proba, used
 
 

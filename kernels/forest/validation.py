@@ -122,6 +122,8 @@ def check_y(y: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"Found input variables with inconsistent numbers of samples: [{n}, {arr.shape[0]}]")
     if arr.dtype.kind == "f" and np.isnan(arr).any():
         raise ValueError("Input y contains NaN.")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ValueError(f"Input y contains infinity or a value too large for dtype({arr.dtype.name!r}).")
     if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
         raise ValueError("Unknown label type: continuous. Maybe you are trying to fit a classifier, which expects "
                          "discrete classes on a regression target with continuous values.")
@@ -139,6 +141,8 @@ def check_sample_weight(sample_weight: Any, n: int) -> np.ndarray:
     if sample_weight is None:
         return np.ones(n, dtype=np.float64)
     if is_real(sample_weight):
+        if not (math.isfinite(sample_weight) and sample_weight > 0):
+            raise ValueError(f"sample_weight={sample_weight!r}: a scalar sample weight must be a finite number > 0")
         return np.full(n, float(sample_weight))
     sw = np.asarray(sample_weight, dtype=np.float64)
     if sw.ndim != 1:
@@ -152,3 +156,30 @@ def check_sample_weight(sample_weight: Any, n: int) -> np.ndarray:
     if not (sw > 0).any():
         raise ValueError("Sample weights must contain at least one non-zero number.")
     return sw
+
+
+def check_class_weight_values(weights: dict[Any, Any]) -> None:
+    """Class weights of a dict must be finite numbers >= 0."""
+    for label, wt in weights.items():
+        if not is_real(wt) or not (math.isfinite(wt) and wt >= 0):
+            raise ValueError(f"class_weight[{label!r}] = {wt!r}: class weights must be finite numbers >= 0")
+
+
+def scale_weights(sample_weight: np.ndarray, counts: np.ndarray, class_weight: np.ndarray,
+                  y: np.ndarray) -> np.ndarray:
+    """``sample_weight`` times a power of two, so that node weights and their squares stay finite
+    and normal. The largest node weight is at most ``sum(sample_weight) * max(counts) *
+    max(class_weight)``; when that bound's binary exponent leaves [-400, 500] the weights are scaled
+    to bring it near 1. A power of two is exact in floating point and the tree depends only on
+    weight ratios, so the trees equal those of the unscaled weights. Raises when every sample ends
+    up with weight 0."""
+    top = float(sample_weight.max())
+    effective = (sample_weight[None, :] > 0) & (counts > 0) & (np.take_along_axis(class_weight, y[None, :], 1) > 0)
+    if not effective.any():
+        raise ValueError("sample_weight, class_weight and the bootstrap leave every sample with weight 0; at least "
+                         "one sample needs a weight > 0")
+    relative = float((sample_weight / top).sum()) * float(counts.max()) * float(class_weight.max())
+    exponent = math.frexp(top)[1] + math.frexp(relative)[1]
+    if -400 <= exponent <= 500:
+        return sample_weight
+    return np.ldexp(sample_weight, -exponent)

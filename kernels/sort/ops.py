@@ -108,7 +108,18 @@ ERROR_SAMPLES = [
     ErrorSample("float first", _bad((_f64(5), 1.0, None)), TypeError, "first must be an integer"),
     ErrorSample("indices length", _bad((_f64(5), 0, None), {"indices": np.arange(4)}), ValueError, "length 5"),
     ErrorSample("float indices", _bad((_f64(5), 0, None), {"indices": np.zeros(5)}), TypeError, "indices.dtype"),
+    ErrorSample("masked values", lambda: ((np.ma.masked_array(_f64(5), mask=np.arange(5) % 2 == 1), 0, None), {}),
+                TypeError, "masked array"),
+    ErrorSample("masked indices", lambda: ((_f64(5), 0, None), {"indices": np.ma.masked_array(np.arange(5))}),
+                TypeError, "masked array"),
 ]
+
+
+def _check_call(values: Any, first: Any = 0, last: Any = None, *, indices: Any = None,
+                return_indices: bool = False) -> None:
+    """The argument checks every backend runs (``kernels.explain`` runs them too)."""
+    del return_indices
+    ref.check_sort_args(values, first, last, indices)
 
 
 OP = define_op(
@@ -118,6 +129,7 @@ OP = define_op(
     samples=SAMPLES,
     error_samples=ERROR_SAMPLES,
     doc="sort values[first:last] in place (stable, NaN last), optionally carrying indices",
+    check=_check_call,
 )
 
 
@@ -188,6 +200,7 @@ HYBRID_OP = define_op(
     error_samples=ERROR_SAMPLES,
     result=_canonical,
     doc="sort values[first:last] in place (NaN last, ties in any order), optionally carrying indices",
+    check=_check_call,
 )
 
 

@@ -88,6 +88,16 @@ class Estimate:
     clusters: int
 
 
+# Particles farther out than this are refused (odometry jumps that would put them there are
+# rejected): far beyond any map, and small enough that sums of squared coordinates over every
+# particle stay finite.
+MAX_COORDINATE = 1e15
+
+
+def _poses_in_range(poses: np.ndarray) -> bool:
+    return bool(np.isfinite(poses).all() and (np.abs(poses[:, :2]) <= MAX_COORDINATE).all())
+
+
 class ParticleFilter:
     """nav2_amcl's particle filter over an ``OccupancyMap`` (reference kernels; the fast one is
     ``kernels.amcl.ParticleFilter``). Parameters: nav2's names (``AmclParameters``)."""
@@ -129,8 +139,9 @@ class ParticleFilter:
     def initialize(self, pose: Any, cov: Any = (0.25, 0.25, (math.pi / 12) ** 2)) -> None:
         """``pf_init``: max_particles poses from N(pose, cov); cov (3, 3), or (3,) variances."""
         mean = np.asarray(pose, np.float64).reshape(-1)
-        if mean.shape != (3,) or not np.isfinite(mean).all():
-            raise ValueError(f"pose: {pose!r}: expected three finite numbers (x, y, theta)")
+        if mean.shape != (3,) or not np.isfinite(mean).all() or (np.abs(mean[:2]) > MAX_COORDINATE).any():
+            raise ValueError(f"pose: {pose!r}: expected three finite numbers (x, y, theta) with |x|, |y| <= "
+                             f"{MAX_COORDINATE:g} m")
         c = np.asarray(cov, np.float64)
         c = np.diag(c) if c.shape == (3,) else c
         if c.shape != (3, 3) or not np.isfinite(c).all():
@@ -191,8 +202,15 @@ class ParticleFilter:
             if not (moved or self.force_update):
                 return False
             noise = self.rng.standard_normal(self.poses.shape)
-            self.poses = np.asarray(self.kernels["motion"](self.poses, pose, delta, np.array(p.alphas), noise,
-                                                           model=p.robot_model_type))
+            moved_poses = np.asarray(self.kernels["motion"](self.poses, pose, delta, np.array(p.alphas), noise,
+                                                            model=p.robot_model_type))
+            if not _poses_in_range(moved_poses):
+                warnings.warn(f"update: the odometry jump {delta.tolist()} would move particles to non-finite poses "
+                              f"or beyond ±{MAX_COORDINATE:g} m; the jump is rejected (particles stay, scan skipped) "
+                              "and this odometry pose is the reference for the next update", stacklevel=2)
+                self.odom_pose = pose
+                return False
+            self.poses = moved_poses
             self.force_update = False
         self._sensor_update(*data)
         self.odom_pose = pose

@@ -21,7 +21,7 @@ from statistics import NormalDist
 from typing import Any
 
 from pyimpl.amcl.motion import MOTION_MODELS
-from pyimpl.amcl.sensors import LASER_MODELS
+from pyimpl.amcl.sensors import LASER_MODELS, check_sigma_hit
 
 ROBOT_MODEL_ALIASES = {
     "differential": "differential",
@@ -152,6 +152,7 @@ class AmclParameters:
             number(name, 0.0, 1.0)
         for name in ("laser_likelihood_max_dist", "sigma_hit", "lambda_short"):
             number(name, 0.0, lo_open=True)
+        check_sigma_hit(self.sigma_hit)
         number("laser_max_range")
         number("laser_min_range")
         if self.robot_model_type not in ROBOT_MODEL_ALIASES:

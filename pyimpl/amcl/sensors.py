@@ -22,6 +22,10 @@ pz = 1; nav2 reads a stale or zero entry (log 0 = -inf) for them and counts the 
 
 from __future__ import annotations
 
+import math
+import numbers
+from typing import Any
+
 import numpy as np
 
 from pyimpl.amcl.maps import distance_map as distance_map  # re-exported for the sensor's users
@@ -48,8 +52,20 @@ def beam_indices(range_count: int, max_beams: int, model: str) -> np.ndarray:
     return np.arange(0, range_count, max(step, 1), dtype=np.int64)
 
 
+# The models divide by 2 sigma_hit²: below this it is no longer a positive normal float.
+SIGMA_HIT_MIN = 1e-150
+
+
+def check_sigma_hit(sigma_hit: Any) -> None:
+    if isinstance(sigma_hit, bool) or not isinstance(sigma_hit, numbers.Real) or not (
+            math.isfinite(sigma_hit) and float(sigma_hit) >= SIGMA_HIT_MIN):
+        raise ValueError(f"sigma_hit={sigma_hit!r}: must be a finite number >= {SIGMA_HIT_MIN} (the models divide by "
+                         "2 sigma_hit², which must stay a positive float)")
+
+
 def check_scan_args(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarray, laser_pose: np.ndarray,
-                    range_max: float) -> None:
+                    range_max: float, sigma_hit: float) -> None:
+    check_sigma_hit(sigma_hit)
     if poses.ndim != 2 or poses.shape[1] != 3:
         raise ValueError(f"poses: shape {poses.shape}: expected (N, 3) rows of x, y, theta")
     if ranges.ndim != 1 or bearings.shape != ranges.shape:
@@ -100,7 +116,7 @@ def likelihood_field(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarray
                      z_hit: float, z_rand: float, sigma_hit: float, laser_pose: np.ndarray) -> np.ndarray:
     """Weight factors (N,) of nav2's ``LikelihoodFieldModel``: p = 1 + Σ pz³ over the usable beams."""
     poses, ranges, bearings, laser_pose = (np.asarray(a, np.float64) for a in (poses, ranges, bearings, laser_pose))
-    check_scan_args(poses, ranges, bearings, laser_pose, range_max)
+    check_scan_args(poses, ranges, bearings, laser_pose, range_max, sigma_hit)
     pz, used, _ = _field_pz(poses, ranges, bearings, np.asarray(dist, np.float64), resolution, origin_x, origin_y,
                             max_dist, range_max, z_hit, z_rand, sigma_hit, laser_pose)
     return 1.0 + (np.where(used[None, :], pz, 0.0) ** 3).sum(axis=1)
@@ -114,7 +130,7 @@ def likelihood_field_prob(poses: np.ndarray, ranges: np.ndarray, bearings: np.nd
     """Weight factors (N,) of nav2's ``LikelihoodFieldModelProb``: p = exp(Σ log pz), beam skipping
     only when ``do_beamskip`` and the filter has ``converged``."""
     poses, ranges, bearings, laser_pose = (np.asarray(a, np.float64) for a in (poses, ranges, bearings, laser_pose))
-    check_scan_args(poses, ranges, bearings, laser_pose, range_max)
+    check_scan_args(poses, ranges, bearings, laser_pose, range_max, sigma_hit)
     pz, used, z = _field_pz(poses, ranges, bearings, np.asarray(dist, np.float64), resolution, origin_x, origin_y,
                             max_dist, range_max, z_hit, z_rand, sigma_hit, laser_pose)
     use = np.broadcast_to(used[None, :], pz.shape)
@@ -132,7 +148,7 @@ def beam_model(poses: np.ndarray, ranges: np.ndarray, bearings: np.ndarray, stat
                z_rand: float, sigma_hit: float, lambda_short: float, laser_pose: np.ndarray) -> np.ndarray:
     """Weight factors (N,) of nav2's ``BeamModel``: p = 1 + Σ pz³ with ray-cast expected ranges."""
     poses, ranges, bearings, laser_pose = (np.asarray(a, np.float64) for a in (poses, ranges, bearings, laser_pose))
-    check_scan_args(poses, ranges, bearings, laser_pose, range_max)
+    check_scan_args(poses, ranges, bearings, laser_pose, range_max, sigma_hit)
     lp = coord_add(laser_pose, poses)
     expected = ray_cast(state, resolution, origin_x, origin_y, lp, bearings, range_max)
     used = ~np.isnan(ranges)

@@ -19,6 +19,7 @@ alpha_hat near t = 0 rounds to 1 and 1 - alpha_hat to 0, a division by zero in e
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -80,10 +81,24 @@ def _named_betas(num_train_timesteps: int, beta_start: float, beta_end: float, b
         return betas
     if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int) or num_train_timesteps < 1:
         raise ValueError(f"num_train_timesteps={num_train_timesteps!r}: must be a positive integer")
-    n = num_train_timesteps
+    betas = _named_betas(num_train_timesteps, beta_start, beta_end, beta_schedule)
+    if not bool(((betas > 0) & (betas < 1)).all()):
+        raise ValueError(f"beta_start={beta_start!r}, beta_end={beta_end!r}: the {beta_schedule} schedule's betas "
+                         f"span {float(betas.min()):g}..{float(betas.max()):g}; every beta must lie in (0, 1)")
+    return betas
+
+
+def _named_betas(n: int, beta_start: float, beta_end: float, beta_schedule: str) -> torch.Tensor:
+    if beta_schedule != "squaredcos_cap_v2":
+        for name, v in (("beta_start", beta_start), ("beta_end", beta_end)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+                raise ValueError(f"{name}={v!r}: must be a finite number in (0, 1)")
     if beta_schedule == "linear":
         return torch.linspace(beta_start, beta_end, n, dtype=torch.float32)
     if beta_schedule == "scaled_linear":
+        if beta_start < 0 or beta_end < 0:
+            raise ValueError(f"beta_start={beta_start!r}, beta_end={beta_end!r}: the scaled_linear schedule takes "
+                             "square roots; both must be in (0, 1)")
         return torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=torch.float32) ** 2
     if beta_schedule == "squaredcos_cap_v2":
         return _alpha_bar_betas(n, lambda s: math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2)

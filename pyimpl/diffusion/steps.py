@@ -69,10 +69,11 @@ def _timesteps(name: str, t: Any, n: int, num_train: int, device: torch.device, 
     if isinstance(t, bool) or not isinstance(t, (int, torch.Tensor)):
         raise TypeError(f"{name} must be an int or an integer tensor, got {type(t).__name__}")
     low = -(2**62) if allow_negative else 0  # a negative prev_t means "before step 0"
+    allowed = (f"an integer <= {num_train - 1}, negative meaning before step 0 (down to -2**62)" if allow_negative
+               else f"0..{num_train - 1}")
     if isinstance(t, int):
         if not low <= t < num_train:
-            raise ValueError(f"{name}={t} is out of range: allowed {low}..{num_train - 1} "
-                             f"(num_train_timesteps={num_train})")
+            raise ValueError(f"{name}={t} is out of range: allowed {allowed} (num_train_timesteps={num_train})")
         return torch.full((n,), t, dtype=torch.int64, device=device)
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
         raise TypeError(f"{name}.dtype={t.dtype}: timesteps must be an integer tensor")
@@ -84,8 +85,7 @@ def _timesteps(name: str, t: Any, n: int, num_train: int, device: torch.device, 
         lo, hi = int(t.min()), int(t.max())
         if lo < low or hi >= num_train:
             bad = lo if lo < low else hi
-            raise ValueError(f"{name} holds {bad}, out of range: allowed {low}..{num_train - 1} "
-                             f"(num_train_timesteps={num_train})")
+            raise ValueError(f"{name} holds {bad}, out of range: allowed {allowed} (num_train_timesteps={num_train})")
     return t.to(torch.int64).expand(n) if t.dim() == 0 else t.to(torch.int64)
 
 
@@ -164,6 +164,11 @@ def check_step_args(
             raise ValueError(f"rng_state is on {rng_state.device}, sample on {sample.device}")
         if seed is not None:
             raise ValueError("pass either seed or rng_state, not both")
+        if rng_state.device.type == "cpu":  # a device tensor is not read back (no sync; CUDA graphs)
+            s0, o0 = (int(v) for v in rng_state.tolist())
+            if not (0 <= s0 < 2**63 and 0 <= o0 < 2**62):
+                raise ValueError(f"rng_state=[{s0}, {o0}]: the seed must lie in [0, 2**63) and the offset in "
+                                 "[0, 2**62)")
     n = sample.shape[0]
     num_train = schedule.num_train_timesteps
     tt = _timesteps("t", t, n, num_train, sample.device, allow_negative=False)
@@ -277,9 +282,11 @@ def threshold_scale(pred_original: torch.Tensor, ratio: float, max_value: float)
     s = clamp(quantile(|x0|, ratio), 1, max_value) over each sample's flattened values, float32 or wider.
     With max_value < 1, s = max_value for every sample (torch.clamp's upper bound wins, as in diffusers)."""
     n = pred_original.shape[0]
-    flat = pred_original.reshape(n, -1)
+    flat = pred_original.reshape(n, pred_original[0].numel() if n else 0)
     if flat.dtype not in (torch.float32, torch.float64):
         flat = flat.float()
+    if flat.numel() == 0:  # no values to take a quantile of: s = 1 (no rescaling) per sample
+        return torch.ones(n, dtype=flat.dtype, device=flat.device)
     s = torch.quantile(flat.abs(), ratio, dim=1)
     return torch.clamp(s, min=1, max=max_value)
 

@@ -48,3 +48,13 @@ def test_the_example_package_passes_and_a_wrong_backend_fails(tmp_path: Path) ->
     assert "6 failed, 3 passed" in bad.stdout  # only the empty samples and the error input agree
     assert ("tiny_softplus backend=relu device=cpu dtype=float32 sample='odd (5,123)': output 0: 615/615 elements "
             "out of tolerance") in bad.stdout
+
+
+def test_importing_kernels_imports_no_triton() -> None:
+    """pytest loads the plugin, and with it ``kernels``, before any conftest: Triton imported then,
+    before a conftest sets TRITON_INTERPRET=1, would not run its kernels under the interpreter."""
+    code = "import sys, kernels.testing; print(sorted(m for m in sys.modules if m.split('.')[0] == 'triton'))"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -56,7 +56,7 @@ def _jsonable(x: Any) -> bool:
     return isinstance(x, float) and math.isfinite(x)
 
 
-def _store(leaves: list[Any], arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+def _store(leaves: list[Any], arrays: dict[str, Any]) -> list[dict[str, Any]]:
     """Each leaf as {"array": name} (added to ``arrays``) or {"value": scalar}."""
     out: list[dict[str, Any]] = []
     for i, leaf in enumerate(leaves):
@@ -102,7 +102,7 @@ def record(path: str, ops: Iterable[str], dtypes: Iterable[str] | None = None, d
     """Run the reference of every (op, sample, dtype) on ``device`` and write them to ``path``
     (an ``.npz``); one row per entry, with the error when the reference raised."""
     wanted = None if dtypes is None else set(dtypes)
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, Any] = {}  # name -> array; Any: savez's keywords include allow_pickle
     entries: dict[str, Any] = {}
     rows: list[RecordRow] = []
     for name in ops:
@@ -130,7 +130,8 @@ def record(path: str, ops: Iterable[str], dtypes: Iterable[str] | None = None, d
                 rows.append(row)
     manifest = {"format": FORMAT, "version": VERSION, "environment": environment, "entries": entries}
     with open(path, "wb") as f:  # a file object: savez would otherwise append ".npz" to the name
-        np.savez_compressed(f, __manifest__=np.array(json.dumps(manifest)), **arrays)
+        arrays["__manifest__"] = np.array(json.dumps(manifest))
+        np.savez_compressed(f, **arrays)
     return rows
 
 

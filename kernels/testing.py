@@ -36,7 +36,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kernels", "ModelKernels parity tests")
     group.addoption("--kernels-op", help="only ops matching these wildcards (comma-separated)")
     group.addoption("--kernels-backend", help="only these backends (comma-separated)")
-    group.addoption("--kernels-device", help="only these devices, e.g. cuda (comma-separated); absent ones are an error")
+    group.addoption("--kernels-device",
+                    help="only these devices, e.g. cuda (comma-separated); an absent one is an error")
     group.addoption("--kernels-dtype", help="only these dtypes (comma-separated)")
 
 
@@ -102,7 +103,7 @@ def check_case(case: Any) -> None:
 
 def check_error_case(error_case: Any) -> None:
     """Call the backend on an error sample's inputs: it must raise the declared error and message."""
-    op, backend, error_sample = error_case
+    _, backend, error_sample = error_case
     why = backend.unavailable()
     if why:
         pytest.skip(why)
@@ -121,6 +122,6 @@ def parity_tests(ops: str = "*") -> tuple[Callable[[Any], None], Callable[[Any],
     def test_error_inputs(kernels_error_case: Any) -> None:
         check_error_case(kernels_error_case)
 
-    for fn in (test_parity, test_error_inputs):
-        fn.kernels_ops = ops  # type: ignore[attr-defined]
+    test_parity.kernels_ops = ops  # type: ignore[attr-defined]
+    test_error_inputs.kernels_ops = ops  # type: ignore[attr-defined]
     return test_parity, test_error_inputs

@@ -60,9 +60,9 @@ def _store(leaves: list[Any], arrays: dict[str, Any]) -> list[dict[str, Any]]:
     """Each leaf as {"array": name} (added to ``arrays``) or {"value": scalar}."""
     out: list[dict[str, Any]] = []
     for i, leaf in enumerate(leaves):
-        if isinstance(leaf, np.ndarray) or parity._is_torch(leaf):
+        if isinstance(leaf, np.ndarray) or parity.is_tensor(leaf):
             name = f"a{len(arrays)}"
-            arrays[name] = np.asarray(parity._numpy(leaf))
+            arrays[name] = np.asarray(parity.to_numpy(leaf))
             out.append({"array": name})
             continue
         if isinstance(leaf, np.generic):
@@ -121,10 +121,10 @@ def record(path: str, ops: Iterable[str], dtypes: Iterable[str] | None = None, d
                     stage = "the reference"
                     ref, grads = parity.reference_outputs(op, sample, device, dtype)
                     stage = "storing the outputs"
-                    entry = {"inputs": digest, "outputs": _store(parity._leaves(ref), arrays),
-                             "grads": None if grads is None else _store(parity._leaves(grads), arrays)}
+                    entry = {"inputs": digest, "outputs": _store(parity.leaves(ref), arrays),
+                             "grads": None if grads is None else _store(parity.leaves(grads), arrays)}
                 except Exception as e:  # recorded as the entry's error; the check reports it as a failure
-                    row.error = parity._raised(stage, e)
+                    row.error = parity.raised_message(stage, e)
                     entry = {"error": row.error}
                 entries[entry_key(name, sample.name, dtype)] = entry
                 rows.append(row)

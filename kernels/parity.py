@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
@@ -173,7 +174,7 @@ def _is_float(x: Any) -> bool:
     return bool(getattr(x, "is_floating_point", lambda: False)())
 
 
-def _is_torch(x: Any) -> bool:
+def is_tensor(x: Any) -> bool:
     return type(x).__module__.startswith("torch") and hasattr(x, "detach")
 
 
@@ -184,7 +185,7 @@ def _convert(x: Any, dtype: str) -> Any:
     if isinstance(x, dict):
         return {k: _convert(v, dtype) for k, v in x.items()}
     if _is_float(x):
-        if _is_torch(x):
+        if is_tensor(x):
             import torch
 
             return x.detach().to(getattr(torch, dtype))
@@ -192,16 +193,16 @@ def _convert(x: Any, dtype: str) -> Any:
     return x
 
 
-def _leaves(x: Any) -> list[Any]:
+def leaves(x: Any) -> list[Any]:
     if isinstance(x, (tuple, list)):
-        return [leaf for v in x for leaf in _leaves(v)]
+        return [leaf for v in x for leaf in leaves(v)]
     if isinstance(x, dict):
-        return [leaf for k in sorted(x) for leaf in _leaves(x[k])]
+        return [leaf for k in sorted(x) for leaf in leaves(x[k])]
     return [x]
 
 
-def _numpy(x: Any) -> Any:
-    if _is_torch(x):
+def to_numpy(x: Any) -> Any:
+    if is_tensor(x):
         x = x.detach().cpu()
         if x.dtype.is_floating_point:
             x = x.double()
@@ -226,12 +227,12 @@ def _fail(message: str, max_error: float = float("inf")) -> Comparison:
 def compare(out: Any, ref: Any, tol: Tolerance) -> Comparison:
     """Compare nested outputs leaf by leaf: shapes, NaN and Inf positions exactly, finite values
     within ``atol + rtol * |ref|``, integers exactly."""
-    outs, refs = _leaves(out), _leaves(ref)
+    outs, refs = leaves(out), leaves(ref)
     if len(outs) != len(refs):
         return _fail(f"{len(outs)} outputs, reference has {len(refs)}")
     worst = ratio = 0.0
     for i, (o, r) in enumerate(zip(outs, refs)):
-        o, r = _numpy(o), _numpy(r)
+        o, r = to_numpy(o), to_numpy(r)
         if not isinstance(r, np.ndarray):
             if o != r and not (isinstance(r, float) and isinstance(o, float) and np.isnan(r) and np.isnan(o)):
                 return _fail(f"output {i}: {o!r} != reference {r!r}")
@@ -272,16 +273,16 @@ def compare(out: Any, ref: Any, tol: Tolerance) -> Comparison:
 
 
 def _grad_inputs(args: Any, kwargs: dict[str, Any]) -> list[Any]:
-    leaves = [x for x in _leaves(list(args)) + _leaves(kwargs) if _is_torch(x) and _is_float(x)]
-    for x in leaves:
+    inputs = [x for x in leaves(list(args)) + leaves(kwargs) if is_tensor(x) and _is_float(x)]
+    for x in inputs:
         x.requires_grad_(True)
-    return leaves
+    return inputs
 
 
 def _backward(out: Any, inputs: list[Any], seed: int) -> list[Any]:
     import torch
 
-    outs = [o for o in _leaves(out) if _is_torch(o) and o.requires_grad]
+    outs = [o for o in leaves(out) if is_tensor(o) and o.requires_grad]
     gen = torch.Generator(device="cpu").manual_seed(seed)
     cots = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device, o.dtype) for o in outs]
     grads = torch.autograd.grad(outs, inputs, cots, allow_unused=True)
@@ -299,8 +300,8 @@ class Recorded(NamedTuple):
     error: str = ""
 
 
-def _wants_grad(case_sample: Sample, dtype: str) -> bool:
-    return case_sample.grad and dtype in ("float16", "bfloat16", "float32", "float64")
+def _wants_grad(sample: Sample, dtype: str) -> bool:
+    return sample.grad and dtype in ("float16", "bfloat16", "float32", "float64")
 
 
 def reference_outputs(op: Op, sample: Sample, device: str, dtype: str) -> tuple[Any, list[Any] | None]:
@@ -315,7 +316,7 @@ def reference_outputs(op: Op, sample: Sample, device: str, dtype: str) -> tuple[
     return ref, (_backward(ref, rinputs, seed=1234) if grad else None)
 
 
-def _raised(stage: str, e: BaseException) -> str:
+def raised_message(stage: str, e: BaseException) -> str:
     return f"{stage} raised {type(e).__name__}: {str(e).strip()[:300]}"
 
 
@@ -379,17 +380,15 @@ def _run_case(case: Case, recorded: Callable[[Case], Recorded | None] | None) ->
             err, ratio = max(err, gc.max_error), max(ratio, gc.ratio)
             msg = f"gradient: {gc.message}" if gc.message else ""
     except Exception as e:  # any error is a failure of the case, reported with where and its type
-        return Result(case, "FAIL", float("inf"), float("inf"), _raised(stage, e))
+        return Result(case, "FAIL", float("inf"), float("inf"), raised_message(stage, e))
     return Result(case, "ok" if c.ok else "FAIL", err, ratio, msg)
 
 
 def inputs_digest(args: Any, kwargs: dict[str, Any]) -> str:
     """SHA-256 over the array arguments' dtypes, shapes and values (on the CPU, as bytes)."""
-    import hashlib
-
     h = hashlib.sha256()
-    for leaf in _leaves(list(args)) + _leaves(kwargs):
-        if _is_torch(leaf):
+    for leaf in leaves(list(args)) + leaves(kwargs):
+        if is_tensor(leaf):
             import torch
 
             t = leaf.detach().cpu().contiguous()

@@ -110,10 +110,13 @@ def _print_results(results: list[parity.Result], args: argparse.Namespace) -> in
         c = r.case
         print(f"FAIL {c.op.name} backend={c.backend.name} device={c.device} dtype={c.dtype} "
               f"sample={c.sample.name!r}: {r.detail}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
-    if args.junit:
-        parity.write_junit(results, args.junit)
+    try:
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+        if args.junit:
+            parity.write_junit(results, args.junit)
+    except OSError as e:  # checked before the run; the disk can still fill or the folder vanish
+        return _usage_error(f"could not write the results: {e}")
     ran = sum(1 for r in results if r.status != "skip")
     skipped = [r for r in results if r.status == "skip"]
     print(f"{ran} cases run, {len(failed)} failed, {len(skipped)} skipped")
@@ -159,8 +162,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
 def _record(args: argparse.Namespace) -> int:
     from kernels import goldens
 
-    if args.backend:
-        return _usage_error("--record runs only the references; --backend applies to --against")
+    if args.backend or args.json or args.junit:
+        return _usage_error("--record runs only the references; --backend, --json and --junit apply to checks")
     ops = parity.select_ops(_split(args.op) or ["*"])
     devices = _split(args.device) or ["cpu"]
     parity.check_devices(devices)

@@ -97,6 +97,8 @@ def test_a_wrong_gradient_fails_with_its_stage(probe: str) -> None:
     (["--against", "{tmp}/none.npz"], "recording '{tmp}/none.npz' does not exist"),
     (["--against", "{tmp}/bad.npz"], "is not an .npz file written by --record"),
     (["--record", "{tmp}/a.npz", "--against", "{tmp}/a.npz"], "exclude each other"),
+    (["--record", "{tmp}/a.npz", "--backend", "good"], "--record runs only the references"),
+    (["--record", "{tmp}/no/a.npz"], "the folder '{tmp}/no' does not exist"),
 ])
 def test_selection_and_path_errors_exit_2(probe: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                           argv: list[str], message: str) -> None:

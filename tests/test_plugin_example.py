@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "examples" / "tiny_ops"
 
 WRONG = '''
@@ -42,6 +44,13 @@ def test_the_example_package_passes_and_a_wrong_backend_fails(tmp_path: Path) ->
     ok = _pytest(folder, "--kernels-device", "cpu")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "19 passed" in ok.stdout  # 2 backends x 2 dtypes x 4 samples; 3 backends x 1 error input
+    narrowed = _pytest(folder, "--kernels-backend", "softplus", "--kernels-dtype", "float64", "--kernels-op", "tiny_*",
+                       "-k", "cpu or integer")
+    assert narrowed.returncode == 0 and "5 passed" in narrowed.stdout, narrowed.stdout  # 4 samples, 1 error input
+    if not torch.cuda.is_available():
+        absent = _pytest(folder, "--kernels-device", "cuda")
+        assert absent.returncode == 4  # pytest's usage error, not a pass with every case skipped
+        assert "--kernels-device: device 'cuda' was asked for but cannot be used here" in absent.stderr
     (folder / "test_wrong_backend.py").write_text(WRONG)
     bad = _pytest(folder, "test_wrong_backend.py", "-k", "relu")
     assert bad.returncode == 1, bad.stdout + bad.stderr

@@ -1,7 +1,8 @@
 """``python -m kernels {info, parity, bench}``.
 
 info    ops x backends x whether each can run here (and why not)
-parity  every registered backend against its reference; a table; exit 1 on any failure
+parity  every registered backend against its reference; a table; exit 1 on any failure, 2 when
+        the selection is empty or names something unknown; --record / --against for goldens
 bench   the benchmark suites (pytest-benchmark) and the report: table, JSON, PNG
 """
 
@@ -69,17 +70,29 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_parity(args: argparse.Namespace) -> int:
-    ops = registry.list_kernels(args.op)
-    devices = [args.device] if args.device else None
-    backends = [args.backend] if args.backend else None
-    results = []
-    cases = parity.parity_cases(ops, backends, devices)
-    for i, case in enumerate(cases):
-        results.append(parity.run_case(case))
-        if args.verbose:
-            r = results[-1]
-            print(f"[{i + 1}/{len(cases)}] {case.id}: {r.status} {r.detail}", flush=True)
+def _split(value: str | None) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _writable(path: str, flag: str) -> str | None:
+    """Why ``path`` cannot be written (checked before any case runs), or None."""
+    p = Path(path)
+    if p.is_dir():
+        return f"{flag} {path!r} is a directory, not a file"
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        return f"{flag} {path!r}: the folder {str(parent)!r} does not exist"
+    if (p.exists() and not os.access(p, os.W_OK)) or not os.access(parent, os.W_OK):
+        return f"{flag} {path!r} is not writable"
+    return None
+
+
+def _usage_error(message: str) -> int:
+    print(f"python -m kernels parity: {message}", file=sys.stderr)
+    return 2
+
+
+def _print_results(results: list[parity.Result], args: argparse.Namespace) -> int:
     rows = parity.summarize(results)
     for row in rows:
         row["max_error"] = f"{row['max_error']:.3g}"
@@ -88,16 +101,81 @@ def cmd_parity(args: argparse.Namespace) -> int:
         row["samples"] = f"{row['samples']}" + (f" (+{row['skipped']} skipped)" if row["skipped"] else "")
     print(_environment())
     print(format_table(rows, ["op", "backend", "device", "dtype", "samples", "max_error", "err/tol", "tolerance",
-                                           "status"]))
-    failed = [row for row in rows if row["status"] == "FAIL"]
+                              "status"]))
     for row in rows:
-        if row["status"] != "ok" and row["detail"]:
-            print(f"{row['status']}: {row['op']}/{row['backend']}/{row['device']}/{row['dtype']}: {row['detail']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        if row["status"] == "skip" and row["detail"]:
+            print(f"skip: {row['op']}/{row['backend']}/{row['device']}/{row['dtype']}: {row['detail']}")
+    failed = [r for r in results if r.status == "FAIL"]
+    for r in failed:
+        c = r.case
+        print(f"FAIL {c.op.name} backend={c.backend.name} device={c.device} dtype={c.dtype} "
+              f"sample={c.sample.name!r}: {r.detail}")
+    try:
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+        if args.junit:
+            parity.write_junit(results, args.junit)
+    except OSError as e:  # checked before the run; the disk can still fill or the folder vanish
+        return _usage_error(f"could not write the results: {e}")
     ran = sum(1 for r in results if r.status != "skip")
-    print(f"{ran} cases run, {sum(r.status == 'FAIL' for r in results)} failed, "
-          f"{sum(r.status == 'skip' for r in results)} skipped")
+    skipped = [r for r in results if r.status == "skip"]
+    print(f"{ran} cases run, {len(failed)} failed, {len(skipped)} skipped")
+    if failed:
+        return 1
+    if not ran:
+        print("python -m kernels parity: no selected case could run here; the first reason: "
+              f"{skipped[0].detail if skipped else 'none'}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    for path, flag in ((args.json, "--json"), (args.junit, "--junit"), (args.record, "--record")):
+        why = path and _writable(path, flag)
+        if why:
+            return _usage_error(why)
+    if args.record and args.against:
+        return _usage_error("--record and --against exclude each other: record on one machine, check on another")
+    try:
+        if args.record:
+            return _record(args)
+        recording = None
+        if args.against:
+            from kernels import goldens
+
+            recording = goldens.load(args.against)
+        cases = parity.select_cases(_split(args.op) or ["*"], _split(args.backend), _split(args.device),
+                                    _split(args.dtype))
+    except ValueError as e:  # SelectionError, RecordingError
+        return _usage_error(str(e))
+    if recording is not None:
+        print(f"checking against {args.against} (recorded with {recording.environment or 'an unknown setup'})")
+    results = []
+    for i, case in enumerate(cases):
+        results.append(parity.run_case(case, None if recording is None else recording.lookup))
+        if args.verbose:
+            r = results[-1]
+            print(f"[{i + 1}/{len(cases)}] {case.id}: {r.status} {r.detail}", flush=True)
+    return _print_results(results, args)
+
+
+def _record(args: argparse.Namespace) -> int:
+    from kernels import goldens
+
+    if args.backend or args.json or args.junit:
+        return _usage_error("--record runs only the references; --backend, --json and --junit apply to checks")
+    ops = parity.select_ops(_split(args.op) or ["*"])
+    devices = _split(args.device) or ["cpu"]
+    parity.check_devices(devices)
+    if len(devices) != 1:
+        return _usage_error(f"--record runs the references on one device; got {', '.join(devices)}")
+    rows = goldens.record(args.record, ops, _split(args.dtype), devices[0], environment=_environment())
+    if not rows:
+        return _usage_error("nothing to record: the selected ops have no sample in the selected dtypes")
+    failed = [r for r in rows if r.error]
+    for r in failed:
+        print(f"FAIL {r.op} sample={r.sample!r} dtype={r.dtype}: {r.error}")
+    print(f"{len(rows)} reference outputs of {len(ops)} ops recorded to {args.record}, {len(failed)} failed")
     return 1 if failed else 0
 
 
@@ -141,10 +219,16 @@ def main(argv: list[str] | None = None) -> int:
     pi = sub.add_parser("info", help="ops x backends x available here")
     pi.add_argument("--op", default="*", help="wildcard over op names (default: all)")
     pp = sub.add_parser("parity", help="check every backend against its reference")
-    pp.add_argument("--op", default="*", help="wildcard over op names (default: all)")
-    pp.add_argument("--backend", help="only this backend")
-    pp.add_argument("--device", choices=["cpu", "cuda"], help="only this device")
+    pp.add_argument("--op", default="*", help="wildcards over op names, comma-separated (default: all)")
+    pp.add_argument("--backend", help="only these backends (comma-separated)")
+    pp.add_argument("--device", help="only these devices (cpu, cuda; comma-separated); absent ones are an error")
+    pp.add_argument("--dtype", help="only these dtypes (comma-separated)")
     pp.add_argument("--json", help="also write the table as JSON to this path")
+    pp.add_argument("--junit", help="also write every case as JUnit XML to this path")
+    pp.add_argument("--record", metavar="FILE",
+                    help="run only the references (on the CPU) and record their outputs to FILE (.npz)")
+    pp.add_argument("--against", metavar="FILE",
+                    help="check the backends against the outputs recorded in FILE instead of the reference")
     pp.add_argument("-v", "--verbose", action="store_true", help="print every case as it runs")
     pb = sub.add_parser("bench", help="run the benchmark suites and write the report")
     pb.add_argument("--out", default="benchmarks/report", help="report folder (default: benchmarks/report)")

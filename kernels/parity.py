@@ -4,12 +4,22 @@ The same cases feed the test suite (``tests/test_parity.py``) and ``python -m ke
 so a new backend is checked by registering it. The reference runs on inputs converted to
 ``op.reference_dtype(dtype)`` (float64 where low precision needs it), outputs are compared in
 float64: ``|out - ref| <= atol + rtol * |ref|`` elementwise, NaN where the reference has NaN.
+
+Anything that raises while a case runs (building the sample, the backend, the reference, the
+comparison, a gradient) is a failed case with the error's type and message, never a crash.
+``select_cases`` turns a command line's selection into cases and raises ``SelectionError`` for a
+selection that cannot mean what was asked (nothing matches, an unknown name, an absent device).
+Recorded reference outputs (``kernels.goldens``) can stand in for the reference: ``run_case(case,
+recorded=...)``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+import difflib
+import hashlib
+import time
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -38,6 +48,7 @@ class Result:
     max_error: float = 0.0  # largest |out - ref|
     ratio: float = 0.0  # largest |out - ref| / (atol + rtol |ref|): at most 1 passes
     detail: str = ""
+    seconds: float = 0.0
 
     @property
     def tolerance(self) -> Tolerance:
@@ -85,6 +96,68 @@ def parity_cases(ops: Iterable[str] | None = None, backends: Iterable[str] | Non
     return out
 
 
+class SelectionError(ValueError):
+    """A parity selection that cannot run as asked: nothing matches, an unknown op, backend or
+    device, or a device asked for explicitly that this machine lacks."""
+
+
+def _hint(name: str, known: Iterable[str]) -> str:
+    known = sorted(set(known))
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    return (f"did you mean {', '.join(map(repr, close))}? " if close else "") + f"known: {', '.join(known) or 'none'}"
+
+
+def select_ops(patterns: Iterable[str]) -> list[str]:
+    """The ops matching any of the shell-style ``patterns``; a pattern matching none raises."""
+    ops: list[str] = []
+    for pattern in patterns:
+        found = registry.list_kernels(pattern)
+        if not found:
+            raise SelectionError(f"op {pattern!r} matches no registered op; {_hint(pattern, registry.list_kernels())}")
+        ops += [name for name in found if name not in ops]
+    return ops
+
+
+def check_devices(devices: Iterable[str]) -> None:
+    """Raise for a device that is unknown or absent here (each was asked for explicitly)."""
+    for device in devices:
+        if device not in registry.DEVICES:
+            raise SelectionError(f"device {device!r} is unknown; allowed: {', '.join(registry.DEVICES)}")
+        why = device_available(device)
+        if why:
+            raise SelectionError(f"device {device!r} was asked for but cannot be used here: {why}")
+
+
+def select_cases(ops: Iterable[str] = ("*",), backends: Iterable[str] | None = None,
+                 devices: Iterable[str] | None = None, dtypes: Iterable[str] | None = None) -> list[Case]:
+    """The cases of a selection (op wildcards, backend names, devices, dtypes; None: all), or
+    ``SelectionError`` saying why the selection is empty or names something unknown."""
+    names = select_ops(ops)
+    if devices is not None:
+        devices = list(devices)
+        check_devices(devices)
+    if backends is not None:
+        backends = list(backends)
+        known = {be.name for name in names for be in registry.backends_for(name)} - {"reference"}
+        for be in backends:
+            if be not in known:
+                raise SelectionError(f"backend {be!r} is not a backend of the selected ops; {_hint(be, known)}")
+    cases = parity_cases(names, backends, devices)
+    if dtypes is not None:
+        dtypes = list(dtypes)
+        known_dtypes = {c.dtype for c in cases}
+        for dt in dtypes:
+            if dt not in known_dtypes:
+                raise SelectionError(f"dtype {dt!r} has no case in the selection; {_hint(dt, known_dtypes)}")
+        cases = [c for c in cases if c.dtype in dtypes]
+    if not cases:
+        what = [f"ops {', '.join(names)}"] + ([f"backends {', '.join(backends)}"] if backends else []) + (
+            [f"devices {', '.join(devices)}"] if devices else [])
+        raise SelectionError(f"no parity case selected ({'; '.join(what)}): the selected backends declare "
+                             "none of these devices, or the ops have only their reference")
+    return cases
+
+
 def case_skip_reason(case: Case) -> str | None:
     """Why a case cannot run on this machine before its inputs are built, or None."""
     why = case.backend.unavailable() or device_available(case.device)
@@ -101,7 +174,7 @@ def _is_float(x: Any) -> bool:
     return bool(getattr(x, "is_floating_point", lambda: False)())
 
 
-def _is_torch(x: Any) -> bool:
+def is_tensor(x: Any) -> bool:
     return type(x).__module__.startswith("torch") and hasattr(x, "detach")
 
 
@@ -112,7 +185,7 @@ def _convert(x: Any, dtype: str) -> Any:
     if isinstance(x, dict):
         return {k: _convert(v, dtype) for k, v in x.items()}
     if _is_float(x):
-        if _is_torch(x):
+        if is_tensor(x):
             import torch
 
             return x.detach().to(getattr(torch, dtype))
@@ -120,16 +193,16 @@ def _convert(x: Any, dtype: str) -> Any:
     return x
 
 
-def _leaves(x: Any) -> list[Any]:
+def leaves(x: Any) -> list[Any]:
     if isinstance(x, (tuple, list)):
-        return [leaf for v in x for leaf in _leaves(v)]
+        return [leaf for v in x for leaf in leaves(v)]
     if isinstance(x, dict):
-        return [leaf for k in sorted(x) for leaf in _leaves(x[k])]
+        return [leaf for k in sorted(x) for leaf in leaves(x[k])]
     return [x]
 
 
-def _numpy(x: Any) -> Any:
-    if _is_torch(x):
+def to_numpy(x: Any) -> Any:
+    if is_tensor(x):
         x = x.detach().cpu()
         if x.dtype.is_floating_point:
             x = x.double()
@@ -154,12 +227,12 @@ def _fail(message: str, max_error: float = float("inf")) -> Comparison:
 def compare(out: Any, ref: Any, tol: Tolerance) -> Comparison:
     """Compare nested outputs leaf by leaf: shapes, NaN and Inf positions exactly, finite values
     within ``atol + rtol * |ref|``, integers exactly."""
-    outs, refs = _leaves(out), _leaves(ref)
+    outs, refs = leaves(out), leaves(ref)
     if len(outs) != len(refs):
         return _fail(f"{len(outs)} outputs, reference has {len(refs)}")
     worst = ratio = 0.0
     for i, (o, r) in enumerate(zip(outs, refs)):
-        o, r = _numpy(o), _numpy(r)
+        o, r = to_numpy(o), to_numpy(r)
         if not isinstance(r, np.ndarray):
             if o != r and not (isinstance(r, float) and isinstance(o, float) and np.isnan(r) and np.isnan(o)):
                 return _fail(f"output {i}: {o!r} != reference {r!r}")
@@ -200,54 +273,131 @@ def compare(out: Any, ref: Any, tol: Tolerance) -> Comparison:
 
 
 def _grad_inputs(args: Any, kwargs: dict[str, Any]) -> list[Any]:
-    leaves = [x for x in _leaves(list(args)) + _leaves(kwargs) if _is_torch(x) and _is_float(x)]
-    for x in leaves:
+    inputs = [x for x in leaves(list(args)) + leaves(kwargs) if is_tensor(x) and _is_float(x)]
+    for x in inputs:
         x.requires_grad_(True)
-    return leaves
+    return inputs
 
 
 def _backward(out: Any, inputs: list[Any], seed: int) -> list[Any]:
     import torch
 
-    outs = [o for o in _leaves(out) if _is_torch(o) and o.requires_grad]
+    outs = [o for o in leaves(out) if is_tensor(o) and o.requires_grad]
     gen = torch.Generator(device="cpu").manual_seed(seed)
     cots = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device, o.dtype) for o in outs]
     grads = torch.autograd.grad(outs, inputs, cots, allow_unused=True)
     return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
 
 
-def run_case(case: Case) -> Result:
-    """Build the sample, run the backend (forced) and the reference, compare (and gradients)."""
+class Recorded(NamedTuple):
+    """A case's reference as recorded on another machine (``kernels.goldens``): the output
+    leaves, the gradient leaves (None: not recorded), a digest of the inputs it was computed from,
+    or why the reference could not be recorded."""
+
+    outputs: list[Any]
+    grads: list[Any] | None
+    inputs_digest: str
+    error: str = ""
+
+
+def _wants_grad(sample: Sample, dtype: str) -> bool:
+    return sample.grad and dtype in ("float16", "bfloat16", "float32", "float64")
+
+
+def reference_outputs(op: Op, sample: Sample, device: str, dtype: str) -> tuple[Any, list[Any] | None]:
+    """The reference's output for a sample (inputs made on ``device`` in ``dtype``, converted to
+    the op's reference dtype) and, when the sample has gradients, those of its floating inputs."""
+    ref_dtype = op.reference_dtype(dtype) if op.reference_dtype else dtype
+    rargs, rkwargs = sample.make(device, dtype)
+    rargs, rkwargs = _convert(rargs, ref_dtype), _convert(rkwargs, ref_dtype)
+    grad = _wants_grad(sample, dtype)
+    rinputs = _grad_inputs(rargs, rkwargs) if grad else []
+    ref = op.output(rargs, rkwargs, op.reference(*rargs, **rkwargs))
+    return ref, (_backward(ref, rinputs, seed=1234) if grad else None)
+
+
+def raised_message(stage: str, e: BaseException) -> str:
+    return f"{stage} raised {type(e).__name__}: {str(e).strip()[:300]}"
+
+
+def run_case(case: Case, recorded: Callable[[Case], Recorded | None] | None = None) -> Result:
+    """Build the sample, run the backend (forced) and the reference, compare (and gradients).
+
+    ``recorded``, given, looks up the case's recorded reference instead of running the reference
+    here; a case without a recording fails. Whatever raises makes the case fail with its stage,
+    the error's type and its message."""
+    start = time.perf_counter()
+    result = _run_case(case, recorded)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _run_case(case: Case, recorded: Callable[[Case], Recorded | None] | None) -> Result:
     why = case_skip_reason(case)
     if why:
         return Result(case, "skip", detail=why)
     op, be = case.op, case.backend
-    args, kwargs = case.sample.make(case.device, case.dtype)
-    why_list = be.reasons(args, kwargs, forced=True)
-    if why_list:
-        return Result(case, "skip", detail="; ".join(why_list))
-    ref_dtype = op.reference_dtype(case.dtype) if op.reference_dtype else case.dtype
-    rargs, rkwargs = case.sample.make(case.device, case.dtype)
-    rargs, rkwargs = _convert(rargs, ref_dtype), _convert(rkwargs, ref_dtype)
-    grad = case.sample.grad and case.dtype in ("float16", "bfloat16", "float32", "float64")
-    if grad:
-        inputs, rinputs = _grad_inputs(args, kwargs), _grad_inputs(rargs, rkwargs)
+    grad = _wants_grad(case.sample, case.dtype)
+    stage = "the sample's inputs"
     try:
+        args, kwargs = case.sample.make(case.device, case.dtype)
+        stage = "the backend's reasons"
+        why_list = be.reasons(args, kwargs, forced=True)
+        if why_list:
+            return Result(case, "skip", detail="; ".join(why_list))
+        if recorded is None:
+            stage = "the reference"
+            ref, ref_grads = reference_outputs(op, case.sample, case.device, case.dtype)
+        else:
+            stage = "the recording"
+            rec = recorded(case)
+            if rec is None:
+                return Result(case, "FAIL", float("inf"), float("inf"),
+                              "no recorded reference for this sample and dtype (record it with --record)")
+            if rec.error:
+                return Result(case, "FAIL", float("inf"), float("inf"), f"recording: {rec.error}")
+            digest = inputs_digest(args, kwargs)
+            if digest != rec.inputs_digest:
+                return Result(case, "FAIL", float("inf"), float("inf"),
+                              "the sample's inputs differ from the recorded ones (the sample is not "
+                              f"reproducible on {case.device})")
+            ref, ref_grads = rec.outputs, rec.grads
+            if grad and ref_grads is None:
+                return Result(case, "FAIL", float("inf"), float("inf"), "the recording has no gradients")
+        inputs = _grad_inputs(args, kwargs) if grad else []
+        stage = "the backend"
         out = op.output(args, kwargs, be.fn(*args, **kwargs))
-    except Exception as e:  # a crash is a failure of the case, reported with its type
-        return Result(case, "FAIL", float("inf"), float("inf"), f"backend raised {type(e).__name__}: {str(e)[:300]}")
-    ref = op.output(rargs, rkwargs, op.reference(*rargs, **rkwargs))
-    tol = be.tolerance(case.dtype)
-    c = compare(out, ref, tol)
-    err, ratio, msg = c.max_error, c.ratio, c.message
-    if c.ok and grad:
-        g = _backward(out, inputs, seed=1234)
-        rg = _backward(ref, rinputs, seed=1234)
-        gc = compare(g, rg, be.tolerances.get(f"grad:{case.dtype}", tol))
-        c = gc
-        err, ratio = max(err, gc.max_error), max(ratio, gc.ratio)
-        msg = f"gradient: {gc.message}" if gc.message else ""
+        stage = "the comparison"
+        tol = be.tolerance(case.dtype)
+        c = compare(out, ref, tol)
+        err, ratio, msg = c.max_error, c.ratio, c.message
+        if c.ok and grad:
+            stage = "the backend's backward"
+            g = _backward(out, inputs, seed=1234)
+            stage = "the gradient comparison"
+            gc = compare(g, ref_grads, be.tolerances.get(f"grad:{case.dtype}", tol))
+            c = gc
+            err, ratio = max(err, gc.max_error), max(ratio, gc.ratio)
+            msg = f"gradient: {gc.message}" if gc.message else ""
+    except Exception as e:  # any error is a failure of the case, reported with where and its type
+        return Result(case, "FAIL", float("inf"), float("inf"), raised_message(stage, e))
     return Result(case, "ok" if c.ok else "FAIL", err, ratio, msg)
+
+
+def inputs_digest(args: Any, kwargs: dict[str, Any]) -> str:
+    """SHA-256 over the array arguments' dtypes, shapes and values (on the CPU, as bytes)."""
+    h = hashlib.sha256()
+    for leaf in leaves(list(args)) + leaves(kwargs):
+        if is_tensor(leaf):
+            import torch
+
+            t = leaf.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(leaf, np.ndarray):
+            h.update(f"{leaf.dtype}{leaf.shape}".encode())
+            h.update(np.ascontiguousarray(leaf).tobytes())
+    return h.hexdigest()
 
 
 def error_cases(ops: Iterable[str] | None = None) -> list[tuple[Op, Backend, ErrorSample]]:
@@ -264,6 +414,29 @@ def error_cases(ops: Iterable[str] | None = None) -> list[tuple[Op, Backend, Err
 def run_parity(ops: Iterable[str] | None = None, backends: Iterable[str] | None = None,
                devices: Iterable[str] | None = None) -> list[Result]:
     return [run_case(c) for c in parity_cases(ops, backends, devices)]
+
+
+def write_junit(results: list[Result], path: str, suite: str = "kernels.parity") -> None:
+    """The results as JUnit XML: one testcase per case (classname ``op.backend``, name
+    ``device-dtype-sample``), a failure with the detail, a skip with its reason."""
+    from xml.etree import ElementTree as ET
+
+    failures = sum(r.status == "FAIL" for r in results)
+    skipped = sum(r.status == "skip" for r in results)
+    total = sum(r.seconds for r in results)
+    root = ET.Element("testsuites", tests=str(len(results)), failures=str(failures), errors="0",
+                      skipped=str(skipped), time=f"{total:.3f}")
+    ts = ET.SubElement(root, "testsuite", name=suite, tests=str(len(results)), failures=str(failures),
+                       errors="0", skipped=str(skipped), time=f"{total:.3f}")
+    for r in results:
+        c = r.case
+        tc = ET.SubElement(ts, "testcase", classname=f"{c.op.name}.{c.backend.name}",
+                           name=f"{c.device}-{c.dtype}-{c.sample.name}", time=f"{r.seconds:.3f}")
+        if r.status == "FAIL":
+            ET.SubElement(tc, "failure", message=r.detail[:500]).text = r.detail
+        elif r.status == "skip":
+            ET.SubElement(tc, "skipped", message=r.detail[:500])
+    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
 
 
 def summarize(results: list[Result]) -> list[dict[str, Any]]:

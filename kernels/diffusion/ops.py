@@ -9,6 +9,7 @@ scalar timesteps, odd and empty shapes, non-contiguous and 5-D operands, NaN in 
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -29,9 +30,9 @@ MakeArgs = Callable[[str, str], tuple[tuple[Any, ...], dict[str, Any]]]
 
 
 def _triton_unavailable() -> str | None:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
+    # find_spec, not import: importing triton before TRITON_INTERPRET=1 is set would make its
+    # language helpers compiled functions that the interpreter cannot call
+    if importlib.util.find_spec("triton") is None:
         return "triton is not installed (pip install modelkernels[triton])"
     return None
 
@@ -264,12 +265,29 @@ def _register() -> None:
             register_kernel(name, "triton", devices=("cuda",), dtypes=TRITON_DTYPES, priority=10,
                             available=_triton_unavailable, interpret_devices=("cpu",))(_missing_triton)
         return
-    from kernels.diffusion import step_triton as tri
-
-    for name, fn in (("q_sample", tri.q_sample_triton), ("ddpm_seed_step", tri.ddpm_seed_step_triton),
-                     ("ddpm_step", tri.ddpm_step_triton), ("ddim_step", tri.ddim_step_triton)):
+    for name in ("q_sample", "ddpm_seed_step", "ddpm_step", "ddim_step"):
         register_kernel(name, "triton", devices=("cuda",), dtypes=TRITON_DTYPES, priority=10,
-                        available=_triton_unavailable, tolerances=TOLERANCES, interpret_devices=("cpu",))(fn)
+                        available=_triton_unavailable, tolerances=TOLERANCES,
+                        interpret_devices=("cpu",))(_on_first_call(f"{name}_triton"))
+
+
+def _on_first_call(name: str) -> Callable[..., Any]:
+    """``step_triton.<name>``, imported when first called: ``import kernels`` imports no Triton, so
+    a TRITON_INTERPRET=1 set after it (a test's conftest, after the pytest plugin has imported
+    kernels) still selects Triton's interpreter."""
+    fn: Callable[..., Any] | None = None
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        nonlocal fn
+        if fn is None:
+            from kernels.diffusion import step_triton
+
+            fn = getattr(step_triton, name)
+        return fn(*args, **kwargs)
+
+    run.__name__ = run.__qualname__ = name
+    run.__doc__ = f"Triton {name.removesuffix('_triton')} (kernels.diffusion.step_triton)."
+    return run
 
 
 def _missing_triton(*args: Any, **kwargs: Any) -> Any:

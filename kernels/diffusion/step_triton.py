@@ -150,7 +150,8 @@ def _sample(k, grid_y, n, in_row, t_ptr):
     (off past n) and its timestep, as (b64, mask, t)."""
     b = tl.program_id(1).to(tl.int64) + k * grid_y
     b64 = tl.minimum(b, n - 1)
-    return b64, in_row & (b < n), tl.load(t_ptr + b64)
+    # a select, not `in_row & (b < n)`: Triton 3.9's interpreter splats the scalar compare as int32
+    return b64, tl.where(b < n, in_row, False), tl.load(t_ptr + b64)
 
 
 @triton.jit(do_not_specialize=["seed", "offset"])  # a new offset each step: no recompiles

@@ -104,7 +104,8 @@ def _upsample_backward_kernel(G, DX, CS, CX, H, W,
             col = l_lo + cl
             l0, l1, ll = _source(col, scale_w, W)
             ww = tl.where(l0 == k, 1.0 - ll, 0.0) + tl.where(l1 == k, ll, 0.0)
-            lm = m & (col < w2) & (i < h2)
+            # a select, not `& (i < h2)`: Triton 3.9's interpreter splats the scalar compare as int32
+            lm = tl.where(i < h2, m & (col < w2), False)
             g = tl.load(base + i * sgh + col * sgw, mask=lm, other=0.0).to(tl.float32)
             acc += g * (wh * ww)
     tl.store(DX + b * sdb + c * sdc + j * sdh + k * sdw, acc.to(DX.dtype.element_ty), mask=m)

@@ -2,7 +2,7 @@
 
 info    ops x backends x whether each can run here (and why not)
 parity  every registered backend against its reference; a table; exit 1 on any failure
-bench   the benchmark suites (pytest-benchmark) and the report: table, JSON, PNG
+bench   the benchmark suites (interleaved timing) and the report: summary, tables, JSON, PNG
 """
 
 from __future__ import annotations
@@ -113,25 +113,46 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    raw = out / "pytest-benchmark.json"
-    cmd = [sys.executable, "-m", "pytest", str(bench_dir), "-q", "-p", "no:cacheprovider",
-           f"--benchmark-json={raw}", "--benchmark-columns=median,iqr,rounds", "--benchmark-sort=name"]
+    raw, log = out / "samples.json", out / "pytest.log"
+    raw.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "pytest", str(bench_dir), "-q", "-rfE", "-p", "no:cacheprovider",
+           "-p", "no:benchmark", f"--bench-json={raw}"]
     if args.suite:
         cmd += ["-k", args.suite]
     if args.quick:
         cmd += ["--quick"]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
-    print("running:", " ".join(cmd), flush=True)
-    rc = subprocess.call(cmd, cwd=root, env=env)
+    print(f"running the suites{' (quick)' if args.quick else ''}; pytest's output: {log}", flush=True)
+    rc = _run_quietly(cmd, root, env, log)
     if not raw.exists():
-        print("no benchmark results were written", file=sys.stderr)
+        print(f"no benchmark results were written: see {log}", file=sys.stderr)
         return rc or 1
     sys.path.insert(0, str(root))
     from benchmarks.report import write_report
 
     print(write_report(raw, out))
+    print(f"full tables, crossovers and plots: {out / 'report.md'}")
     return rc
+
+
+def _run_quietly(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> int:
+    """Run ``cmd`` with its output going to ``log``; echo the per-suite progress lines, failures and
+    pytest's last line."""
+    last = ""
+    with log.open("w") as f, subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                              stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            f.write(line)
+            text = line.strip(". \n")
+            if text.startswith(("[bench]", "FAILED", "ERROR")):
+                print(text, flush=True)
+            if text:
+                last = text
+    if last:
+        print(last.strip("= "))
+    return proc.returncode
 
 
 def main(argv: list[str] | None = None) -> int:

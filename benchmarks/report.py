@@ -112,11 +112,11 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (suite, a, b), items in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1],
                                                                      ROLE_ORDER[kv[1][0][1]["role"]], kv[0][2])):
-        stable = [(o["samples_ms"], x["samples_ms"]) for o, x, ratio in items if stable(o, x, ratio)]
+        kept = [(o["samples_ms"], x["samples_ms"]) for o, x, ratio in items if stable(o, x, ratio)]
         meds = [ratio.median for o, x, ratio in items if stable(o, x, ratio)]
         out.append(dict(suite=suite, device=", ".join(sorted(devices[suite])), ours=a, other=b,
-                        role=items[0][1]["role"], rows=len(items), stable=len(stable),
-                        ratio=geomean_ratio(stable) if stable else None,
+                        role=items[0][1]["role"], rows=len(items), stable=len(kept),
+                        ratio=geomean_ratio(kept) if kept else None,
                         low=min(meds) if meds else None, high=max(meds) if meds else None))
     return out
 

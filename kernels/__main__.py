@@ -123,6 +123,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         cmd += ["--quick"]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    env["PYTHONUNBUFFERED"] = "1"
     print(f"running the suites{' (quick)' if args.quick else ''}; pytest's output: {log}", flush=True)
     rc = _run_quietly(cmd, root, env, log)
     if not raw.exists():
@@ -145,9 +146,10 @@ def _run_quietly(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> i
         assert proc.stdout is not None
         for line in proc.stdout:
             f.write(line)
-            text = line.strip(". \n")
-            if text.startswith(("[bench]", "FAILED", "ERROR")):
-                print(text, flush=True)
+            text = line.strip()
+            progress = text.find("[bench]")
+            if progress >= 0 or text.startswith(("FAILED", "ERROR")):
+                print(text[max(progress, 0):], flush=True)
             if text:
                 last = text
     if last:

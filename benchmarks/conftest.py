@@ -6,8 +6,9 @@ A row's implementations are the parametrizations of one test that differ only in
 Collection puts them next to each other; each test verifies its implementation and hands it to
 ``bench``; after the row's last test, its implementations are timed interleaved
 (``benchmarks.harness.time_interleaved``), under torch's grad mode as it was at the hand-over
-(other context managers around ``bench`` do not carry over: enter them inside ``fn``). ``--bench-json PATH`` writes every row's samples;
-one line per suite goes to the console as it finishes.
+(other context managers around ``bench`` do not carry over: enter them inside ``fn``).
+``--bench-json PATH`` writes every row's samples; one line per suite goes to the console as it
+finishes.
 """
 
 from __future__ import annotations

@@ -11,8 +11,10 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -81,24 +83,35 @@ def cmd_parity(args: argparse.Namespace) -> int:
             r = results[-1]
             print(f"[{i + 1}/{len(cases)}] {case.id}: {r.status} {r.detail}", flush=True)
     rows = parity.summarize(results)
-    for row in rows:
-        row["max_error"] = f"{row['max_error']:.3g}"
-        row["err/tol"] = f"{row['ratio']:.2f}"
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    shown = [dict(row) for row in rows if row["status"] != "skip" or args.verbose]
+    for row in shown:
+        ran = row["status"] != "skip"
+        row["max_error"] = f"{row['max_error']:.3g}" if ran else "-"
+        row["err/tol"] = f"{row['ratio']:.2f}" if ran else "-"
         row["tolerance"] = f"atol={row['atol']:g} rtol={row['rtol']:g}"
         row["samples"] = f"{row['samples']}" + (f" (+{row['skipped']} skipped)" if row["skipped"] else "")
     print(_environment())
-    print(format_table(rows, ["op", "backend", "device", "dtype", "samples", "max_error", "err/tol", "tolerance",
-                                           "status"]))
+    print(format_table(shown, ["op", "backend", "device", "dtype", "samples", "max_error", "err/tol", "tolerance",
+                                            "status"]))
     failed = [row for row in rows if row["status"] == "FAIL"]
-    for row in rows:
-        if row["status"] != "ok" and row["detail"]:
-            print(f"{row['status']}: {row['op']}/{row['backend']}/{row['device']}/{row['dtype']}: {row['detail']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+    for row in failed:
+        print(f"FAIL: {row['op']}/{row['backend']}/{row['device']}/{row['dtype']}: {row['detail']}")
+    skipped = [row for row in rows if row["status"] == "skip"]
+    if skipped:
+        why = Counter(_skip_reason(row["detail"]) for row in skipped)
+        print(f"not run here ({len(skipped)} op/backend/device/dtype combinations; -v lists each): "
+              + "; ".join(f"{n} x {reason}" for reason, n in why.most_common()))
     ran = sum(1 for r in results if r.status != "skip")
     print(f"{ran} cases run, {sum(r.status == 'FAIL' for r in results)} failed, "
           f"{sum(r.status == 'skip' for r in results)} skipped")
     return 1 if failed else 0
+
+
+def _skip_reason(detail: str) -> str:
+    """A skip reason without its op and dtype: "triton runs on cpu only under TRITON_INTERPRET=1"."""
+    return re.sub(r"\b(float|bfloat|int)\d+\b", "<dtype>", detail.split(": ", 1)[-1]) or "no reason given"
 
 
 def _repo_root() -> Path:

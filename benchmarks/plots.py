@@ -147,10 +147,11 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     except ImportError:
         return []
     written = []
-    all_pairs = pairs_of(rows)
     for suite in sorted({r["suite"] for r in rows}):
         srows = [r for r in rows if r["suite"] == suite]
-        pairs = [p for p in all_pairs if p[0]["suite"] == suite]
+        if all(r["series"] == r["impl"] for r in srows):  # a series per implementation: one panel shows them all
+            srows = [dict(r, series="") for r in srows]
+        pairs = pairs_of(srows)
         order = sorted({(ROLE_ORDER[r["role"]], r["impl"]) for r in srows})
         cmap = plt.get_cmap("tab10")
         colours = {impl: cmap(k % 10) for k, (_, impl) in enumerate(order)}

@@ -226,7 +226,8 @@ HOW_TO_READ = (
     "Each ratio is the other implementation's time over ours, measured in the same rounds (round-robin, "
     "paired): above 1 ours is faster. [lo-hi] is the 95% bootstrap interval of the median ratio. "
     "Unstable: IQR above half the median, or an interval wider than a factor 2; those rows are left out of "
-    "the summary and the crossovers. The summary is the geometric mean over a suite's stable rows.")
+    "the summary and the crossovers. The summary is the geometric mean over a suite's stable rows; its "
+    "interval resamples the rows as well as their rounds, so it spans the spread over sizes too.")
 
 
 def write_report(raw: Path, out: Path) -> str:

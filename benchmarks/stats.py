@@ -88,17 +88,20 @@ def paired_ratio(ours: Sequence[float], other: Sequence[float], seed: int = 0) -
 
 
 def geomean_ratio(pairs: Sequence[tuple[Sequence[float], Sequence[float]]], seed: int = 0) -> Ratio:
-    """The geometric mean over rows of each row's paired ratio, with a bootstrap interval that
-    resamples the rounds of every row at once (the noise of the runs, not the spread over sizes)."""
+    """The geometric mean over rows of each row's paired ratio, with a two-level bootstrap interval:
+    rows resampled, and each row's rounds within it. It covers the spread over sizes as well as the
+    noise of the rounds, so a second run, whose noisy rows may differ, lands inside it."""
     if not pairs:
         raise ValueError("pairs is empty: a headline needs at least one row")
     rng = np.random.default_rng(seed)
-    logs, boot = [], np.zeros(BOOTSTRAP)
-    n = min(len(a) for a, _ in pairs)
+    logs = []
+    boot_rows = []
     for ours, other in pairs:
         r = np.asarray(other, dtype=float) / np.asarray(ours, dtype=float)
         logs.append(np.log(np.median(r)))
-        boot += np.log(_resampled_medians(r, rng))
-    boot /= len(pairs)
+        boot_rows.append(np.log(_resampled_medians(r, rng)))
+    m = np.stack(boot_rows)  # (rows, BOOTSTRAP)
+    pick = rng.integers(0, m.shape[0], size=(BOOTSTRAP, m.shape[0]))
+    boot = m[pick, np.arange(BOOTSTRAP)[:, None]].mean(axis=1)
     lo, hi = np.exp(np.percentile(boot, [2.5, 97.5]))
-    return Ratio(float(np.exp(np.mean(logs))), float(lo), float(hi), n)
+    return Ratio(float(np.exp(np.mean(logs))), float(lo), float(hi), min(len(a) for a, _ in pairs))

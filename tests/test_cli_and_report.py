@@ -118,3 +118,17 @@ def test_bench_fixture_times_a_row_together(tmp_path: Path) -> None:
     assert [(r["case"], r["impl"], r["group"]) for r in rows] == [("n=3", "a", 1), ("n=3", "b", 1), ("n=4", "a", 2),
                                                                   ("n=4", "b", 2)]
     assert all(len(r["samples_ms"]) == 5 and r["extra"] == {"n": r["size"]} for r in rows)
+
+
+@pytest.mark.gpu
+def test_time_interleaved_on_cuda_gives_positive_event_times() -> None:
+    import torch
+
+    from benchmarks.harness import Contender, time_interleaved
+
+    x = torch.randn(1 << 20, device="cuda")
+    small, big = Contender(lambda: x.mul_(1.0), rounds=12), Contender(lambda: torch.sort(x), rounds=12)
+    samples, iterations = time_interleaved([small, big], device="cuda")
+    assert [len(s) for s in samples] == [12, 12] and iterations == [1, 1]
+    assert all(t > 0 for s in samples for t in s)
+    assert sorted(samples[1])[6] > sorted(samples[0])[6]  # a sort of 1M floats outlasts a scale

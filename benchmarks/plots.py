@@ -117,7 +117,7 @@ def _bars(ax_t: Any, ax_s: Any | None, rows: list[dict[str, Any]], pairs: list[A
                      label=f"{impl} ({r['role']})",
                      yerr=[[e] for e in _err(r["median_ms"], r["q1_ms"], r["q3_ms"])], capsize=3)
     _time_axis(ax_t, [r["q1_ms"] for r in rows] + [r["q3_ms"] for r in rows])
-    labels = [textwrap.fill(c, 18) for c in cases]
+    labels = [textwrap.fill(c, 16) for c in cases]
     ax_t.set_xticks(range(len(cases)), labels if ax_s is None else [""] * len(cases), fontsize=7)
     if ax_s is None:
         return
@@ -164,8 +164,10 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
         point_rows = [r for r in srows if r["series"] not in line_series]
         ncols = len(line_series) + bool(point_rows)
         nrows = 2 if pairs else 1
-        fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols + (2.0 if point_rows else 0), 3.4 * nrows + 0.4),
-                                 squeeze=False, sharex="col")
+        n_cases = len({r["case"] for r in point_rows})
+        width = [4.4] * len(line_series) + ([max(4.4, 1.1 * n_cases)] if point_rows else [])
+        fig, axes = plt.subplots(nrows, ncols, figsize=(sum(width) + 0.6, 3.4 * nrows + 0.4), squeeze=False,
+                                 sharex="col", gridspec_kw={"width_ratios": width})
         for j, ser in enumerate(line_series):
             group = [r for r in srows if r["series"] == ser]
             ax_s = axes[1][j] if pairs else None
@@ -186,10 +188,11 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
             axes[0][-1].set_ylabel("median time per call")
             for ax in axes[:, -1]:
                 ax.grid(True, axis="y", which="major", alpha=0.3)
-        handles: dict[str, Any] = {}
-        for ax in axes.flat:
-            for h, label in zip(*ax.get_legend_handles_labels()):
-                handles.setdefault(label, h)
+        handles: dict[str, Any] = {f"{i} ({role})": Line2D([], [], color=colours[i], marker="o",
+                                                            ls="-" if role == "ours" else "--")
+                                   for i, role in ((i, r["role"]) for i in colours for r in srows if r["impl"] == i)}
+        for a, b in dict.fromkeys((o["impl"], x["impl"]) for o, x, _ in pairs):
+            handles[f"{a} over {b}"] = Line2D([], [], color=colours[b], ls=styles[a])
         handles["hollow / hatched: unstable"] = Line2D([], [], color="grey", marker="o", mfc="none", ls="")
         handles["error bars: quartiles (time), 95% interval (ratio)"] = Line2D([], [], color="grey", ls="")
         fig.suptitle(f"{suite} ({', '.join(sorted({r['device'] for r in srows}))})")

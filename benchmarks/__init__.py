@@ -1,1 +1,1 @@
-"""Benchmark suites (pytest-benchmark), the GPU timing helper and the report."""
+"""Benchmark suites (pytest, timed interleaved by the bench fixture), the timing helpers and the report."""

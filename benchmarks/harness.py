@@ -1,8 +1,11 @@
 """Timing and verification helpers shared by the suites.
 
-GPU: CUDA events around each call, warm-up first, the L2 cache flushed between calls, median
-of the repeats (as ``triton.testing.do_bench``). CPU: pytest-benchmark's timer. Every suite
-verifies its output against the reference with ``verify`` before timing anything.
+``time_interleaved`` times the implementations of one benchmark row together: every round calls
+each of them once, in an order that rotates from round to round, so a stall of a busy machine hits
+all of them alike and the per-round ratios stay paired (``benchmarks.stats``). CPU: the wall clock
+(``time.perf_counter_ns``), calls shorter than ~0.2 ms repeated within a sample. GPU: CUDA events
+around each call, warm-up first, the L2 cache flushed between calls (as ``triton.testing.do_bench``).
+Every suite verifies its output against the reference with ``verify`` before timing anything.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ import json
 import os
 import platform
 import subprocess
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +60,100 @@ def cuda_time(fn: Callable[[], Any], warmup: int = 10, rep: int = 50, flush_l2: 
     torch.cuda.synchronize()
     times = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
     return {"median_ms": times[len(times) // 2], "min_ms": times[0], "max_ms": times[-1]}
+
+
+@dataclass
+class Contender:
+    """One implementation of a benchmark row: ``fn(*args, **kwargs)`` with ``setup() -> (args, kwargs)``
+    building fresh arguments before each call (untimed), or ``fn()`` when ``setup`` is None.
+    ``rounds``: how many rounds it asks for (None: as many as fit in about a second)."""
+
+    fn: Callable[..., Any]
+    setup: Callable[[], tuple[tuple[Any, ...], dict[str, Any]]] | None = None
+    rounds: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    grad_enabled: bool = True
+
+
+SAMPLE_MS = 0.2  # a CPU sample lasts at least this long: shorter calls are repeated within it
+MAX_ITERATIONS = 1000
+AUTO_BUDGET_MS = 1000.0  # rounds=None: about this much time per implementation
+
+
+def _args(c: Contender) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return c.setup() if c.setup is not None else ((), {})
+
+
+def _call_ms(c: Contender, iterations: int = 1) -> float:
+    args, kwargs = _args(c)
+    t0 = time.perf_counter_ns()
+    for _ in range(iterations):
+        c.fn(*args, **kwargs)
+    return (time.perf_counter_ns() - t0) / 1e6
+
+
+def _group_rounds(contenders: list[Contender], call_ms: list[float], quick: bool) -> int:
+    """One number of rounds for the whole row (the pairs need it): the fewest any implementation
+    asks for, at least 5 (3 for calls over 0.5 s; what was asked for calls over 5 s)."""
+    asked = [c.rounds for c in contenders if c.rounds is not None]
+    slowest = max(call_ms)
+    n = min(asked) if asked else int(AUTO_BUDGET_MS / max(slowest, 1e-6))
+    floor = 5 if slowest < 500 else 3 if slowest < 5000 else 1
+    n = max(n, floor)
+    if quick:
+        n = max(min(floor, 3), n // 10)
+    return min(n, 200)
+
+
+def time_interleaved(contenders: list[Contender], *, device: str = "cpu", quick: bool = False
+                     ) -> tuple[list[list[float]], list[int]]:
+    """Milliseconds per call of each contender in each round, and the calls per sample.
+
+    Round ``r`` calls the contenders in the order rotated by ``r``; after one warm-up call each
+    (ten on CUDA, three with ``quick``), CPU calls shorter than ``SAMPLE_MS`` are repeated within a
+    sample when they need no fresh arguments.
+    """
+    if not contenders:
+        raise ValueError("contenders is empty: nothing to time")
+    if device == "cuda":
+        return _time_cuda(contenders, quick), [1] * len(contenders)
+    first = [_call_ms(c) for c in contenders]
+    call_ms = [min(f, _call_ms(c)) for f, c in zip(first, contenders)]
+    iterations = [1 if c.setup is not None else max(1, min(MAX_ITERATIONS, int(SAMPLE_MS / max(t, 1e-6))))
+                  for c, t in zip(contenders, call_ms)]
+    rounds = _group_rounds(contenders, call_ms, quick)
+    samples: list[list[float]] = [[] for _ in contenders]
+    k = len(contenders)
+    for r in range(rounds):
+        for j in [(r + i) % k for i in range(k)]:
+            samples[j].append(_call_ms(contenders[j], iterations[j]) / iterations[j])
+    return samples, iterations
+
+
+def _time_cuda(contenders: list[Contender], quick: bool) -> list[list[float]]:
+    import torch
+
+    flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
+    for c in contenders:
+        for _ in range(3 if quick else 10):
+            args, kwargs = _args(c)
+            c.fn(*args, **kwargs)
+    torch.cuda.synchronize()
+    asked = [c.rounds for c in contenders if c.rounds is not None]
+    rounds = 10 if quick else max(min(asked) if asked else 50, 10)
+    events = [[(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(rounds)]
+              for _ in contenders]
+    k = len(contenders)
+    for r in range(rounds):
+        for j in [(r + i) % k for i in range(k)]:
+            args, kwargs = _args(contenders[j])
+            flush.zero_()
+            start, end = events[j][r]
+            start.record()
+            contenders[j].fn(*args, **kwargs)
+            end.record()
+    torch.cuda.synchronize()
+    return [[s.elapsed_time(e) for s, e in row] for row in events]
 
 
 def graphed(fn: Callable[[], Any], warmup: int = 3) -> Callable[[], Any]:

@@ -1,7 +1,7 @@
 """AMCL: the Numba kernels against the pyimpl reference and nav2's C core (the ``amcl`` package).
 
-Cases (60 beams, likelihood field unless named; particles in a tracking cloud on a real ROS map
-when ../shared/data/maps is present, else on a generated floor):
+Cases (60 beams, likelihood field unless named; particles in a tracking cloud on nav2's
+tb3_sandbox map from tests/data/maps):
 - motion: N = 2000, 10 000, 50 000
 - sensor: likelihood_field, likelihood_field_prob, beam at N = 2000, 10 000; 1 thread vs all
   (``kernels.amcl.ops.set_threads``)
@@ -50,17 +50,17 @@ from kernels.amcl import (
     ops,
 )
 from kernels.amcl.evaluate import NavAmclPeer, peer_unavailable
-from kernels.amcl.simulator import generate_map, simulate
+from kernels.amcl.simulator import simulate
 from kernels.registry import Tolerance
 from pyimpl.amcl import kld
 
-MAPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "maps"
+MAPS = Path(__file__).resolve().parents[1] / "tests" / "data" / "maps"
 CLOSE = Tolerance(atol=1e-9, rtol=1e-9)
 BINS = np.array(kld.BIN_SIZE)
 
 
 def _map() -> Any:
-    return load_map(MAPS / "tb3_sandbox.yaml") if (MAPS / "tb3_sandbox.yaml").is_file() else generate_map(0)
+    return load_map(MAPS / "tb3_sandbox.yaml")
 
 
 _STATE: dict[str, Any] = {}

@@ -106,15 +106,14 @@ _FITTED: dict[tuple[str, bool], Any] = {}
 
 
 @pytest.mark.parametrize("impl,role", FIT_IMPLS, ids=[i for i, _ in FIT_IMPLS])
-def test_forest_fit(bench, benchmark, quick, impl: str, role: str) -> None:  # type: ignore[no-untyped-def]
+def test_forest_fit(bench, quick, impl: str, role: str) -> None:  # type: ignore[no-untyped-def]
     if impl != "scikit-learn":
         _verify_against_reference(impl.split()[-1])
     n, f, trees = _headline(quick)
     X, y, Xte, yte = _data(n, f)
-    est = _make(impl, trees)
+    est = _make(impl, trees).fit(X, y)
     bench(lambda: est.fit(X, y), suite="forest_fit", case=f"{n}x{f}, {trees} trees", impl=impl, role=role,
-          rounds=1)
-    benchmark.extra_info["accuracy"] = float(est.score(Xte, yte))
+          rounds=1, extra={"accuracy": float(est.score(Xte, yte))})
     _FITTED[(impl, quick)] = est
 
 
@@ -140,7 +139,7 @@ def test_forest_fit_growth(bench, quick, series: str, n: int, f: int, depth: int
 # ------------------------------------------------------------------------------------- predict
 
 @pytest.mark.parametrize("impl,role", FIT_IMPLS, ids=[i for i, _ in FIT_IMPLS])
-def test_forest_predict(bench, benchmark, quick, impl: str, role: str) -> None:  # type: ignore[no-untyped-def]
+def test_forest_predict(bench, quick, impl: str, role: str) -> None:  # type: ignore[no-untyped-def]
     n, f, trees = _headline(quick)
     X, y, Xte, _ = _data(n, f)
     est = _FITTED.get((impl, quick)) or _make(impl, trees).fit(X, y)
@@ -148,13 +147,12 @@ def test_forest_predict(bench, benchmark, quick, impl: str, role: str) -> None: 
         with kernels.use_backend("reference"):
             ref = est.predict_proba(Xte[:50])
         verify(est.predict_proba(Xte[:50]), ref, what=f"predict {impl}")
-    bench(lambda: est.predict_proba(Xte), suite="forest_predict", case=f"{Xte.shape[0]} rows, {trees} trees",
-          impl=impl, role=role, rounds=10)
     if impl == "scikit-learn":
-        benchmark.extra_info["model_bytes"] = sum(e.tree_.__getstate__()["nodes"].nbytes + e.tree_.value.nbytes
-                                                  for e in est.estimators_)
+        model_bytes = sum(e.tree_.__getstate__()["nodes"].nbytes + e.tree_.value.nbytes for e in est.estimators_)
     else:
-        benchmark.extra_info["model_bytes"] = est.model_nbytes_
+        model_bytes = est.model_nbytes_
+    bench(lambda: est.predict_proba(Xte), suite="forest_predict", case=f"{Xte.shape[0]} rows, {trees} trees",
+          impl=impl, role=role, rounds=10, extra={"model_bytes": model_bytes})
 
 
 # ------------------------------------------------------------------------------------- accuracy
@@ -179,7 +177,7 @@ def _low_cardinality() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("dataset", list(ACCURACY_SETS))
 @pytest.mark.parametrize("impl,role", FIT_IMPLS, ids=[i for i, _ in FIT_IMPLS])
-def test_forest_accuracy(bench, benchmark, quick, dataset: str, impl: str, role: str) -> None:  # type: ignore[no-untyped-def]
+def test_forest_accuracy(bench, quick, dataset: str, impl: str, role: str) -> None:  # type: ignore[no-untyped-def]
     """Mean held-out accuracy over seeds (recorded as extra_info['accuracy']); one fit timed."""
     X, y = ACCURACY_SETS[dataset](quick)
     big = X.shape[0] > 10000
@@ -191,7 +189,6 @@ def test_forest_accuracy(bench, benchmark, quick, dataset: str, impl: str, role:
         est = _make(impl, trees)
         est.set_params(random_state=s)
         scores.append(est.fit(Xtr, ytr).score(Xte, yte))
-    benchmark.extra_info["accuracy"] = float(np.mean(scores))
-    benchmark.extra_info["seeds"] = len(scores)
     bench(lambda: est.fit(Xtr, ytr), suite="forest_accuracy",
-          case=f"{dataset} ({X.shape[0]}x{X.shape[1]}), {trees} trees", impl=impl, role=role, rounds=1)
+          case=f"{dataset} ({X.shape[0]}x{X.shape[1]}), {trees} trees", impl=impl, role=role, rounds=1,
+          extra={"accuracy": float(np.mean(scores)), "seeds": len(scores)})

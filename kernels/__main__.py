@@ -3,7 +3,7 @@
 info    ops x backends x whether each can run here (and why not)
 parity  every registered backend against its reference; a table; exit 1 on any failure, 2 when
         the selection is empty or names something unknown; --record / --against for goldens
-bench   the benchmark suites (pytest-benchmark) and the report: table, JSON, PNG
+bench   the benchmark suites (interleaved timing) and the report: summary, tables, JSON, PNG
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -94,22 +96,26 @@ def _usage_error(message: str) -> int:
 
 def _print_results(results: list[parity.Result], args: argparse.Namespace) -> int:
     rows = parity.summarize(results)
-    for row in rows:
-        row["max_error"] = f"{row['max_error']:.3g}"
-        row["err/tol"] = f"{row['ratio']:.2f}"
+    shown = [dict(row) for row in rows if row["status"] != "skip" or args.verbose]
+    for row in shown:
+        ran = row["status"] != "skip"
+        row["max_error"] = f"{row['max_error']:.3g}" if ran else "-"
+        row["err/tol"] = f"{row['ratio']:.2f}" if ran else "-"
         row["tolerance"] = f"atol={row['atol']:g} rtol={row['rtol']:g}"
         row["samples"] = f"{row['samples']}" + (f" (+{row['skipped']} skipped)" if row["skipped"] else "")
     print(_environment())
-    print(format_table(rows, ["op", "backend", "device", "dtype", "samples", "max_error", "err/tol", "tolerance",
-                              "status"]))
-    for row in rows:
-        if row["status"] == "skip" and row["detail"]:
-            print(f"skip: {row['op']}/{row['backend']}/{row['device']}/{row['dtype']}: {row['detail']}")
+    print(format_table(shown, ["op", "backend", "device", "dtype", "samples", "max_error", "err/tol", "tolerance",
+                               "status"]))
     failed = [r for r in results if r.status == "FAIL"]
     for r in failed:
         c = r.case
         print(f"FAIL {c.op.name} backend={c.backend.name} device={c.device} dtype={c.dtype} "
               f"sample={c.sample.name!r}: {r.detail}")
+    skipped_rows = [row for row in rows if row["status"] == "skip"]
+    if skipped_rows:
+        why = Counter(_skip_reason(row["detail"]) for row in skipped_rows)
+        print(f"not run here ({len(skipped_rows)} op/backend/device/dtype combinations; -v lists each): "
+              + "; ".join(f"{n} x {reason}" for reason, n in why.most_common()))
     try:
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=1))
@@ -179,6 +185,11 @@ def _record(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _skip_reason(detail: str) -> str:
+    """A skip reason without its op and dtype: "triton runs on cpu only under TRITON_INTERPRET=1"."""
+    return re.sub(r"\b(float|bfloat|int)\d+\b", "<dtype>", detail.split(": ", 1)[-1]) or "no reason given"
+
+
 def _repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
@@ -191,25 +202,48 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    raw = out / "pytest-benchmark.json"
-    cmd = [sys.executable, "-m", "pytest", str(bench_dir), "-q", "-p", "no:cacheprovider",
-           f"--benchmark-json={raw}", "--benchmark-columns=median,iqr,rounds", "--benchmark-sort=name"]
+    raw, log = out / "samples.json", out / "pytest.log"
+    raw.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "pytest", str(bench_dir), "-q", "-rfE", "-p", "no:cacheprovider",
+           "-p", "no:benchmark", f"--bench-json={raw}"]
     if args.suite:
         cmd += ["-k", args.suite]
     if args.quick:
         cmd += ["--quick"]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
-    print("running:", " ".join(cmd), flush=True)
-    rc = subprocess.call(cmd, cwd=root, env=env)
+    env["PYTHONUNBUFFERED"] = "1"
+    print(f"running the suites{' (quick)' if args.quick else ''}; pytest's output: {log}", flush=True)
+    rc = _run_quietly(cmd, root, env, log)
     if not raw.exists():
-        print("no benchmark results were written", file=sys.stderr)
+        print(f"no benchmark results were written: see {log}", file=sys.stderr)
         return rc or 1
     sys.path.insert(0, str(root))
     from benchmarks.report import write_report
 
     print(write_report(raw, out))
+    print(f"full tables, crossovers and plots: {out / 'report.md'}")
     return rc
+
+
+def _run_quietly(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> int:
+    """Run ``cmd`` with its output going to ``log``; echo the per-suite progress lines, failures and
+    pytest's last line."""
+    last = ""
+    with log.open("w") as f, subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                              stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            f.write(line)
+            text = line.strip()
+            progress = text.find("[bench]")
+            if progress >= 0 or text.startswith(("FAILED", "ERROR")):
+                print(text[max(progress, 0):], flush=True)
+            if text:
+                last = text
+    if last:
+        print(last.strip("= "))
+    return proc.returncode
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from kernels.amcl import OccupancyMap, amcl_distance_map, amcl_ray_cast, load_ma
 from kernels.amcl.map_io import read_grid
 from kernels.amcl.ops import sample_map
 
-SHARED_MAPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "maps"
+MAPS = Path(__file__).resolve().parent / "data" / "maps"  # nav2_bringup maps (Apache-2.0): see its README
 
 
 def _write_map(tmp_path: Path, pixels: np.ndarray, mode: str | None = "trinary", negate: int = 0,
@@ -211,11 +211,10 @@ def test_distance_map_exact_and_capped(backend: str) -> None:
     assert (empty == 2.0).all()
 
 
-@pytest.mark.skipif(not SHARED_MAPS.is_dir(), reason="../shared/data/maps is absent")
 def test_real_maps_load_and_distance_map_matches_scipy() -> None:
     scipy_ndimage = pytest.importorskip("scipy.ndimage")
     for name in ("tb3_sandbox", "depot"):
-        m = load_map(SHARED_MAPS / f"{name}.yaml")
+        m = load_map(MAPS / f"{name}.yaml")
         assert (m.state == 1).sum() > 100 and (m.state == -1).sum() > 1000
         got = amcl_distance_map(m.state, m.resolution, 2.0)
         exact = scipy_ndimage.distance_transform_edt(m.state != 1) * m.resolution
@@ -247,9 +246,8 @@ def test_free_cells_are_nav2_free_space() -> None:
     assert (m.state[cells[:, 1], cells[:, 0]] == -1).all()
 
 
-@pytest.mark.skipif(not SHARED_MAPS.is_dir(), reason="../shared/data/maps is absent")
 def test_ray_cast_matches_the_reference_on_a_real_map() -> None:
-    m = load_map(SHARED_MAPS / "tb3_sandbox.yaml")
+    m = load_map(MAPS / "tb3_sandbox.yaml")
     rng = np.random.default_rng(0)
     free = m.free_cells()[rng.integers(0, len(m.free_cells()), 300)]
     x, y = m.cell_to_world(free[:, 0], free[:, 1])

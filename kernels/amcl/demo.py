@@ -20,6 +20,7 @@ from kernels.amcl.draw import render, save_gif
 from kernels.amcl.filter import ParticleFilter
 from kernels.amcl.map_io import load_map
 from kernels.amcl.simulator import generate_map, simulate
+from kernels.progress import progress_bar
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--png-dir", help="also write each drawn frame as a PNG here")
     ap.add_argument("--no-crop", action="store_true", help="draw the whole map, not just its known part")
     ap.add_argument("--backend", help="force a backend for every op (numba, reference)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar (tqdm)")
     args = ap.parse_args(argv)
 
     occupancy_map = load_map(args.map) if args.map else generate_map(args.seed)
@@ -55,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     png_dir = Path(args.png_dir) if args.png_dir else None
     if png_dir:
         png_dir.mkdir(parents=True, exist_ok=True)
+    bar = progress_bar(len(run), "tracking" if not args.global_loc else "global localization", not args.no_progress)
     for k in range(len(run)):
+        bar.update(1)
         t0 = time.perf_counter()
         pf.update(run.odometry[k], run.scans[k])
         spent += time.perf_counter() - t0
@@ -68,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             frames.append(img)
             if png_dir:
                 img.save(png_dir / f"frame_{k:04d}.png")
+    bar.close()
     save_gif(args.out, frames)
     print(f"wrote {args.out}: {len(frames)} frames; position error median {np.median(errors):.3f} m, "
           f"last {errors[-1]:.3f} m; {pf.updates} filter updates, {1e3 * spent / max(1, pf.updates):.1f} ms each")

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 import kernels
 from kernels.diffusion.sampler import sample, save_grid
+from kernels.progress import progress_bar
 from pyimpl.diffusion import make_schedule
 from pyimpl.unet import EMA, UNetConditional, train_step
 
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--out", default="digits.png")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars (tqdm) for training and sampling")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -67,19 +69,22 @@ def main(argv: list[str] | None = None) -> Path:
     start = time.time()
     step = 0
     loss = float("nan")
+    bar = progress_bar(args.max_steps, f"training ({args.minutes:g} min at most)", not args.no_progress)
     while time.time() - start < 60 * args.minutes and (args.max_steps is None or step < args.max_steps):
         idx = torch.randint(0, images.shape[0], (args.batch,), generator=gen)
         loss = train_step(model, opt, images[idx], sched.alphas_cumprod, labels=labels[idx], generator=gen,
                           ema=ema, ema_model=ema_model, step_start_ema=args.ema_start,
                           q_sample=lambda x0, t, z, ah: kernels.q_sample(x0, t, sched, z))
         step += 1
-        if step % 200 == 0:
-            print(f"step {step}  loss {loss:.4f}  {time.time() - start:.0f}s", flush=True)
+        bar.update(1)
+        if step % 50 == 0:
+            bar.set_postfix_str(f"loss {loss:.4f}")
+    bar.close()
     print(f"trained {step} steps in {time.time() - start:.0f}s, last loss {loss:.4f}", flush=True)
     final = ema_model if ema.step > args.ema_start else model
     grid_labels = torch.arange(10).repeat_interleave(args.per_digit)
     imgs = sample(final, grid_labels.shape[0], labels=grid_labels, cfg_scale=args.cfg_scale, method=args.method,
-                  steps=args.steps if args.method == "ddim" else None, seed=args.seed, progress=False)
+                  steps=args.steps if args.method == "ddim" else None, seed=args.seed, progress=not args.no_progress)
     big = imgs.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)
     out = save_grid(big, args.out, nrow=args.per_digit)
     print(f"wrote {out}", flush=True)

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from kernels.diffusion import ops
+from kernels.progress import progress_bar
 from pyimpl.diffusion.philox import counters_used
 from pyimpl.diffusion.schedule import Schedule, make_schedule
 
@@ -201,7 +202,7 @@ def sample(
     was_training = getattr(model, "training", False)
     if isinstance(model, torch.nn.Module):
         model.eval()
-    bar = _progress(len(ts), progress)
+    bar = progress_bar(len(ts), "sampling", progress)
     try:
         region = contextlib.nullcontext() if autocast is None else torch.autocast(dev.type, dtype=autocast)
         with torch.no_grad(), region:
@@ -243,21 +244,3 @@ def _run_graph(loop: _Loop, steps: int, bar: Any) -> None:
     for _ in range(steps):
         graph.replay()
         bar.update(1)
-
-
-class _NoBar:
-    def update(self, k: int) -> None:
-        del k
-
-    def close(self) -> None:
-        return None
-
-
-def _progress(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return _NoBar()
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(total=total, position=0, desc="sampling")

@@ -62,7 +62,7 @@ def make_betas(
 ) -> torch.Tensor:
     """beta_t (float32, length T) for the named schedule, or the given ``trained_betas``; rescaled to
     zero terminal SNR with ``rescale_betas_zero_snr``."""
-    betas = _named_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
+    betas = _checked_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
     if rescale_betas_zero_snr:
         if betas.numel() < 2:
             raise ValueError("rescale_betas_zero_snr=True needs at least 2 timesteps")
@@ -70,8 +70,8 @@ def make_betas(
     return betas
 
 
-def _named_betas(num_train_timesteps: int, beta_start: float, beta_end: float, beta_schedule: str,
-                 trained_betas: Sequence[float] | torch.Tensor | None) -> torch.Tensor:
+def _checked_betas(num_train_timesteps: int, beta_start: float, beta_end: float, beta_schedule: str,
+                   trained_betas: Sequence[float] | torch.Tensor | None) -> torch.Tensor:
     if trained_betas is not None:
         betas = torch.as_tensor(trained_betas, dtype=torch.float32).flatten().cpu()
         if betas.numel() == 0:
@@ -89,7 +89,7 @@ def _named_betas(num_train_timesteps: int, beta_start: float, beta_end: float, b
 
 
 def _named_betas(n: int, beta_start: float, beta_end: float, beta_schedule: str) -> torch.Tensor:
-    if beta_schedule != "squaredcos_cap_v2":
+    if beta_schedule not in ("squaredcos_cap_v2", "laplace"):  # these two ignore beta_start / beta_end
         for name, v in (("beta_start", beta_start), ("beta_end", beta_end)):
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
                 raise ValueError(f"{name}={v!r}: must be a finite number in (0, 1)")

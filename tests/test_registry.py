@@ -264,3 +264,83 @@ def test_cached_triton_launch_reuses_the_compiled_kernel_per_specialisation(monk
     monkeypatch.setattr(triton_launch, "triton_interpret", lambda: True)
     launcher[(4,)](x, 100, 0.5, BLOCK=32, num_warps=4)
     assert len(compiles) == 7 and len(runs) == 1
+
+
+def test_decision_remembered_per_signature_and_invalidated_by_every_override(toy, monkeypatch) -> None:
+    """The default signature (devices, dtypes, shapes, scalars) keys the decision: a repeated call asks
+    no reasons; backend=, use_backend, the environment, TRITON_INTERPRET, another dtype, device, shape or
+    scalar, and a newly registered backend each decide afresh; explain asks every reason."""
+    fast = toy.backends["fast"]
+    asked = []
+    original = fast.reasons_fn
+    fast.reasons_fn = lambda x, factor=2.0: asked.append(factor) or original(x, factor)
+    x = torch.ones(4)
+    assert registry.select("toy_scale", (x,), {}).name == "fast"
+    assert registry.select("toy_scale", (torch.zeros(4),), {}).name == "fast"  # same signature: not asked
+    assert asked == [2.0]
+    assert registry.select("toy_scale", (x,), {"factor": -1.0}).name == "reference"  # another scalar
+    assert registry.select("toy_scale", (x,), {"factor": -1}).name == "reference"  # another scalar type
+    assert registry.select("toy_scale", (torch.ones(5),), {}).name == "fast"  # another shape
+    assert len(asked) == 4
+    assert registry.select("toy_scale", (x.double(),), {}).name == "reference"  # another dtype
+    assert registry.select("toy_scale", (x,), {"factor": -1.0}).name == "reference"  # remembered
+    assert len(asked) == 4
+    assert registry.select("toy_scale", (x,), {}, backend="reference").name == "reference"
+    with pytest.raises(ValueError, match="forced by argument"):
+        registry.select("toy_scale", (x.double(),), {}, backend="fast")
+    with pytest.raises(ValueError, match="forced by argument"):  # a failed decision is not remembered
+        registry.select("toy_scale", (x.double(),), {}, backend="fast")
+    with kernels.use_backend("reference"):
+        assert registry.select("toy_scale", (x,), {}).name == "reference"
+        with kernels.use_backend(toy_scale="fast"):
+            assert registry.select("toy_scale", (x,), {}).name == "fast"
+        assert registry.select("toy_scale", (x,), {}).name == "reference"
+    assert registry.select("toy_scale", (x,), {}).name == "fast"
+    with kernels.use_backend(toy_scale="reference"):  # a new block with the same contents as an old one
+        assert registry.select("toy_scale", (x,), {}).name == "reference"
+    monkeypatch.setenv("KERNELS_BACKEND_TOY_SCALE", "reference")
+    assert registry.select("toy_scale", (x,), {}).name == "reference"
+    monkeypatch.setenv("KERNELS_BACKEND_TOY_SCALE", "fast")
+    assert registry.select("toy_scale", (x,), {}).name == "fast"
+    monkeypatch.delenv("KERNELS_BACKEND_TOY_SCALE")
+    monkeypatch.setenv("KERNELS_BACKEND", "reference")
+    assert registry.select("toy_scale", (x,), {}).name == "reference"
+    monkeypatch.delenv("KERNELS_BACKEND")
+    assert registry.select("toy_scale", (x,), {}).name == "fast"
+    if torch.cuda.is_available():
+        assert registry.select("toy_scale", (x.cuda(),), {}).name == "reference"  # another device
+    else:
+        with pytest.raises(ValueError, match="different devices"):  # never remembered
+            registry.select("toy_scale", (x, torch.ones(1, device="meta")), {})
+    assert "-> runs 'fast'" in kernels.explain("toy_scale", x)
+    n = len(asked)
+    kernels.explain("toy_scale", x)
+    assert len(asked) > n  # explain asks the reasons afresh
+    registry.register_kernel("toy_scale", "faster", devices=("cpu",), dtypes=("float32",), priority=7)(
+        lambda x, factor=2.0: x * factor)
+    assert registry.select("toy_scale", (x,), {}).name == "faster"  # a new backend is seen at once
+    assert "-> runs 'faster'" in kernels.explain("toy_scale", x)
+
+
+def test_interpreter_switch_changes_a_remembered_forced_choice(toy, monkeypatch) -> None:
+    toy.backends["fast"].devices = ("cuda",)
+    toy.backends["fast"].interpret_devices = ("cpu",)
+    x = torch.ones(3)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert registry.select("toy_scale", (x,), {}, backend="fast").name == "fast"
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        registry.select("toy_scale", (x,), {}, backend="fast")
+
+
+def test_unhashable_or_unknown_arguments_decide_afresh(toy) -> None:
+    asked = []
+    fast = toy.backends["fast"]
+    original = fast.reasons_fn
+    fast.reasons_fn = lambda x, factor=2.0: asked.append(1) or original(x, factor)
+    x = torch.ones(2)
+    for _ in range(2):
+        assert registry.select("toy_scale", (x,), {"factor": np.float64(3.0)}).name == "fast"
+    assert len(asked) == 2
+    assert registry.signature((x, 1, "a", None), {"k": 2.0}) == (
+        (x.device, x.dtype, x.shape), (int, 1), (str, "a"), (type(None), None), ("k", float, 2.0))

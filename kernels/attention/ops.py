@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from kernels.autograd import needs_autograd
 from kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
 from pyimpl import attention as ref
 
@@ -230,7 +231,7 @@ def attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causa
         return ref.attention(q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask, layout=layout)
     qh, kh, vh = _as_bhnd(layout, q, k, v)
     sm_scale = ref.default_scale(d, scale)
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+    if needs_autograd(q, k, v):
         out = FlashAttention.apply(qh, kh, vh, key_padding_mask, bool(causal), sm_scale, bool(deterministic),
                                    layout == "bnhd")
     else:  # inference: skip autograd's bookkeeping (~10 us a call)

@@ -12,9 +12,8 @@ import torch
 import kernels
 from kernels.registry import triton_interpret
 
-triton = pytest.importorskip("triton")
-pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() or triton_interpret()),
-                                reason="Triton needs CUDA or TRITON_INTERPRET=1")
+needs_triton = pytest.mark.skipif(not (torch.cuda.is_available() or triton_interpret()),
+                                  reason="Triton needs CUDA or TRITON_INTERPRET=1")
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -48,12 +47,14 @@ def _calls() -> list[tuple[str, str, Callable[[bool], Any]]]:
     ]
 
 
+@needs_triton
 @pytest.mark.parametrize("index", range(6), ids=[c[1] for c in _calls()])
 def test_no_autograd_function_without_gradients(monkeypatch, index: int) -> None:
     """Inference (inputs without grad, ``no_grad``, ``inference_mode``) launches the forward directly and
     gives the same values; an input that requires grad goes through the Function."""
     import importlib
 
+    pytest.importorskip("triton")
     module, cls, _ = _calls()[index]
 
     def run(grad: bool) -> Any:  # fresh inputs from the same seed each time
@@ -82,3 +83,71 @@ def test_no_autograd_function_without_gradients(monkeypatch, index: int) -> None
         for got, ref in zip(out if isinstance(out, tuple) else (out,), want if isinstance(want, tuple) else (want,)):
             assert not got.requires_grad
             torch.testing.assert_close(got, ref.detach(), rtol=0, atol=0)
+
+
+def _counting_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    from kernels.fused import modules
+
+    builds: list[int] = []
+    get = modules._Resolved.get
+
+    def counting(self: Any, key: Any, build: Callable[[], Any]) -> Any:
+        return get(self, key, lambda: builds.append(1) or build())
+
+    monkeypatch.setattr(modules._Resolved, "get", counting)
+    return builds
+
+
+def test_fused_double_conv_resolves_once_and_again_when_parameters_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kernels.fused.modules import FusedDoubleConv
+    from pyimpl.unet import DoubleConv
+
+    builds = _counting_builds(monkeypatch)
+    torch.manual_seed(1)
+    block = DoubleConv(4, 4, residual=True).double()
+    fused = FusedDoubleConv.from_module(block)
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    for _ in range(3):
+        torch.testing.assert_close(fused(x), block(x), rtol=1e-10, atol=1e-10)
+    assert builds == [1]
+    gn = block.double_conv[4]
+    with torch.no_grad():
+        gn.weight.mul_(2.0)  # in place: the version counter moves
+    torch.testing.assert_close(fused(x), block(x), rtol=1e-10, atol=1e-10)
+    gn.eps = 1e-2
+    torch.testing.assert_close(fused(x), block(x), rtol=1e-10, atol=1e-10)
+    block.double_conv[1] = torch.nn.GroupNorm(2, 4).double()  # a swapped submodule
+    torch.testing.assert_close(fused(x), block(x), rtol=1e-10, atol=1e-10)
+    block.float()  # dtype: new storage
+    torch.testing.assert_close(fused(x.float()), block(x.float()), rtol=1e-5, atol=1e-5)
+    assert len(builds) == 5
+
+
+def test_fused_self_attention_keeps_cast_weights_until_they_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under autocast the feed-forward's weights are cast once (inference) and recast after an update;
+    with gradients the parameters themselves are passed, so the weights get gradients."""
+    from kernels.fused import modules
+    from kernels.fused.modules import FusedSelfAttention
+    from pyimpl.unet import SelfAttention
+
+    builds = _counting_builds(monkeypatch)
+    seen: list[torch.dtype] = []
+    real = modules.feed_forward
+    monkeypatch.setattr(modules, "feed_forward", lambda h, s, w1, *rest: seen.append(w1.dtype) or real(h, s, w1, *rest))
+    torch.manual_seed(2)
+    block = SelfAttention(8, 4)
+    fused = FusedSelfAttention.from_module(block)
+    x = torch.randn(2, 8, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), block(x), rtol=1e-5, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            for _ in range(2):
+                torch.testing.assert_close(fused(x), block(x), rtol=3e-2, atol=3e-2)
+        assert seen == [torch.float32, torch.bfloat16, torch.bfloat16] and len(builds) == 2
+        block.ff_self[1].weight.add_(0.5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.testing.assert_close(fused(x), block(x), rtol=3e-2, atol=3e-2)
+        assert len(builds) == 3
+    out = fused(x)
+    out.sum().backward()
+    assert block.ff_self[1].weight.grad is not None and len(builds) == 4

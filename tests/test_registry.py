@@ -344,3 +344,60 @@ def test_unhashable_or_unknown_arguments_decide_afresh(toy) -> None:
     assert len(asked) == 2
     assert registry.signature((x, 1, "a", None), {"k": 2.0}) == (
         (x.device, x.dtype, x.shape), (int, 1), (str, "a"), (type(None), None), ("k", float, 2.0))
+
+
+def test_launch_layer_steps_down_a_tile_and_keeps_plain_integers_unspecialised(monkeypatch) -> None:
+    """``fast(kernel).fitted``: a tile that runs out of resources steps down (remembered), callable
+    constexprs are evaluated on the tile used, and the later call goes to the compiled launcher with the
+    grid of that tile. An integer declared ``do_not_specialize`` (a per-call seed) reuses the kernel."""
+    pytest.importorskip("triton")
+    from triton.runtime.errors import OutOfResources
+
+    from kernels import triton_launch
+
+    tried: list[tuple[object, ...]] = []
+    runs: list[tuple[object, ...]] = []
+
+    class Compiled:
+        function, packed_metadata = "fn", "meta"
+
+        def run(self, *args: object) -> None:
+            runs.append(args)
+
+    class Param:
+        def __init__(self, name: str, plain: bool = False) -> None:
+            self.name, self.default, self.has_default, self.do_not_specialize = name, None, False, plain
+
+    class Kernel:
+        arg_names = ("X", "N", "SEED", "BLOCK", "EVEN")
+        params = (Param("X"), Param("N"), Param("SEED", plain=True), Param("BLOCK"), Param("EVEN"))
+
+        def __getitem__(self, grid: tuple[int, ...]):  # type: ignore[no-untyped-def]
+            def compile_and_run(*args: object, **kw: object) -> Compiled:
+                tried.append((grid, kw["BLOCK"], kw["EVEN"], kw["num_warps"]))
+                if kw["BLOCK"] > 32:
+                    raise OutOfResources(100, 50, "shared memory")
+                return Compiled()
+            return compile_and_run
+
+    monkeypatch.setattr(triton_launch, "triton_interpret", lambda: False)
+    monkeypatch.setattr(triton_launch, "hooks_installed", lambda: False)
+    monkeypatch.setattr(triton_launch, "device_and_stream", lambda: (lambda: 0, lambda device: 7))
+    launcher = triton_launch.CachedKernel(Kernel())
+    x, n = torch.zeros(64), 96
+
+    def launch(seed: int) -> object:
+        return launcher.fitted(128, lambda block: ((n + block - 1) // block,), (x, n, seed),
+                               lambda block: {"BLOCK": block, "num_warps": 4}, lambda block: block // 2 or None,
+                               "variant", EVEN=lambda block: n % block == 0)
+
+    assert launch(5) == 32
+    assert tried == [((1,), 128, False, 4), ((2,), 64, False, 4), ((3,), 32, True, 4)]
+    assert launch(6) == 32 and launch(2**40) == 32  # a new seed; an i64 one compiles once more
+    assert runs == [(3, 1, 1, 7, "fn", "meta", None, None, None, x, 96, 6, 32, True)]
+    assert len(tried) == 4 and tried[-1] == ((3,), 32, True, 4)  # straight to the fitted tile
+    assert launcher.fitted(128, lambda block: (1,), (x, 97, 5), lambda block: {"BLOCK": block, "num_warps": 4},
+                           lambda block: block // 2 or None, "variant", EVEN=lambda block: False) == 32
+    assert len(tried) == 5  # another integer N: compiled again, on the remembered tile
+    spec = triton_launch.specialisation((x, 16, 3), frozenset({2}))
+    assert spec == ((torch.float32, True), 16, ("int", True, False))

@@ -834,7 +834,7 @@ def persistent_launch(p: _Problem, cfg: ForwardConfig) -> tuple[PersistentPlan |
 
     def launch() -> None:
         cnt = _counters(p.x.device, rows)
-        _persistent_kernel[(plan.grid,)](*args(cnt, plan.rows_per_wave, plan.waves), **consts)
+        fast(_persistent_kernel)[(plan.grid,)](*args(cnt, plan.rows_per_wave, plan.waves), **consts)
 
     return plan, launch
 

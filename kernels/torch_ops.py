@@ -1,4 +1,4 @@
-"""The PyTorch ops of the registry as ``torch.library`` custom ops, so they compose with torch.compile.
+"""The PyTorch ops of the registry as ``torch.library`` ops, so they compose with torch.compile.
 
 Under ``torch.compile`` the public functions (``kernels.attention``, ``kernels.group_norm_act``,
 ``kernels.tokens_layer_norm``, ``kernels.add_layer_norm``, ``kernels.upsample_concat``,
@@ -22,6 +22,31 @@ from typing import Any
 import torch
 
 Tensor = torch.Tensor
+LIBRARY = torch.library.Library("modelkernels", "DEF")  # the namespace: every op below is defined in it
+
+
+def _op(name: str) -> Callable[[Callable[..., Any]], Any]:
+    """Define ``modelkernels::<name>`` with the schema of the decorated function's annotations and the
+    function as its one implementation on every device (``CompositeExplicitAutograd``): the dispatcher
+    then calls it directly, without the per-call Python wrappers of ``torch.library.custom_op``. Returns
+    the op (``torch.ops.modelkernels.<name>``)."""
+
+    def deco(fn: Callable[..., Any]) -> Any:
+        LIBRARY.define(name + torch.library.infer_schema(fn, mutates_args=()))
+        LIBRARY.impl(name, fn, "CompositeExplicitAutograd")
+        return getattr(torch.ops.modelkernels, name)
+
+    return deco
+
+
+def _fake(name: str) -> Callable[[Callable[..., Any]], Any]:
+    """Register the fake (meta) implementation of ``modelkernels::<name>``: shapes, dtypes, strides."""
+    return torch.library.register_fake(f"modelkernels::{name}", lib=LIBRARY)  # type: ignore[no-any-return]
+
+
+def _autograd(name: str, backward: Callable[..., Any], *, setup_context: Callable[..., Any]) -> None:
+    """Register ``modelkernels::<name>``'s backward formula, once."""
+    torch.library.register_autograd(f"modelkernels::{name}", backward, setup_context=setup_context, lib=LIBRARY)
 
 
 def memory_format(x: Tensor) -> torch.memory_format:
@@ -102,7 +127,7 @@ def _from_op(grads: Sequence[Tensor], wanted: Sequence[bool]) -> list[Tensor | N
 
 # ----------------------------------------------------------------------------------- attention
 
-@torch.library.custom_op("modelkernels::attention", mutates_args=())
+@_op("attention")
 def attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, causal: bool, scale: float | None,
               layout: str, deterministic: bool, backend: str | None) -> Tensor:
     """``kernels.attention`` as one graph node; the output is contiguous in q's layout."""
@@ -113,13 +138,13 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, 
     return _owned([out.contiguous()], (q, k, v))[0]
 
 
-@attention.register_fake
+@_fake("attention")
 def _(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, causal: bool, scale: float | None,
       layout: str, deterministic: bool, backend: str | None) -> Tensor:
     return q.new_empty(q.shape)
 
 
-@torch.library.custom_op("modelkernels::attention_backward", mutates_args=())
+@_op("attention_backward")
 def attention_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, causal: bool,
                        scale: float | None, layout: str, deterministic: bool, backend: str | None,
                        wanted: list[bool]) -> list[Tensor]:
@@ -132,7 +157,7 @@ def attention_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, key_paddin
     return _input_grads(fn, (q, k, v), (grad,), wanted)
 
 
-@attention_backward.register_fake
+@_fake("attention_backward")
 def _(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, causal: bool,
       scale: float | None, layout: str, deterministic: bool, backend: str | None, wanted: list[bool]) -> list[Tensor]:
     return _fake_grads((q, k, v))
@@ -151,12 +176,12 @@ def _attention_grad(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
     return (*_from_op(grads, wanted), None, None, None, None, None, None)
 
 
-attention.register_autograd(_attention_grad, setup_context=_attention_setup)
+_autograd("attention", _attention_grad, setup_context=_attention_setup)
 
 
 # ------------------------------------------------------------------------------ group_norm_act
 
-@torch.library.custom_op("modelkernels::group_norm_act", mutates_args=())
+@_op("group_norm_act")
 def group_norm_act(x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float,
                    residual: Tensor | None, emb: Tensor | None, activation: str, backend: str | None) -> Tensor:
     """``kernels.group_norm_act`` as one graph node; the output keeps x's memory format."""
@@ -166,13 +191,13 @@ def group_norm_act(x: Tensor, num_groups: int, weight: Tensor | None, bias: Tens
     return _owned([out.contiguous(memory_format=memory_format(x))], (x, residual, emb))[0]
 
 
-@group_norm_act.register_fake
+@_fake("group_norm_act")
 def _(x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float, residual: Tensor | None,
       emb: Tensor | None, activation: str, backend: str | None) -> Tensor:
     return torch.empty_like(x, memory_format=memory_format(x))
 
 
-@torch.library.custom_op("modelkernels::group_norm_act_backward", mutates_args=())
+@_op("group_norm_act_backward")
 def group_norm_act_backward(grad: Tensor, x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None,
                             eps: float, residual: Tensor | None, emb: Tensor | None, activation: str,
                             backend: str | None, wanted: list[bool]) -> list[Tensor]:
@@ -186,7 +211,7 @@ def group_norm_act_backward(grad: Tensor, x: Tensor, num_groups: int, weight: Te
     return _input_grads(fn, (x, weight, bias, residual, emb), (grad,), wanted)
 
 
-@group_norm_act_backward.register_fake
+@_fake("group_norm_act_backward")
 def _(grad: Tensor, x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float,
       residual: Tensor | None, emb: Tensor | None, activation: str, backend: str | None,
       wanted: list[bool]) -> list[Tensor]:
@@ -209,12 +234,12 @@ def _gn_grad(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
     return gx, None, gw, gb, None, gr, ge, None, None
 
 
-group_norm_act.register_autograd(_gn_grad, setup_context=_gn_setup)
+_autograd("group_norm_act", _gn_grad, setup_context=_gn_setup)
 
 
 # --------------------------------------------------------------------------- tokens_layer_norm
 
-@torch.library.custom_op("modelkernels::tokens_layer_norm", mutates_args=())
+@_op("tokens_layer_norm")
 def tokens_layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
                       backend: str | None) -> tuple[Tensor, Tensor]:
     """``kernels.tokens_layer_norm`` as one graph node; both (B, H*W, C) outputs contiguous."""
@@ -225,14 +250,14 @@ def tokens_layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps
     return tokens, normed
 
 
-@tokens_layer_norm.register_fake
+@_fake("tokens_layer_norm")
 def _(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, backend: str | None) -> tuple[Tensor, Tensor]:
     b, c = x.shape[:2]
     shape = (b, x[0, 0].numel(), c)
     return x.new_empty(shape), x.new_empty(shape)
 
 
-@torch.library.custom_op("modelkernels::tokens_layer_norm_backward", mutates_args=())
+@_op("tokens_layer_norm_backward")
 def tokens_layer_norm_backward(grad_tokens: Tensor | None, grad_normed: Tensor | None, x: Tensor,
                                weight: Tensor | None, bias: Tensor | None, eps: float, backend: str | None,
                                wanted: list[bool]) -> list[Tensor]:
@@ -244,7 +269,7 @@ def tokens_layer_norm_backward(grad_tokens: Tensor | None, grad_normed: Tensor |
     return _input_grads(fn, (x, weight, bias), (grad_tokens, grad_normed), wanted)
 
 
-@tokens_layer_norm_backward.register_fake
+@_fake("tokens_layer_norm_backward")
 def _(grad_tokens: Tensor | None, grad_normed: Tensor | None, x: Tensor, weight: Tensor | None, bias: Tensor | None,
       eps: float, backend: str | None, wanted: list[bool]) -> list[Tensor]:
     return _fake_grads((x, weight, bias))
@@ -263,12 +288,12 @@ def _tln_grad(ctx: Any, grad_tokens: Tensor | None, grad_normed: Tensor | None) 
     return (*_from_op(grads, wanted), None, None)
 
 
-tokens_layer_norm.register_autograd(_tln_grad, setup_context=_tln_setup)
+_autograd("tokens_layer_norm", _tln_grad, setup_context=_tln_setup)
 
 
 # ------------------------------------------------------------------------------ add_layer_norm
 
-@torch.library.custom_op("modelkernels::add_layer_norm", mutates_args=())
+@_op("add_layer_norm")
 def add_layer_norm(x: Tensor, residual: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
                    backend: str | None) -> tuple[Tensor, Tensor]:
     """``kernels.add_layer_norm`` as one graph node; both outputs contiguous."""
@@ -279,13 +304,13 @@ def add_layer_norm(x: Tensor, residual: Tensor, weight: Tensor | None, bias: Ten
     return s, normed
 
 
-@add_layer_norm.register_fake
+@_fake("add_layer_norm")
 def _(x: Tensor, residual: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
       backend: str | None) -> tuple[Tensor, Tensor]:
     return x.new_empty(x.shape), x.new_empty(x.shape)
 
 
-@torch.library.custom_op("modelkernels::add_layer_norm_backward", mutates_args=())
+@_op("add_layer_norm_backward")
 def add_layer_norm_backward(grad_sum: Tensor | None, grad_normed: Tensor | None, x: Tensor, residual: Tensor,
                             weight: Tensor | None, bias: Tensor | None, eps: float, backend: str | None,
                             wanted: list[bool]) -> list[Tensor]:
@@ -297,7 +322,7 @@ def add_layer_norm_backward(grad_sum: Tensor | None, grad_normed: Tensor | None,
     return _input_grads(fn, (x, residual, weight, bias), (grad_sum, grad_normed), wanted)
 
 
-@add_layer_norm_backward.register_fake
+@_fake("add_layer_norm_backward")
 def _(grad_sum: Tensor | None, grad_normed: Tensor | None, x: Tensor, residual: Tensor, weight: Tensor | None,
       bias: Tensor | None, eps: float, backend: str | None, wanted: list[bool]) -> list[Tensor]:
     return _fake_grads((x, residual, weight, bias))
@@ -316,12 +341,12 @@ def _aln_grad(ctx: Any, grad_sum: Tensor | None, grad_normed: Tensor | None) -> 
     return (*_from_op(grads, wanted), None, None)
 
 
-add_layer_norm.register_autograd(_aln_grad, setup_context=_aln_setup)
+_autograd("add_layer_norm", _aln_grad, setup_context=_aln_setup)
 
 
 # ----------------------------------------------------------------------------- upsample_concat
 
-@torch.library.custom_op("modelkernels::upsample_concat", mutates_args=())
+@_op("upsample_concat")
 def upsample_concat(x: Tensor, skip: Tensor, backend: str | None) -> Tensor:
     """``kernels.upsample_concat`` as one graph node; the output keeps skip's memory format."""
     from kernels.fused.ops import upsample_concat as eager
@@ -330,13 +355,13 @@ def upsample_concat(x: Tensor, skip: Tensor, backend: str | None) -> Tensor:
     return _owned([out], (x, skip))[0]
 
 
-@upsample_concat.register_fake
+@_fake("upsample_concat")
 def _(x: Tensor, skip: Tensor, backend: str | None) -> Tensor:
     shape = (skip.shape[0], skip.shape[1] + x.shape[1], *skip.shape[2:])
     return skip.new_empty(shape).contiguous(memory_format=memory_format(skip))
 
 
-@torch.library.custom_op("modelkernels::upsample_concat_backward", mutates_args=())
+@_op("upsample_concat_backward")
 def upsample_concat_backward(grad: Tensor, x: Tensor, skip: Tensor, backend: str | None,
                              wanted: list[bool]) -> list[Tensor]:
     from kernels.fused.ops import upsample_concat as eager
@@ -347,7 +372,7 @@ def upsample_concat_backward(grad: Tensor, x: Tensor, skip: Tensor, backend: str
     return _input_grads(fn, (x, skip), (grad,), wanted)
 
 
-@upsample_concat_backward.register_fake
+@_fake("upsample_concat_backward")
 def _(grad: Tensor, x: Tensor, skip: Tensor, backend: str | None, wanted: list[bool]) -> list[Tensor]:
     return _fake_grads((x, skip))
 
@@ -364,12 +389,12 @@ def _up_grad(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
     return (*_from_op(upsample_concat_backward(grad, x, skip, ctx.backend, wanted), wanted), None)
 
 
-upsample_concat.register_autograd(_up_grad, setup_context=_up_setup)
+_autograd("upsample_concat", _up_grad, setup_context=_up_setup)
 
 
 # -------------------------------------------------------------------------------- feed_forward
 
-@torch.library.custom_op("modelkernels::feed_forward", mutates_args=())
+@_op("feed_forward")
 def feed_forward(h: Tensor, s: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None,
                  backend: str | None) -> Tensor:
     """``kernels.feed_forward`` as one graph node; the output is contiguous."""
@@ -379,13 +404,13 @@ def feed_forward(h: Tensor, s: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor
     return _owned([out], (h, s, w1, b1, w2, b2))[0]
 
 
-@feed_forward.register_fake
+@_fake("feed_forward")
 def _(h: Tensor, s: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None,
       backend: str | None) -> Tensor:
     return h.new_empty(h.shape, dtype=torch.promote_types(h.dtype, s.dtype))
 
 
-@torch.library.custom_op("modelkernels::feed_forward_backward", mutates_args=())
+@_op("feed_forward_backward")
 def feed_forward_backward(grad: Tensor, h: Tensor, s: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor,
                           b2: Tensor | None, backend: str | None, wanted: list[bool]) -> list[Tensor]:
     from kernels.fused.ops import feed_forward as eager
@@ -396,7 +421,7 @@ def feed_forward_backward(grad: Tensor, h: Tensor, s: Tensor, w1: Tensor, b1: Te
     return _input_grads(fn, (h, s, w1, b1, w2, b2), (grad,), wanted)
 
 
-@feed_forward_backward.register_fake
+@_fake("feed_forward_backward")
 def _(grad: Tensor, h: Tensor, s: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None,
       backend: str | None, wanted: list[bool]) -> list[Tensor]:
     return _fake_grads((h, s, w1, b1, w2, b2))
@@ -413,4 +438,4 @@ def _ff_grad(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
     return (*_from_op(grads, wanted), None)
 
 
-feed_forward.register_autograd(_ff_grad, setup_context=_ff_setup)
+_autograd("feed_forward", _ff_grad, setup_context=_ff_setup)

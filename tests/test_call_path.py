@@ -151,3 +151,17 @@ def test_fused_self_attention_keeps_cast_weights_until_they_change(monkeypatch: 
     out = fused(x)
     out.sum().backward()
     assert block.ff_self[1].weight.grad is not None and len(builds) == 4
+
+
+def test_gpu_call_path_script_runs_its_cpu_parts(tmp_path: Any) -> None:
+    """benchmarks/gpu_call_path.py in its CPU smoke mode: every public op's host figures and the attention
+    comparison are measured and written (the CUDA-only pieces, graphs and events, are None there)."""
+    import json
+
+    from benchmarks import gpu_call_path
+
+    out = tmp_path / "call_path.json"
+    res = gpu_call_path.main(["--device", "cpu", "--quick", "--parts", "host,attention", "--out", str(out)])
+    assert json.loads(out.read_text())["host"].keys() == res["host"].keys()
+    assert len(res["host"]) == 7 and all(r["wall_us"] > 0 and r["gpu_us"] is None for r in res["host"].values())
+    assert res["attention"][0]["rel_err"] < 1e-5 and res["attention"][0]["sdpa"]["events_us"] is None

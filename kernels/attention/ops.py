@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from kernels.autograd import needs_autograd
+from kernels.availability import triton_unavailable
 from kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
 from pyimpl import attention as ref
 
@@ -176,11 +176,6 @@ def _capability(index: int | None) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 
 
-@functools.cache
-def _triton_unavailable() -> str | None:
-    return None if importlib.util.find_spec("triton") is not None else "triton is not installed (pip install triton)"
-
-
 def _triton_reasons(q: Any, k: Any, v: Any, *, causal: bool = False, scale: float | None = None,
                     key_padding_mask: torch.Tensor | None = None, layout: str = "bhnd",
                     deterministic: bool = False) -> list[str]:
@@ -210,7 +205,7 @@ def _triton_reasons(q: Any, k: Any, v: Any, *, causal: bool = False, scale: floa
     dtypes=TRITON_DTYPES,
     priority=20,
     reasons=_triton_reasons,
-    available=_triton_unavailable,
+    available=triton_unavailable,
     tolerances={
         "float32": Tolerance(5e-3, 5e-3),  # TF32 dots on the GPU
         "grad:float32": Tolerance(1e-2, 1e-2),

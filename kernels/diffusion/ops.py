@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from kernels.availability import triton_unavailable
 from kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
 from pyimpl.diffusion import schedule as sched
 from pyimpl.diffusion import steps as ref
@@ -26,14 +27,6 @@ TOLERANCES = {
     "bfloat16": Tolerance(atol=1.6e-2, rtol=1.6e-2),
 }
 MakeArgs = Callable[[str, str], tuple[tuple[Any, ...], dict[str, Any]]]
-
-
-def _triton_unavailable() -> str | None:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return "triton is not installed (pip install modelkernels[triton])"
-    return None
 
 
 def _reference_dtype(dtype: str) -> str:
@@ -250,22 +243,22 @@ _define("ddim_step", ref.ddim_step, DDIM_SAMPLES, _step_errors("ddim"),
 
 
 def _register() -> None:
-    if _triton_unavailable() is not None:
+    if triton_unavailable() is not None:
         for name in ("q_sample", "ddpm_seed_step", "ddpm_step", "ddim_step"):
             register_kernel(name, "triton", devices=("cuda",), dtypes=TRITON_DTYPES, priority=10,
-                            available=_triton_unavailable, interpret_devices=("cpu",))(_missing_triton)
+                            available=triton_unavailable, interpret_devices=("cpu",))(_missing_triton)
         return
     from kernels.diffusion import step_triton as tri
 
     for name, fn in (("q_sample", tri.q_sample_triton), ("ddpm_seed_step", tri.ddpm_seed_step_triton),
                      ("ddpm_step", tri.ddpm_step_triton), ("ddim_step", tri.ddim_step_triton)):
         register_kernel(name, "triton", devices=("cuda",), dtypes=TRITON_DTYPES, priority=10,
-                        available=_triton_unavailable, tolerances=TOLERANCES, interpret_devices=("cpu",))(fn)
+                        available=triton_unavailable, tolerances=TOLERANCES, interpret_devices=("cpu",))(fn)
 
 
 def _missing_triton(*args: Any, **kwargs: Any) -> Any:
     """Triton is not installed: never selected (``available`` says why)."""
-    raise NotImplementedError(_triton_unavailable())
+    raise NotImplementedError(triton_unavailable())
 
 
 _register()

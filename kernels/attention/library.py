@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kernels.attention import ops
 from kernels.torch_ops import (
     Tensor,
     autograd,
@@ -22,9 +23,7 @@ from kernels.torch_ops import (
 def attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, causal: bool, scale: float | None,
               layout: str, deterministic: bool, backend: str | None) -> Tensor:
     """``kernels.attention`` as one graph node; the output is contiguous in q's layout."""
-    from kernels.attention.ops import attention as eager
-
-    out = eager(q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask, layout=layout,
+    out = ops.attention(q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask, layout=layout,
                 deterministic=deterministic, backend=backend)
     return owned([out.contiguous()], (q, k, v))[0]
 
@@ -39,10 +38,8 @@ def _(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, causal: 
 def attention_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, causal: bool,
                        scale: float | None, layout: str, deterministic: bool, backend: str | None,
                        wanted: list[bool]) -> list[Tensor]:
-    from kernels.attention.ops import attention as eager
-
     def fn(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        return eager(q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask, layout=layout,
+        return ops.attention(q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask, layout=layout,
                      deterministic=deterministic, backend=backend)
 
     return input_grads(fn, (q, k, v), (grad,), wanted)

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from kernels.fused import ops
 from kernels.torch_ops import (
     Tensor,
     autograd,
@@ -26,9 +27,8 @@ from kernels.torch_ops import (
 def group_norm_act(x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float,
                    residual: Tensor | None, emb: Tensor | None, activation: str, backend: str | None) -> Tensor:
     """``kernels.group_norm_act`` as one graph node; the output keeps x's memory format."""
-    from kernels.fused.ops import group_norm_act as eager
-
-    out = eager(x, num_groups, weight, bias, eps, residual=residual, emb=emb, activation=activation, backend=backend)
+    out = ops.group_norm_act(x, num_groups, weight, bias, eps, residual=residual, emb=emb, activation=activation,
+                             backend=backend)
     return owned([out.contiguous(memory_format=memory_format(x))], (x, residual, emb))[0]
 
 
@@ -42,11 +42,9 @@ def _(x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, ep
 def group_norm_act_backward(grad: Tensor, x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None,
                             eps: float, residual: Tensor | None, emb: Tensor | None, activation: str,
                             backend: str | None, wanted: list[bool]) -> list[Tensor]:
-    from kernels.fused.ops import group_norm_act as eager
-
     def fn(x: Tensor, weight: Tensor | None, bias: Tensor | None, residual: Tensor | None,
            emb: Tensor | None) -> Tensor:
-        return eager(x, num_groups, weight, bias, eps, residual=residual, emb=emb, activation=activation,
+        return ops.group_norm_act(x, num_groups, weight, bias, eps, residual=residual, emb=emb, activation=activation,
                      backend=backend)
 
     return input_grads(fn, (x, weight, bias, residual, emb), (grad,), wanted)
@@ -84,9 +82,7 @@ autograd("group_norm_act", _gn_grad, setup_context=_gn_setup)
 def tokens_layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
                       backend: str | None) -> tuple[Tensor, Tensor]:
     """``kernels.tokens_layer_norm`` as one graph node; both (B, H*W, C) outputs contiguous."""
-    from kernels.fused.ops import tokens_layer_norm as eager
-
-    tokens, normed = eager(x, weight, bias, eps, backend=backend)
+    tokens, normed = ops.tokens_layer_norm(x, weight, bias, eps, backend=backend)
     tokens, normed = owned([tokens.contiguous(), normed.contiguous()], (x,))
     return tokens, normed
 
@@ -102,10 +98,8 @@ def _(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, backend
 def tokens_layer_norm_backward(grad_tokens: Tensor | None, grad_normed: Tensor | None, x: Tensor,
                                weight: Tensor | None, bias: Tensor | None, eps: float, backend: str | None,
                                wanted: list[bool]) -> list[Tensor]:
-    from kernels.fused.ops import tokens_layer_norm as eager
-
     def fn(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> tuple[Tensor, Tensor]:
-        return eager(x, weight, bias, eps, backend=backend)
+        return ops.tokens_layer_norm(x, weight, bias, eps, backend=backend)
 
     return input_grads(fn, (x, weight, bias), (grad_tokens, grad_normed), wanted)
 
@@ -138,9 +132,7 @@ autograd("tokens_layer_norm", _tln_grad, setup_context=_tln_setup)
 def add_layer_norm(x: Tensor, residual: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
                    backend: str | None) -> tuple[Tensor, Tensor]:
     """``kernels.add_layer_norm`` as one graph node; both outputs contiguous."""
-    from kernels.fused.ops import add_layer_norm as eager
-
-    s, normed = eager(x, residual, weight, bias, eps, backend=backend)
+    s, normed = ops.add_layer_norm(x, residual, weight, bias, eps, backend=backend)
     s, normed = owned([s.contiguous(), normed.contiguous()], (x, residual))
     return s, normed
 
@@ -155,10 +147,8 @@ def _(x: Tensor, residual: Tensor, weight: Tensor | None, bias: Tensor | None, e
 def add_layer_norm_backward(grad_sum: Tensor | None, grad_normed: Tensor | None, x: Tensor, residual: Tensor,
                             weight: Tensor | None, bias: Tensor | None, eps: float, backend: str | None,
                             wanted: list[bool]) -> list[Tensor]:
-    from kernels.fused.ops import add_layer_norm as eager
-
     def fn(x: Tensor, residual: Tensor, weight: Tensor | None, bias: Tensor | None) -> tuple[Tensor, Tensor]:
-        return eager(x, residual, weight, bias, eps, backend=backend)
+        return ops.add_layer_norm(x, residual, weight, bias, eps, backend=backend)
 
     return input_grads(fn, (x, residual, weight, bias), (grad_sum, grad_normed), wanted)
 
@@ -190,9 +180,7 @@ autograd("add_layer_norm", _aln_grad, setup_context=_aln_setup)
 @define("upsample_concat")
 def upsample_concat(x: Tensor, skip: Tensor, backend: str | None) -> Tensor:
     """``kernels.upsample_concat`` as one graph node; the output keeps skip's memory format."""
-    from kernels.fused.ops import upsample_concat as eager
-
-    out = eager(x, skip, backend=backend).contiguous(memory_format=memory_format(skip))
+    out = ops.upsample_concat(x, skip, backend=backend).contiguous(memory_format=memory_format(skip))
     return owned([out], (x, skip))[0]
 
 
@@ -205,10 +193,8 @@ def _(x: Tensor, skip: Tensor, backend: str | None) -> Tensor:
 @define("upsample_concat_backward")
 def upsample_concat_backward(grad: Tensor, x: Tensor, skip: Tensor, backend: str | None,
                              wanted: list[bool]) -> list[Tensor]:
-    from kernels.fused.ops import upsample_concat as eager
-
     def fn(x: Tensor, skip: Tensor) -> Tensor:
-        return eager(x, skip, backend=backend)
+        return ops.upsample_concat(x, skip, backend=backend)
 
     return input_grads(fn, (x, skip), (grad,), wanted)
 
@@ -239,9 +225,7 @@ autograd("upsample_concat", _up_grad, setup_context=_up_setup)
 def feed_forward(h: Tensor, s: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None,
                  backend: str | None) -> Tensor:
     """``kernels.feed_forward`` as one graph node; the output is contiguous."""
-    from kernels.fused.ops import feed_forward as eager
-
-    out = eager(h, s, w1, b1, w2, b2, backend=backend).contiguous()
+    out = ops.feed_forward(h, s, w1, b1, w2, b2, backend=backend).contiguous()
     return owned([out], (h, s, w1, b1, w2, b2))[0]
 
 
@@ -254,10 +238,8 @@ def _(h: Tensor, s: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tenso
 @define("feed_forward_backward")
 def feed_forward_backward(grad: Tensor, h: Tensor, s: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor,
                           b2: Tensor | None, backend: str | None, wanted: list[bool]) -> list[Tensor]:
-    from kernels.fused.ops import feed_forward as eager
-
     def fn(h: Tensor, s: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None) -> Tensor:
-        return eager(h, s, w1, b1, w2, b2, backend=backend)
+        return ops.feed_forward(h, s, w1, b1, w2, b2, backend=backend)
 
     return input_grads(fn, (h, s, w1, b1, w2, b2), (grad,), wanted)
 

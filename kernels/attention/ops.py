@@ -8,7 +8,6 @@ SDPA. ``kernels.explain("attention", q, k, v)`` prints the decision.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -265,14 +264,16 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
         dead = ref.dead_rows(key_padding_mask, nq, nk, causal)
         if dead is not None and mask is not None:
             mask = mask | dead[:, None, :, None]  # SDPA returns NaN for rows that see nothing
-    ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    is_causal = bool(causal) and mask is None
     if deterministic and q.is_cuda:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        ctx = sdpa_kernel(SDPBackend.MATH)  # the fused CUDA backwards accumulate with atomics
-    with ctx:
-        out = torch.nn.functional.scaled_dot_product_attention(
-            qh, kh, vh, attn_mask=mask, is_causal=bool(causal) and mask is None, scale=scale)
+        with sdpa_kernel(SDPBackend.MATH):  # the fused CUDA backwards accumulate with atomics
+            out = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, is_causal=is_causal,
+                                                                   scale=scale)
+    else:
+        out = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, is_causal=is_causal,
+                                                               scale=scale)
     if dead is not None:
         out = out.masked_fill(dead[:, None, :, None], 0.0)
     return out.transpose(1, 2) if layout == "bnhd" else out

@@ -91,7 +91,7 @@ def _counting_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     builds: list[int] = []
     get = modules._Resolved.get
 
-    def counting(self: Any, key: Any, build: Callable[[], Any]) -> Any:
+    def counting(self: Any, key: Callable[[], Any], build: Callable[[], Any]) -> Any:
         return get(self, key, lambda: builds.append(1) or build())
 
     monkeypatch.setattr(modules._Resolved, "get", counting)
@@ -165,3 +165,24 @@ def test_gpu_call_path_script_runs_its_cpu_parts(tmp_path: Any) -> None:
     assert json.loads(out.read_text())["host"].keys() == res["host"].keys()
     assert len(res["host"]) == 7 and all(r["wall_us"] > 0 and r["gpu_us"] is None for r in res["host"].values())
     assert res["attention"][0]["rel_err"] < 1e-5 and res["attention"][0]["sdpa"]["events_us"] is None
+
+
+def test_patched_unet_compiles_for_inference_under_autocast() -> None:
+    """The drop-ins' resolved arguments under torch.compile (no_grad, bf16 autocast): one graph and the
+    eager patched model's output; after an in-place weight update (a recompile) too, in fp32 (under
+    autocast torch.compile keeps its own weight casts across the update, patched or not)."""
+    from pyimpl.unet import UNet
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = UNet(c_in=1, c_out=1, time_dim=32, image_size=8, base_channels=8)
+    kernels.nn.patch(model)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([5, 700])
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            for _ in range(2):
+                torch.testing.assert_close(compiled(x, t), model(x, t), rtol=2e-2, atol=2e-2)
+        for p in model.parameters():  # a recompile, whose trace must not compare the remembered storages
+            p.mul_(0.9)
+        torch.testing.assert_close(compiled(x, t), model(x, t), rtol=1e-4, atol=1e-4)

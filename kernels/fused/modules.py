@@ -96,10 +96,15 @@ class _Resolved:
         self.key: Any = None
         self.value: Any = None
 
-    def get(self, key: Any, build: Callable[[], Any]) -> Any:
-        if key != self.key:
+    def get(self, key: Callable[[], Any], build: Callable[[], Any]) -> Any:
+        """The value ``build()`` made for ``key()``, rebuilt when the key differs. Under torch.compile the
+        value is built in the traced graph each time (the graph then holds it; no key, no side effect)."""
+        if torch.compiler.is_compiling():
+            return build()
+        now = key()
+        if now != self.key:
             self.value = build()
-            self.key = key
+            self.key = now
         return self.value
 
 
@@ -167,10 +172,10 @@ class FusedDoubleConv(_BlockView):
         seq = _child(self, "double_conv")
         children = tuple(seq._modules.values())
         gn1, gn2 = children[1], children[4]
-        key = (children, gn1.eps, gn2.eps, gn1.num_groups, gn2.num_groups,
-               parameter_state((gn1.weight, gn1.bias, gn2.weight, gn2.bias)))
         out: tuple[nn.Module, tuple[Any, ...], nn.Module, tuple[Any, ...]] = self._resolved.get(
-            key, lambda: (children[0], _gn(gn1), children[3], _gn(gn2)))
+            lambda: (children, gn1.eps, gn2.eps, gn1.num_groups, gn2.num_groups,
+                     parameter_state((gn1.weight, gn1.bias, gn2.weight, gn2.bias))),
+            lambda: (children[0], _gn(gn1), children[3], _gn(gn2)))
         return out
 
 
@@ -282,7 +287,9 @@ class FusedSelfAttention(_BlockView):
         ln, mha = _child(self, "ln"), _child(self, "mha")
         ff_ln, lin1, act, lin2 = children = tuple(_child(self, "ff_self")._modules.values())
         params = (ln.weight, ln.bias, ff_ln.weight, ff_ln.bias, lin1.weight, lin1.bias, lin2.weight, lin2.bias)
-        key = (ln, mha, children, ln.eps, ff_ln.eps, dtype, torch.is_grad_enabled(), parameter_state(params))
+
+        def key() -> Any:
+            return ln, mha, children, ln.eps, ff_ln.eps, dtype, torch.is_grad_enabled(), parameter_state(params)
 
         def build() -> Any:
             ff = None

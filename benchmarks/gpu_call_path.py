@@ -13,6 +13,7 @@ the op's bare kernel launch(es) (the compiled launchers it called, recorded once
 difference is the call path's host cost; the GPU time from a CUDA graph beside it.
 ``attention``: ``kernels.attention`` against SDPA per call (wall clock / CUDA events) and do_bench
 TFLOP/s of the op, its kernel alone and SDPA, at (16, 4, 64, 64) and (16, 4, 256, 64) fp16.
+Run from an older checkout (the script copied there) it gives the before figures on the same machine.
 ``--parts a,b`` picks parts; ``--device cpu --quick`` runs every part's CPU-runnable code at small sizes
 (no graphs, no compile, no CUDA events) to check the script itself. JSON to ``--out``; summary printed.
 """
@@ -208,7 +209,9 @@ def _recorded_launches(fn: Callable[[], Any]) -> list[tuple[Callable[..., Any], 
             self.compiled.run(*args)
 
     saved: list[tuple[dict[Any, Any], Any, Any]] = []
-    tables: list[dict[Any, Any]] = [t for c in triton_launch._CACHED.values() for t in (c.handles, c.fitted_handles)]
+    # getattr: the script also runs on a checkout from before the one launch layer (for before/after figures)
+    tables: list[dict[Any, Any]] = [t for c in triton_launch._CACHED.values()
+                                    for t in (c.handles, getattr(c, "fitted_handles", {}))]
     for table in tables:
         for key, entry in list(table.items()):
             saved.append((table, key, entry))

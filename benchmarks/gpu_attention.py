@@ -505,6 +505,7 @@ def overhead_shape(b: int, h: int, n: int, d: int, res: dict[str, Any]) -> None:
     from kernels.attention import flash
     from kernels.attention import flash_triton as kt
     from kernels.attention.ops import attention_triton
+    from kernels.triton_launch import specialisation
 
     q, k, v = qkv(b, h, n, n, d, torch.float16)
     kw = dict(causal=False, scale=None, key_padding_mask=None, layout="bhnd", deterministic=False)
@@ -523,14 +524,14 @@ def overhead_shape(b: int, h: int, n: int, d: int, res: dict[str, Any]) -> None:
                 ("registry.select", lambda: registry.select("attention", (q, k, v), kw)),
                 ("check_attention_args", lambda: ref.check_attention_args(q, k, v, None, "bhnd", None)),
                 ("torch.empty (B,H,N,D)", lambda: torch.empty((b, h, n, d), device=DEV, dtype=q.dtype)),
-                ("pointer_alignment (6 pointers)", lambda: flash.pointer_alignment(args[:6])),
+                ("triton_launch.specialisation", lambda: specialisation(args)),
                 ("4 tensor descriptors", lambda: [flash._descriptor(x, 64) for x in (q, k, v, o)]),
                 ("triton kernel[grid](...)", lambda: kt.attention_fwd_kernel[grid](
                     *args, **cx, num_warps=cfg.num_warps, num_stages=cfg.num_stages)),
                 ("compiled.run (bare launcher)", lambda: compiled.run(
                     grid[0], grid[1], 1, stream, compiled.function, compiled.packed_metadata, None, None, None,
                     *args, *tail)),
-                ("flash.launch (cached handle)", lambda: flash.launch(
+                ("flash.launch (launch layer)", lambda: flash.launch(
                     kt.attention_fwd_kernel, ("fwd", d, q.dtype, False, False, False), cfg, n, b * h, args[:6],
                     args[6:-1], args[-1:], HEAD_DIM=d, CAUSAL=False, HAS_MASK=False, PRECISION="ieee",
                     K_ROWS=cfg.variant == "krows", STORE_LSE=False)),

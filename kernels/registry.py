@@ -8,7 +8,13 @@ returns why it cannot run those inputs (empty: it can), as xformers' ``not_suppo
 Dispatch (``call``): the device of the array arguments picks the candidates, ordered by priority;
 the first with no reasons runs. A backend forced by argument, ``use_backend`` or the environment
 (``KERNELS_BACKEND``, ``KERNELS_BACKEND_<OP>``) must run or raise ``ValueError`` with its reasons.
-An op may declare a ``dispatch_key``: automatic dispatch then remembers its choice per key.
+The decision is made once per call signature and remembered (``Op.decisions``): the signature is
+the op's ``dispatch_key`` when it declares one, else the devices, dtypes and shapes of the array
+arguments and the types and values of the scalar ones (only the devices and the first dtype for an op
+whose backends have no ``reasons``), together with what forces a backend (the ``backend=`` argument, the
+``use_backend`` block, the environment variables, ``TRITON_INTERPRET``). A repeated call reads those
+and goes to the remembered backend; registering a backend forgets the op's decisions. Reasons must
+depend only on what the signature holds; an op whose reasons look further declares a ``dispatch_key``.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import contextlib
 import contextvars
 import difflib
 import fnmatch
+import itertools
 import os
 import warnings
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
@@ -102,14 +109,18 @@ class Op:
     ordered: list[Backend] = field(default_factory=list)  # backends, highest priority first
     env_key: str = ""  # KERNELS_BACKEND_<NAME>
     dispatch_key: Callable[..., Hashable | None] | None = None
-    decisions: dict[Hashable, Backend] = field(default_factory=dict)  # dispatch_key -> automatic choice
+    decisions: dict[Hashable, Backend] = field(default_factory=dict)  # (signature, overrides) -> backend
+    has_reasons: bool = False  # some backend has a reasons function (the signature then holds shapes)
+    read_env: Callable[[], Any] = field(default=lambda: None, repr=False)  # reads KERNELS_BACKEND_<NAME>
 
     def __post_init__(self) -> None:
         self.env_key = f"KERNELS_BACKEND_{self.name.upper()}"
+        self.read_env = environment_reader(self.env_key)
 
     def add_backend(self, backend: Backend) -> None:
         self.backends[backend.name] = backend
         self.ordered = sorted(self.backends.values(), key=lambda b: -b.priority)
+        self.has_reasons = any(b.reasons_fn is not None for b in self.ordered)
         self.decisions.clear()
 
     def output(self, args: tuple[Any, ...], kwargs: dict[str, Any], returned: Any) -> Any:
@@ -169,14 +180,30 @@ class Backend:
         return out
 
 
+def environment_reader(name: str) -> Callable[[], Any]:
+    """A getter of environment variable ``name`` (None when unset) that skips ``os.environ.get``'s
+    key encoding (~0.3 µs) by reading its mapping directly; the value is raw (bytes on POSIX)."""
+    data, encode = getattr(os.environ, "_data", None), getattr(os.environ, "encodekey", None)
+    if isinstance(data, dict) and callable(encode):
+        key = encode(name)
+        return lambda: data.get(key)
+    return lambda: os.environ.get(name)
+
+
 _OPS: dict[str, Op] = {}
 DECISION_LIMIT = 4096  # remembered dispatch decisions per op; the memory starts over past this
-_FORCED: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("kernels_forced", default=None)
+_SERIALS = itertools.count(1)
+# the use_backend state: (serial, op -> backend); each block gets a new serial, so it can key decisions
+_FORCED: contextvars.ContextVar[tuple[int, dict[str, str]] | None] = contextvars.ContextVar("kernels_forced",
+                                                                                             default=None)
+_READ_GLOBAL = environment_reader("KERNELS_BACKEND")
+_READ_INTERPRET = environment_reader("TRITON_INTERPRET")
+_OFF = (None, "", "0", b"", b"0")
 
 
 def triton_interpret() -> bool:
     """True when Triton kernels run on CPU tensors through Triton's interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return _READ_INTERPRET() not in _OFF
 
 
 def define_op(
@@ -195,11 +222,11 @@ def define_op(
     """Declare an op with its reference. The reference also becomes the ``reference`` backend.
 
     ``dispatch_key(*args, **kwargs)``, optional: a cheap hashable summary of the inputs that fixes the
-    automatic choice, i.e. everything every backend's device/dtype check and ``reasons`` look at
-    (devices and dtypes of all arrays included), or None to decide afresh. Automatic dispatch then
-    remembers its choice per key and skips the reasons on later calls; the chosen backend must
-    validate its arguments itself (as every backend does), since invalid inputs are no longer
-    rejected by the reasons first. Forced backends always run their reasons.
+    choice, i.e. everything every backend's device/dtype check and ``reasons`` look at (devices and
+    dtypes of all arrays included), or None to decide afresh; without it the default signature
+    (``signature``) is used. Dispatch remembers its choice per signature and overrides and skips the
+    reasons on later calls; the chosen backend must validate its arguments itself (as every backend
+    does), since invalid inputs are no longer rejected by the reasons first.
 
     ``check(*args, **kwargs)``, optional: the argument checks every backend runs, raising as the
     call would; ``explain`` runs it first and reports the error the call would raise."""
@@ -367,7 +394,8 @@ def forced_backend(op: str, backend: str | None = None) -> tuple[str | None, str
     """
     if backend is not None:
         return backend, "argument backend="
-    forced = _FORCED.get() or {}
+    state = _FORCED.get()
+    forced = state[1] if state is not None else {}
     if op in forced:
         return forced[op], f"use_backend({op}=...)"
     record = get_op(op)
@@ -390,20 +418,67 @@ def use_backend(name: str | None = None, **per_op: str) -> Iterator[None]:
         record = get_op(op)
         if be not in record.backends:
             raise ValueError(_unknown(f"backend of op {op!r}:", be, record.backends))
-    current = dict(_FORCED.get() or {})
+    state = _FORCED.get()
+    current = dict(state[1]) if state is not None else {}
     if name is not None:
         current["*"] = name
     current.update(per_op)
-    token = _FORCED.set(current)
+    token = _FORCED.set((next(_SERIALS), current))
     try:
         yield
     finally:
         _FORCED.reset(token)
 
 
-def select(op: str, args: Sequence[Any], kwargs: dict[str, Any], backend: str | None = None) -> Backend:
-    """The backend that ``call`` would run for these inputs."""
-    record = get_op(op)
+_SCALARS = (int, float, bool, str, type(None))
+
+
+def signature(args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
+    """The default call signature: per argument, an array's (device, dtype, shape) (NumPy: dtype and
+    shape), a scalar's (type, value), kwargs with their names; None (decide afresh) when an argument is
+    anything else."""
+    parts: list[Any] = []
+    for a in args:
+        kind = _array_kind(a)
+        if kind == "torch":
+            parts.append((a.device, a.dtype, a.shape))
+        elif kind == "numpy":
+            parts.append((a.dtype, a.shape))
+        elif type(a) in _SCALARS:
+            parts.append((type(a), a))
+        else:
+            return None
+    for name, a in kwargs.items():
+        kind = _array_kind(a)
+        if kind == "torch":
+            parts.append((name, a.device, a.dtype, a.shape))
+        elif kind == "numpy":
+            parts.append((name, a.dtype, a.shape))
+        elif type(a) in _SCALARS:
+            parts.append((name, type(a), a))
+        else:
+            return None
+    return tuple(parts)
+
+
+def _signature(record: Op, args: Sequence[Any], kwargs: dict[str, Any]) -> Hashable | None:
+    if record.dispatch_key is not None:
+        return record.dispatch_key(*args, **kwargs)
+    if not record.has_reasons:  # the choice depends on the device and the first dtype only
+        return inspect_arrays(args, kwargs)
+    return signature(args, kwargs)
+
+
+def _overrides(record: Op, backend: str | None) -> tuple[Any, ...]:
+    """Everything besides the inputs that can change the choice: the ``backend=`` argument, the
+    ``use_backend`` block, the environment variables."""
+    state = _FORCED.get()
+    return backend, state[0] if state is not None else 0, record.read_env(), _READ_GLOBAL(), _READ_INTERPRET()
+
+
+def decide(record: Op, args: Sequence[Any], kwargs: dict[str, Any], backend: str | None = None) -> Backend:
+    """The backend for these inputs, decided afresh (every reason asked): what ``select`` remembers."""
+    op = record.name
     name, source = forced_backend(op, backend)
     if name is not None:
         if name not in record.backends:
@@ -413,32 +488,48 @@ def select(op: str, args: Sequence[Any], kwargs: dict[str, Any], backend: str | 
         if why:
             raise ValueError(f"{op}: backend {name!r} (forced by {source}) cannot run these inputs: " + "; ".join(why))
         return chosen
-    key = None if record.dispatch_key is None else record.dispatch_key(*args, **kwargs)
-    if key is not None:
-        hit = record.decisions.get(key)
-        if hit is not None:
-            return hit
     rejected: list[str] = []
     for b in record.ordered:
         why = b.reasons(args, kwargs)
         if not why:
-            if key is not None:
-                if len(record.decisions) >= DECISION_LIMIT:
-                    record.decisions.clear()
-                record.decisions[key] = b
             return b
         rejected.append(f"  {b.name}: " + "; ".join(why))
     raise NotImplementedError(f"no backend of {op} can run these inputs:\n" + "\n".join(rejected))
 
 
+def _select(record: Op, args: Sequence[Any], kwargs: dict[str, Any], backend: str | None) -> Backend:
+    sig = _signature(record, args, kwargs)
+    if sig is None:
+        return decide(record, args, kwargs, backend)
+    key = (sig, _overrides(record, backend))
+    hit = record.decisions.get(key)
+    if hit is not None:
+        return hit
+    chosen = decide(record, args, kwargs, backend)
+    if len(record.decisions) >= DECISION_LIMIT:
+        record.decisions.clear()
+    record.decisions[key] = chosen
+    return chosen
+
+
+def select(op: str, args: Sequence[Any], kwargs: dict[str, Any], backend: str | None = None) -> Backend:
+    """The backend that ``call`` would run for these inputs (remembered per call signature)."""
+    return _select(get_op(op), args, kwargs, backend)
+
+
 def call(op: str, *args: Any, backend: str | None = None, **kwargs: Any) -> Any:
     """Run ``op`` on the backend dispatch selects (or the one forced)."""
-    return select(op, args, kwargs, backend).fn(*args, **kwargs)
+    record = _OPS.get(op)
+    if record is None:
+        record = get_op(op)
+    return _select(record, args, kwargs, backend).fn(*args, **kwargs)
 
 
 def explain(op: str, *args: Any, backend: str | None = None, **kwargs: Any) -> str:
-    """A readable account of the dispatch decision for these inputs, one line per backend."""
-    checks = get_op(op).check
+    """A readable account of the dispatch decision for these inputs, one line per backend (every
+    reason asked afresh, never the remembered decision)."""
+    record = get_op(op)
+    checks = record.check
     device, dtype = inspect_arrays(args, kwargs)
     lines = [f"{op}: inputs on {device or 'no device'}, dtype {dtype or 'n/a'}"]
     if checks is not None:
@@ -454,7 +545,7 @@ def explain(op: str, *args: Any, backend: str | None = None, **kwargs: Any) -> s
         why = b.reasons(args, kwargs, forced=(b.name == name))
         lines.append(f"  [{b.priority:>5}] {b.name:<10} " + ("can run" if not why else "no: " + "; ".join(why)))
     try:
-        chosen = select(op, args, kwargs, backend).name
+        chosen = decide(record, args, kwargs, backend).name
         lines.append(f"-> runs {chosen!r}")
     except (ValueError, NotImplementedError) as e:
         lines.append(f"-> raises {type(e).__name__}: {str(e).splitlines()[0]}")

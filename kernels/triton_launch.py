@@ -1,26 +1,35 @@
-"""Launching Triton kernels with less host time: ``fast(kernel)[grid](*args, **constexprs)``.
+"""The one Triton launch layer of the library: ``fast(kernel)[grid](*args, **constexprs)``, and
+``fast(kernel).fitted(...)`` for kernels whose tile may not fit the GPU.
 
 Triton 3.6's ``kernel[grid](...)`` binds and specialises every argument and builds launch metadata on
 each call: 25-50 µs of Python for kernels of 20-30 arguments on the lent GPUs' hosts, more than many
 of this library's kernels take on the GPU. ``fast(kernel)`` keeps the compiled kernel per
-specialisation (the constexprs, ``num_warps`` / ``num_stages``, each runtime argument's kind: a
-tensor's dtype and 16-byte alignment, an integer's exact value, a float, a bool, None; the device),
-a key at least as fine as Triton's own (integers on == 1 and divisibility by 16, pointers on dtype and
-alignment), and calls its launcher directly on later calls. The first call of a specialisation, calls
-under the Triton interpreter and calls with a launch hook installed (a profiler) take Triton's own
-path. Runtime arguments are passed positionally and constexprs by keyword, in the kernel's signature
-order (runtime arguments first), as this library's kernels are written.
+specialisation (the constexprs, the launch options such as ``num_warps`` / ``num_stages``, each runtime
+argument's kind: a tensor's dtype and 16-byte alignment, an integer's exact value, a float, a bool, None;
+the device), a key at least as fine as Triton's own (integers on == 1 and divisibility by 16, pointers
+on dtype and alignment), and calls its launcher directly on later calls. An integer the kernel declares
+in ``do_not_specialize`` (the diffusion steps' per-call seed and offset) is keyed by its Triton type
+(i32 / i64 / u64) only, so a new value each call reuses the compiled kernel. The first call of a
+specialisation, calls under the Triton interpreter and calls with a launch hook installed (a
+profiler) take Triton's own path. Runtime arguments are passed positionally and constexprs by
+keyword, in the kernel's signature order (runtime arguments first), as this library's kernels are
+written.
+
+``fitted`` adds what a tiled kernel needs: a tile (any hashable config) that is stepped down through
+``smaller`` when a launch runs out of resources (remembered per key and tile), the grid computed from
+the tile finally used, and constexprs given as callables of that tile (``EVEN_N`` depends on BLOCK_N).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import torch
 import triton
 from triton import knobs
+from triton.runtime.errors import OutOfResources
 
 from kernels.registry import triton_interpret
 
@@ -39,19 +48,25 @@ def hooks_installed() -> bool:
     return bool(getattr(runtime.launch_enter_hook, "calls", True) or getattr(runtime.launch_exit_hook, "calls", True))
 
 
-def specialisation(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Per runtime argument, what the compiled kernel depends on (see the module docstring)."""
+def specialisation(args: tuple[Any, ...], plain: frozenset[int] = frozenset()) -> tuple[Any, ...]:
+    """Per runtime argument, what the compiled kernel depends on (see the module docstring); ``plain``:
+    the positions of integers the kernel does not specialise on."""
     out: list[Any] = []
-    for a in args:
+    for i, a in enumerate(args):
         if isinstance(a, torch.Tensor):
             out.append((a.dtype, a.data_ptr() % 16 == 0))
         elif type(a) is bool or a is None:
             out.append((type(a), a))
         elif type(a) is int:
-            out.append(a)
+            out.append(("int", -(2**31) <= a < 2**31, a >= 2**63) if i in plain else a)
         else:
             out.append(type(a))
     return tuple(out)
+
+
+def _plain_positions(kernel: Any) -> frozenset[int]:
+    """The positions of the parameters declared ``do_not_specialize``."""
+    return frozenset(i for i, p in enumerate(getattr(kernel, "params", ())) if getattr(p, "do_not_specialize", False))
 
 
 class CachedKernel:
@@ -60,18 +75,27 @@ class CachedKernel:
     def __init__(self, kernel: Any) -> None:
         self.kernel = kernel
         self.handles: dict[tuple[Any, ...], tuple[Any, tuple[Any, ...]]] = {}
+        self.fitted_handles: dict[tuple[Any, ...], tuple[Any, Any, tuple[Any, ...]]] = {}
+        self.fits: dict[tuple[Any, ...], Any] = {}  # (key, tile asked for) -> tile that launched
         self.defaults = {p.name: p.default for p in getattr(kernel, "params", ()) if p.has_default}
+        self.plain = _plain_positions(kernel)
 
     def __getitem__(self, grid: tuple[int, ...]) -> Callable[..., None]:
         return functools.partial(self.launch, grid)
 
-    def launch(self, grid: tuple[int, ...], *args: Any, num_warps: int | None = None, num_stages: int | None = None,
-               **constexprs: Any) -> None:
+    def _tail(self, args: tuple[Any, ...], constexprs: dict[str, Any]) -> tuple[Any, ...]:
+        """The constexprs' values in signature order after the runtime arguments (defaults filled in)."""
+        return tuple(constexprs[name] if name in constexprs else self.defaults[name]
+                     for name in self.kernel.arg_names[len(args):])
+
+    def launch(self, grid: tuple[int, ...], *args: Any, **constexprs: Any) -> None:
+        """``kernel[grid](*args, **constexprs)``; launch options (``num_warps``, ``num_stages``,
+        ``launch_cooperative_grid``, ...) pass among the constexprs and are part of the key."""
         fast = not (triton_interpret() or hooks_installed())
         if fast:
             get_device, get_stream = device_and_stream()
             device = get_device()
-            key = (specialisation(args), tuple(constexprs.items()), num_warps, num_stages, device)
+            key = (specialisation(args, self.plain), tuple(constexprs.items()), device)
             entry = self.handles.get(key)
             if entry is not None:
                 compiled, tail = entry
@@ -79,18 +103,55 @@ class CachedKernel:
                 compiled.run(g[0], g[1], g[2], get_stream(device), compiled.function, compiled.packed_metadata,
                              None, None, None, *args, *tail)
                 return
-        options: dict[str, Any] = {}
-        if num_warps is not None:
-            options["num_warps"] = num_warps
-        if num_stages is not None:
-            options["num_stages"] = num_stages
-        compiled = self.kernel[grid](*args, **constexprs, **options)
+        compiled = self.kernel[grid](*args, **constexprs)
         if fast and compiled is not None:
-            tail = tuple(constexprs[name] if name in constexprs else self.defaults[name]
-                         for name in self.kernel.arg_names[len(args):])
             if len(self.handles) >= HANDLE_LIMIT:
                 self.handles.clear()
-            self.handles[key] = (compiled, tail)
+            self.handles[key] = (compiled, self._tail(args, constexprs))
+
+    def fitted(self, tile: Any, grid: Callable[[Any], tuple[int, ...]], args: tuple[Any, ...],
+               tile_constexprs: Callable[[Any], dict[str, Any]], smaller: Callable[[Any], Any | None],
+               key: Hashable = (), **constexprs: Any) -> Any:
+        """Launch with ``tile`` (stepping down through ``smaller`` on ``OutOfResources``; the tile that
+        fits is remembered per (key, tile)); returns the tile used. ``grid(tile)``: the launch grid;
+        ``tile_constexprs(tile)``: the constexprs and launch options the tile sets (block sizes,
+        ``num_warps``, ``num_stages``); a callable in ``constexprs`` is evaluated on the tile used and
+        may depend only on it and the runtime arguments. ``key`` names what the plain constexprs do not
+        (a variant of the call). The compiled kernel is kept per (key, tile asked for, plain constexprs,
+        specialisation of the arguments, device)."""
+        fast = not (triton_interpret() or hooks_installed())
+        if fast:
+            get_device, get_stream = device_and_stream()
+            device = get_device()
+            fixed = tuple((name, v) for name, v in constexprs.items() if not callable(v))
+            hkey = (key, tile, fixed, specialisation(args, self.plain), device)
+            entry = self.fitted_handles.get(hkey)
+            if entry is not None:
+                compiled, used, tail = entry
+                g = (*grid(used), 1, 1)
+                compiled.run(g[0], g[1], g[2], get_stream(device), compiled.function, compiled.packed_metadata,
+                             None, None, None, *args, *tail)
+                return used
+        fit_key = (key, tile)
+        used = self.fits.get(fit_key, tile)
+        while True:
+            values = {name: v(used) if callable(v) else v for name, v in constexprs.items()}
+            values.update(tile_constexprs(used))
+            try:
+                compiled = self.kernel[grid(used)](*args, **values)
+            except OutOfResources:
+                step = smaller(used)
+                if step is None:
+                    raise
+                used = step
+                continue
+            break
+        self.fits[fit_key] = used
+        if fast and compiled is not None:
+            if len(self.fitted_handles) >= HANDLE_LIMIT:
+                self.fitted_handles.clear()
+            self.fitted_handles[hkey] = (compiled, used, self._tail(args, values))
+        return used
 
 
 _CACHED: dict[int, CachedKernel] = {}

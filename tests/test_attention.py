@@ -207,10 +207,10 @@ def test_tile_table_and_the_shared_memory_fallback() -> None:
                     raise triton.runtime.errors.OutOfResources(262144, 232448, "shared memory")
             return run
 
-    start = flash.FlashConfig(64, 64, 4, 3)
-    flash.launch(FakeKernel(), ("test",), start, 48, 1, (), (), EVEN_N=lambda c: 48 % c.block_n == 0)
+    start, kernel = flash.FlashConfig(64, 64, 4, 3), FakeKernel()
+    flash.launch(kernel, ("test",), start, 48, 1, (), (), EVEN_N=lambda c: 48 % c.block_n == 0)
     assert calls[-1] == (64, 32, 1, False) and len(calls) == 5
-    flash.launch(FakeKernel(), ("test",), start, 48, 1, (), (), EVEN_N=lambda c: 48 % c.block_n == 0)
+    flash.launch(kernel, ("test",), start, 48, 1, (), (), EVEN_N=lambda c: 48 % c.block_n == 0)
     assert len(calls) == 6 and calls[-1] == (64, 32, 1, False)  # the fitted tile is remembered
 
 
@@ -243,11 +243,12 @@ def test_forward_variants_match_the_reference(variant: str) -> None:
 
 def test_launch_cache_key_tells_apart_pointer_alignment() -> None:
     pytest.importorskip("triton")
-    from kernels.attention import flash
+    from kernels.triton_launch import specialisation
 
     x = torch.zeros(64, dtype=torch.float16)
-    assert flash.pointer_alignment((x, x[8:])) == (True, True)  # 16 bytes in: still aligned
-    assert flash.pointer_alignment((x, x[4:], x[1:])) == (True, False, False)
+    aligned, misaligned = (torch.float16, True), (torch.float16, False)
+    assert specialisation((x, x[8:])) == (aligned, aligned)  # 16 bytes in: still aligned
+    assert specialisation((x, x[4:], x[1:])) == (aligned, misaligned, misaligned)
 
 
 def test_cached_launch_reuses_the_compiled_kernel_and_recompiles_on_a_new_specialisation(
@@ -276,8 +277,11 @@ def test_cached_launch_reuses_the_compiled_kernel_and_recompiles_on_a_new_specia
                 return Compiled()
             return compile_and_run
 
-    monkeypatch.setattr(flash, "triton_interpret", lambda: False)
-    monkeypatch.setattr(flash, "device_and_stream", lambda: (lambda: 0, lambda device: 7))
+    from kernels import triton_launch
+
+    monkeypatch.setattr(triton_launch, "triton_interpret", lambda: False)
+    monkeypatch.setattr(triton_launch, "hooks_installed", lambda: False)
+    monkeypatch.setattr(triton_launch, "device_and_stream", lambda: (lambda: 0, lambda device: 7))
     kernel, cfg, x = Kernel(), flash.FlashConfig(32, 16, 4, 2), torch.zeros(64, dtype=torch.float16)
     flash.launch(kernel, ("fake",), cfg, 100, 3, (x,), (100,), (0.5,), FLAG=True)
     flash.launch(kernel, ("fake",), cfg, 100, 3, (x,), (100,), (0.25,), FLAG=True)

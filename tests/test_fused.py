@@ -118,7 +118,7 @@ def test_patch_swaps_every_block_and_unpatch_restores_them() -> None:
     inner = {f"down{i}.maxpool_conv.{j}" for i in (1, 2, 3) for j in (1, 2)} | {
         f"up{i}.conv.{j}" for i in (1, 2, 3) for j in (0, 1)}
     assert fused == blocks | inner
-    assert {path for path, _, new in report.replaced if new == "kernels.nn.MultiheadAttention"} == {
+    assert {path for path, _, new in report.replaced if new == "kernels.attention.modules.MultiheadAttention"} == {
         f"sa{i}.mha" for i in range(1, 7)}
     assert list(model.state_dict()) == keys
     assert isinstance(model.up1, FusedUp) and isinstance(model.up1.conv[0], FusedDoubleConv)

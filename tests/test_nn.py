@@ -11,6 +11,7 @@ from torch import nn
 
 import kernels
 import kernels.nn as knn
+from kernels.attention import modules as attention_modules
 from kernels.registry import triton_interpret
 from pyimpl.unet import UNet
 
@@ -58,7 +59,7 @@ def test_unbatched_input() -> None:
 
 @pytest.mark.parametrize("average", [True, False])
 def test_need_weights_returns_the_weights_and_warns_once(average: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(knn, "_WARNED_WEIGHTS", False)
+    monkeypatch.setattr(attention_modules, "_WARNED_WEIGHTS", False)
     theirs, ours = _pair(embed_dim=32, num_heads=4, batch_first=True)
     x = torch.randn(2, 9, 32)
     want, want_w = theirs(x, x, x, average_attn_weights=average)
@@ -184,7 +185,7 @@ def test_patched_seed_unet_gives_the_same_output() -> None:
         knn.unpatch(model)
         knn.patch(model, drop_ins=["attention"])  # weights asked for and computed by the reference
         with pytest.warns(UserWarning, match="need_weights=True"):
-            knn._WARNED_WEIGHTS = False
+            attention_modules._WARNED_WEIGHTS = False
             torch.testing.assert_close(model(x, t), want, atol=1e-5, rtol=1e-4)
 
 

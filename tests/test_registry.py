@@ -264,3 +264,140 @@ def test_cached_triton_launch_reuses_the_compiled_kernel_per_specialisation(monk
     monkeypatch.setattr(triton_launch, "triton_interpret", lambda: True)
     launcher[(4,)](x, 100, 0.5, BLOCK=32, num_warps=4)
     assert len(compiles) == 7 and len(runs) == 1
+
+
+def test_decision_remembered_per_signature_and_invalidated_by_every_override(toy, monkeypatch) -> None:
+    """The default signature (devices, dtypes, shapes, scalars) keys the decision: a repeated call asks
+    no reasons; backend=, use_backend, the environment, TRITON_INTERPRET, another dtype, device, shape or
+    scalar, and a newly registered backend each decide afresh; explain asks every reason."""
+    fast = toy.backends["fast"]
+    asked = []
+    original = fast.reasons_fn
+    fast.reasons_fn = lambda x, factor=2.0: asked.append(factor) or original(x, factor)
+    x = torch.ones(4)
+    assert registry.select("toy_scale", (x,), {}).name == "fast"
+    assert registry.select("toy_scale", (torch.zeros(4),), {}).name == "fast"  # same signature: not asked
+    assert asked == [2.0]
+    assert registry.select("toy_scale", (x,), {"factor": -1.0}).name == "reference"  # another scalar
+    assert registry.select("toy_scale", (x,), {"factor": -1}).name == "reference"  # another scalar type
+    assert registry.select("toy_scale", (torch.ones(5),), {}).name == "fast"  # another shape
+    assert len(asked) == 4
+    assert registry.select("toy_scale", (x.double(),), {}).name == "reference"  # another dtype
+    assert registry.select("toy_scale", (x,), {"factor": -1.0}).name == "reference"  # remembered
+    assert len(asked) == 4
+    assert registry.select("toy_scale", (x,), {}, backend="reference").name == "reference"
+    with pytest.raises(ValueError, match="forced by argument"):
+        registry.select("toy_scale", (x.double(),), {}, backend="fast")
+    with pytest.raises(ValueError, match="forced by argument"):  # a failed decision is not remembered
+        registry.select("toy_scale", (x.double(),), {}, backend="fast")
+    with kernels.use_backend("reference"):
+        assert registry.select("toy_scale", (x,), {}).name == "reference"
+        with kernels.use_backend(toy_scale="fast"):
+            assert registry.select("toy_scale", (x,), {}).name == "fast"
+        assert registry.select("toy_scale", (x,), {}).name == "reference"
+    assert registry.select("toy_scale", (x,), {}).name == "fast"
+    with kernels.use_backend(toy_scale="reference"):  # a new block with the same contents as an old one
+        assert registry.select("toy_scale", (x,), {}).name == "reference"
+    monkeypatch.setenv("KERNELS_BACKEND_TOY_SCALE", "reference")
+    assert registry.select("toy_scale", (x,), {}).name == "reference"
+    monkeypatch.setenv("KERNELS_BACKEND_TOY_SCALE", "fast")
+    assert registry.select("toy_scale", (x,), {}).name == "fast"
+    monkeypatch.delenv("KERNELS_BACKEND_TOY_SCALE")
+    monkeypatch.setenv("KERNELS_BACKEND", "reference")
+    assert registry.select("toy_scale", (x,), {}).name == "reference"
+    monkeypatch.delenv("KERNELS_BACKEND")
+    assert registry.select("toy_scale", (x,), {}).name == "fast"
+    if torch.cuda.is_available():
+        assert registry.select("toy_scale", (x.cuda(),), {}).name == "reference"  # another device
+    else:
+        with pytest.raises(ValueError, match="different devices"):  # never remembered
+            registry.select("toy_scale", (x, torch.ones(1, device="meta")), {})
+    assert "-> runs 'fast'" in kernels.explain("toy_scale", x)
+    n = len(asked)
+    kernels.explain("toy_scale", x)
+    assert len(asked) > n  # explain asks the reasons afresh
+    registry.register_kernel("toy_scale", "faster", devices=("cpu",), dtypes=("float32",), priority=7)(
+        lambda x, factor=2.0: x * factor)
+    assert registry.select("toy_scale", (x,), {}).name == "faster"  # a new backend is seen at once
+    assert "-> runs 'faster'" in kernels.explain("toy_scale", x)
+
+
+def test_interpreter_switch_changes_a_remembered_forced_choice(toy, monkeypatch) -> None:
+    toy.backends["fast"].devices = ("cuda",)
+    toy.backends["fast"].interpret_devices = ("cpu",)
+    x = torch.ones(3)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert registry.select("toy_scale", (x,), {}, backend="fast").name == "fast"
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        registry.select("toy_scale", (x,), {}, backend="fast")
+
+
+def test_unhashable_or_unknown_arguments_decide_afresh(toy) -> None:
+    asked = []
+    fast = toy.backends["fast"]
+    original = fast.reasons_fn
+    fast.reasons_fn = lambda x, factor=2.0: asked.append(1) or original(x, factor)
+    x = torch.ones(2)
+    for _ in range(2):
+        assert registry.select("toy_scale", (x,), {"factor": np.float64(3.0)}).name == "fast"
+    assert len(asked) == 2
+    assert registry.signature((x, 1, "a", None), {"k": 2.0}) == (
+        (x.device, x.dtype, x.shape), (int, 1), (str, "a"), (type(None), None), ("k", float, 2.0))
+
+
+def test_launch_layer_steps_down_a_tile_and_keeps_plain_integers_unspecialised(monkeypatch) -> None:
+    """``fast(kernel).fitted``: a tile that runs out of resources steps down (remembered), callable
+    constexprs are evaluated on the tile used, and the later call goes to the compiled launcher with the
+    grid of that tile. An integer declared ``do_not_specialize`` (a per-call seed) reuses the kernel."""
+    pytest.importorskip("triton")
+    from triton.runtime.errors import OutOfResources
+
+    from kernels import triton_launch
+
+    tried: list[tuple[object, ...]] = []
+    runs: list[tuple[object, ...]] = []
+
+    class Compiled:
+        function, packed_metadata = "fn", "meta"
+
+        def run(self, *args: object) -> None:
+            runs.append(args)
+
+    class Param:
+        def __init__(self, name: str, plain: bool = False) -> None:
+            self.name, self.default, self.has_default, self.do_not_specialize = name, None, False, plain
+
+    class Kernel:
+        arg_names = ("X", "N", "SEED", "BLOCK", "EVEN")
+        params = (Param("X"), Param("N"), Param("SEED", plain=True), Param("BLOCK"), Param("EVEN"))
+
+        def __getitem__(self, grid: tuple[int, ...]):  # type: ignore[no-untyped-def]
+            def compile_and_run(*args: object, **kw: object) -> Compiled:
+                tried.append((grid, kw["BLOCK"], kw["EVEN"], kw["num_warps"]))
+                if kw["BLOCK"] > 32:
+                    raise OutOfResources(100, 50, "shared memory")
+                return Compiled()
+            return compile_and_run
+
+    monkeypatch.setattr(triton_launch, "triton_interpret", lambda: False)
+    monkeypatch.setattr(triton_launch, "hooks_installed", lambda: False)
+    monkeypatch.setattr(triton_launch, "device_and_stream", lambda: (lambda: 0, lambda device: 7))
+    launcher = triton_launch.CachedKernel(Kernel())
+    x, n = torch.zeros(64), 96
+
+    def launch(seed: int) -> object:
+        return launcher.fitted(128, lambda block: ((n + block - 1) // block,), (x, n, seed),
+                               lambda block: {"BLOCK": block, "num_warps": 4}, lambda block: block // 2 or None,
+                               "variant", EVEN=lambda block: n % block == 0)
+
+    assert launch(5) == 32
+    assert tried == [((1,), 128, False, 4), ((2,), 64, False, 4), ((3,), 32, True, 4)]
+    assert launch(6) == 32 and launch(2**40) == 32  # a new seed; an i64 one compiles once more
+    assert runs == [(3, 1, 1, 7, "fn", "meta", None, None, None, x, 96, 6, 32, True)]
+    assert len(tried) == 4 and tried[-1] == ((3,), 32, True, 4)  # straight to the fitted tile
+    assert launcher.fitted(128, lambda block: (1,), (x, 97, 5), lambda block: {"BLOCK": block, "num_warps": 4},
+                           lambda block: block // 2 or None, "variant", EVEN=lambda block: False) == 32
+    assert len(tried) == 5  # another integer N: compiled again, on the remembered tile
+    spec = triton_launch.specialisation((x, 16, 3), frozenset({2}))
+    assert spec == ((torch.float32, True), 16, ("int", True, False))

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from kernels.availability import numba_unavailable
 from kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
 from pyimpl.amcl import kld, maps, motion, sensors
 
@@ -74,10 +75,6 @@ def _launch(kernel: Callable[..., None], n: int, work: int, force_parallel: bool
     kernel(0, int(bounds[1]), *args)
     for f in futures:
         f.result()
-
-
-def numba_unavailable() -> str | None:
-    return None if importlib.util.find_spec("numba") else "numba is not installed"
 
 
 @cache

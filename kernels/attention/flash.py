@@ -11,13 +11,11 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import torch
-import triton
-import triton.runtime.errors
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.attention import flash_triton as kt
 from kernels.registry import triton_interpret
-from kernels.triton_launch import device_and_stream, hooks_installed
+from kernels.triton_launch import fast
 
 LOG2E = 1.4426950408889634
 FP32_PRECISION = "tf32"
@@ -87,68 +85,27 @@ def smaller(cfg: FlashConfig) -> FlashConfig | None:
     return None
 
 
-_FITTED: dict[tuple[Any, ...], FlashConfig] = {}
-# (key, tile asked for, integer arguments, pointer alignment, device) -> (compiled kernel, tile used,
-# constexpr values in signature order)
-_HANDLES: dict[tuple[Any, ...], tuple[Any, FlashConfig, tuple[Any, ...]]] = {}
-HANDLE_LIMIT = 4096  # distinct specialisations kept; the cache starts over past this
-
-
-def pointer_alignment(ptrs: tuple[Any, ...]) -> tuple[bool, ...]:
-    """Per pointer argument, whether its address is a multiple of 16 bytes: what Triton specialises a
-    pointer on besides its dtype. A tensor descriptor counts as aligned (its constructor asserts it)."""
-    return tuple([p.data_ptr() % 16 == 0 if isinstance(p, torch.Tensor) else True for p in ptrs])
-
-
 def launch(kernel: Any, key: tuple[Any, ...], cfg: FlashConfig, rows: int, programs: int, ptrs: tuple[Any, ...],
            ints: tuple[int, ...], floats: tuple[float, ...] = (), by_n: bool = False, **constexprs: Any) -> None:
-    """Launch ``kernel`` on a (cdiv(rows, BLOCK_M), programs) grid (BLOCK_N when ``by_n``) with the
-    arguments ``(*ptrs, *ints, *floats)`` and ``constexprs``; on ``OutOfResources`` step down to smaller
-    tiles (remembered per key). A callable constexpr is evaluated on the tile finally used (``EVEN_N``
-    depends on BLOCK_N). ``key`` names the kernel and must fix every constexpr that is not derived
-    from the tile or the integers, and the dtype of every pointer.
+    """Launch ``kernel`` through the library's launch layer (``triton_launch.CachedKernel.fitted``) on a
+    (cdiv(rows, BLOCK_M), programs) grid (BLOCK_N when ``by_n``) with the arguments ``(*ptrs, *ints,
+    *floats)`` and ``constexprs``; on ``OutOfResources`` it steps down to ``smaller`` tiles. A callable
+    constexpr is evaluated on the tile finally used (``EVEN_N`` depends on BLOCK_N). ``key`` names the
+    kernel's variant."""
+    names = kernel.arg_names
 
-    On the GPU the compiled kernel is kept per (key, tile, integer values, pointer alignment, device),
-    a key at least as fine as Triton's own specialisation (it specialises integers on == 1 and on
-    divisibility by 16, pointers on dtype and 16-byte alignment), and later calls go straight to its
-    launcher: Triton 3.6's ``kernel[grid]`` re-binds and re-specialises every argument and builds
-    launch metadata on each call, tens of µs for these ~30-argument kernels. With a launch hook
-    installed (a profiler) or under the interpreter every call takes Triton's own path.
-    """
-    fast = not (hooks_installed() or triton_interpret())
-    if fast:
-        get_device, get_stream = device_and_stream()
-        device = get_device()
-        hkey = (key, cfg, ints, pointer_alignment(ptrs), device)
-        entry = _HANDLES.get(hkey)
-        if entry is not None:
-            compiled, used, tail = entry
-            tile = used.block_n if by_n else used.block_m
-            compiled.run((rows + tile - 1) // tile, programs, 1, get_stream(device), compiled.function,
-                         compiled.packed_metadata, None, None, None, *ptrs, *ints, *floats, *tail)
-            return
-    fit_key = (key, cfg)
-    cfg = _FITTED.get(fit_key, cfg)
-    args = (*ptrs, *ints, *floats)
-    while True:
-        values = {name: value(cfg) if callable(value) else value for name, value in constexprs.items()}
-        values.update({name: size for name, size in (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n))
-                       if name in kernel.arg_names})
-        grid = (triton.cdiv(rows, cfg.block_n if by_n else cfg.block_m), programs)
-        try:
-            compiled = kernel[grid](*args, **values, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-        except triton.runtime.errors.OutOfResources:
-            next_cfg = smaller(cfg)
-            if next_cfg is None:
-                raise
-            cfg = next_cfg
-            continue
-        _FITTED[fit_key] = cfg
-        if fast and compiled is not None:
-            if len(_HANDLES) >= HANDLE_LIMIT:
-                _HANDLES.clear()
-            _HANDLES[hkey] = (compiled, cfg, tuple(values[name] for name in kernel.arg_names[len(args):]))
-        return
+    def grid(c: FlashConfig) -> tuple[int, int]:
+        return (rows + (c.block_n if by_n else c.block_m) - 1) // (c.block_n if by_n else c.block_m), programs
+
+    def tile(c: FlashConfig) -> dict[str, Any]:
+        out: dict[str, Any] = {"num_warps": c.num_warps, "num_stages": c.num_stages}
+        if "BLOCK_M" in names:
+            out["BLOCK_M"] = c.block_m
+        if "BLOCK_N" in names:
+            out["BLOCK_N"] = c.block_n
+        return out
+
+    fast(kernel).fitted(cfg, grid, (*ptrs, *ints, *floats), tile, smaller, key, **constexprs)
 
 
 def interpreter_index_fix() -> None:

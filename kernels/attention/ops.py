@@ -8,14 +8,14 @@ SDPA. ``kernels.explain("attention", q, k, v)`` prints the decision.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import importlib.util
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from kernels.autograd import needs_autograd
+from kernels.availability import triton_unavailable
 from kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
 from pyimpl import attention as ref
 
@@ -189,11 +189,6 @@ def _capability(index: int | None) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 
 
-@functools.cache
-def _triton_unavailable() -> str | None:
-    return None if importlib.util.find_spec("triton") is not None else "triton is not installed (pip install triton)"
-
-
 def _triton_reasons(q: Any, k: Any, v: Any, *, causal: bool = False, scale: float | None = None,
                     key_padding_mask: torch.Tensor | None = None, layout: str = "bhnd",
                     deterministic: bool = False) -> list[str]:
@@ -223,7 +218,7 @@ def _triton_reasons(q: Any, k: Any, v: Any, *, causal: bool = False, scale: floa
     dtypes=TRITON_DTYPES,
     priority=20,
     reasons=_triton_reasons,
-    available=_triton_unavailable,
+    available=triton_unavailable,
     tolerances={
         "float32": Tolerance(5e-3, 5e-3),  # TF32 dots on the GPU
         "grad:float32": Tolerance(1e-2, 1e-2),
@@ -245,7 +240,7 @@ def attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causa
         return ref.attention(q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask, layout=layout)
     qh, kh, vh = _as_bhnd(layout, q, k, v)
     sm_scale = ref.default_scale(d, scale)
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+    if needs_autograd(q, k, v):
         out = FlashAttention.apply(qh, kh, vh, key_padding_mask, bool(causal), sm_scale, bool(deterministic),
                                    layout == "bnhd")
     else:  # inference: skip autograd's bookkeeping (~10 us a call)
@@ -295,14 +290,16 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
         dead = ref.dead_rows(key_padding_mask, nq, nk, causal)
         if dead is not None and mask is not None:
             mask = mask | dead[:, None, :, None]  # SDPA returns NaN for rows that see nothing
-    ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    is_causal = bool(causal) and mask is None
     if deterministic and q.is_cuda:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        ctx = sdpa_kernel(SDPBackend.MATH)  # the fused CUDA backwards accumulate with atomics
-    with ctx:
-        out = torch.nn.functional.scaled_dot_product_attention(
-            qh, kh, vh, attn_mask=mask, is_causal=bool(causal) and mask is None, scale=scale)
+        with sdpa_kernel(SDPBackend.MATH):  # the fused CUDA backwards accumulate with atomics
+            out = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, is_causal=is_causal,
+                                                                   scale=scale)
+    else:
+        out = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, is_causal=is_causal,
+                                                               scale=scale)
     if dead is not None:
         out = out.masked_fill(dead[:, None, :, None], 0.0)
     return out.transpose(1, 2) if layout == "bnhd" else out

@@ -9,12 +9,12 @@ scalar timesteps, odd and empty shapes, non-contiguous and 5-D operands, NaN in 
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from kernels.availability import triton_unavailable
 from kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
 from pyimpl.diffusion import schedule as sched
 from pyimpl.diffusion import steps as ref
@@ -27,14 +27,6 @@ TOLERANCES = {
     "bfloat16": Tolerance(atol=1.6e-2, rtol=1.6e-2),
 }
 MakeArgs = Callable[[str, str], tuple[tuple[Any, ...], dict[str, Any]]]
-
-
-def _triton_unavailable() -> str | None:
-    # find_spec, not import: importing triton before TRITON_INTERPRET=1 is set would make its
-    # language helpers compiled functions that the interpreter cannot call
-    if importlib.util.find_spec("triton") is None:
-        return "triton is not installed (pip install modelkernels[triton])"
-    return None
 
 
 def _reference_dtype(dtype: str) -> str:
@@ -260,14 +252,14 @@ _define("ddim_step", ref.ddim_step, DDIM_SAMPLES, _step_errors("ddim"),
 
 
 def _register() -> None:
-    if _triton_unavailable() is not None:
+    if triton_unavailable() is not None:
         for name in ("q_sample", "ddpm_seed_step", "ddpm_step", "ddim_step"):
             register_kernel(name, "triton", devices=("cuda",), dtypes=TRITON_DTYPES, priority=10,
-                            available=_triton_unavailable, interpret_devices=("cpu",))(_missing_triton)
+                            available=triton_unavailable, interpret_devices=("cpu",))(_missing_triton)
         return
     for name in ("q_sample", "ddpm_seed_step", "ddpm_step", "ddim_step"):
         register_kernel(name, "triton", devices=("cuda",), dtypes=TRITON_DTYPES, priority=10,
-                        available=_triton_unavailable, tolerances=TOLERANCES,
+                        available=triton_unavailable, tolerances=TOLERANCES,
                         interpret_devices=("cpu",))(_on_first_call(f"{name}_triton"))
 
 
@@ -292,7 +284,7 @@ def _on_first_call(name: str) -> Callable[..., Any]:
 
 def _missing_triton(*args: Any, **kwargs: Any) -> Any:
     """Triton is not installed: never selected (``available`` says why)."""
-    raise NotImplementedError(_triton_unavailable())
+    raise NotImplementedError(triton_unavailable())
 
 
 _register()

@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from kernels.triton_launch import fast
 from pyimpl.diffusion import philox
 from pyimpl.diffusion.philox import NOISE_BLOCK, NOISE_QUARTER
 from pyimpl.diffusion.schedule import Schedule
@@ -426,7 +427,7 @@ def q_sample_triton(
     write_noise = return_noise and noise is None
     zout = torch.empty_like(out) if write_noise else out
     if x0.numel():
-        _q_sample_kernel[_grid(lay)](
+        fast(_q_sample_kernel)[_grid(lay)](
             out, xx, zz if zz is not None else xx, zout, a.t.contiguous(), schedule.alphas_cumprod,
             nz.state if nz.state is not None else a.t,
             lay.n, lay.M, lay.d2, lay.d3, schedule.num_train_timesteps, _grid(lay)[1],
@@ -460,7 +461,7 @@ def ddpm_seed_step_triton(
     out = torch.empty(sample.shape, dtype=sample.dtype, device=sample.device)
     if sample.numel():
         assert xx is not None and mo is not None
-        _seed_step_kernel[_grid(lay)](
+        fast(_seed_step_kernel)[_grid(lay)](
             out, xx, mo, unc if unc is not None else xx, zz if zz is not None else xx, a.t.contiguous(),
             schedule.alphas, schedule.alphas_cumprod, schedule.betas, nz.state if nz.state is not None else a.t,
             lay.n, lay.M, lay.d2, lay.d3, schedule.num_train_timesteps, _grid(lay)[1],
@@ -545,7 +546,7 @@ def ddpm_step_triton(
     clip = 2 if thresholding else 1 if clip_sample else 0
 
     def launch(x0_buf: torch.Tensor | None, x0_only: bool, s: torch.Tensor | None = None) -> None:
-        _ddpm_kernel[_grid(lay)](
+        fast(_ddpm_kernel)[_grid(lay)](
             out, x0_buf if x0_buf is not None else out, xx, mo, unc if unc is not None else xx,
             pvv if pvv is not None else xx, zz if zz is not None else xx, tt, pt, schedule.alphas_cumprod,
             s if s is not None else schedule.alphas_cumprod, nz.state if nz.state is not None else tt,
@@ -608,7 +609,7 @@ def ddim_step_triton(
     clip = 2 if thresholding else 1 if clip_sample else 0
 
     def launch(x0_buf: torch.Tensor | None, x0_only: bool, s: torch.Tensor | None = None) -> None:
-        _ddim_kernel[_grid(lay)](
+        fast(_ddim_kernel)[_grid(lay)](
             out, x0_buf if x0_buf is not None else out, xx, mo, unc if unc is not None else xx,
             zz if zz is not None else xx, tt, pt, schedule.alphas_cumprod,
             s if s is not None else schedule.alphas_cumprod, nz.state if nz.state is not None else tt,

@@ -41,6 +41,7 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 from triton.runtime.errors import OutOfResources
 
+from kernels.autograd import needs_autograd
 from kernels.registry import triton_interpret
 from kernels.triton_launch import fast
 from pyimpl.fused import check_feed_forward_args, feed_forward_dtype
@@ -221,5 +222,7 @@ def feed_forward(h: torch.Tensor, s: torch.Tensor, w1: torch.Tensor, b1: torch.T
                  b2: torch.Tensor | None) -> torch.Tensor:
     """Triton ``feed_forward``: ``s + (gelu(h @ w1.T + b1) @ w2.T + b2)`` in one pass over the rows."""
     check_feed_forward_args(h, s, w1, b1, w2, b2)
+    if not needs_autograd(h, s, w1, b1, w2, b2):
+        return forward(h, s, w1, b1, w2, b2)
     out: torch.Tensor = FeedForwardFunction.apply(h, s, w1, b1, w2, b2)
     return out

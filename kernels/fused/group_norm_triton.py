@@ -61,6 +61,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.autograd import needs_autograd
 from kernels.registry import triton_interpret
 from kernels.triton_launch import fast
 from pyimpl.fused import check_group_norm_args
@@ -847,7 +848,7 @@ def persistent_launch(p: _Problem, cfg: ForwardConfig) -> tuple[PersistentPlan |
 
     def launch() -> None:
         cnt = _counters(p.x.device, rows)
-        _persistent_kernel[(plan.grid,)](*args(cnt, plan.rows_per_wave, plan.waves), **consts)
+        fast(_persistent_kernel)[(plan.grid,)](*args(cnt, plan.rows_per_wave, plan.waves), **consts)
 
     return plan, launch
 
@@ -962,6 +963,8 @@ def group_norm_act(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None
                    emb: torch.Tensor | None = None, activation: str = "none") -> torch.Tensor:
     """Triton ``group_norm_act`` (see the module docstring); differentiable in every tensor argument."""
     check_group_norm_args(x, num_groups, weight, bias, eps, residual, emb, activation)
+    if not needs_autograd(x, weight, bias, residual, emb):
+        return group_norm_act_forward(x, num_groups, weight, bias, eps, residual, emb, activation == "gelu")[0]
     out: torch.Tensor = GroupNormActFunction.apply(x, weight, bias, residual, emb, num_groups, eps,
                                                    ACT_CODES[activation])
     return out

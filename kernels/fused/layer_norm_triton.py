@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.autograd import needs_autograd
 from kernels.triton_launch import fast
 from pyimpl.fused import check_add_layer_norm_args, check_tokens_layer_norm_args
 
@@ -139,6 +140,21 @@ def _backward(s: torch.Tensor, dy: torch.Tensor | None, ds: torch.Tensor | None,
     return pw.sum(0), pb.sum(0)
 
 
+def _tokens_forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                    eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(tokens, LayerNorm(tokens), mean, rstd) of an image batch (B, C, H, W)."""
+    nb, c = x.shape[0], x.shape[1]
+    return _forward(x.reshape(nb, c, x.shape[2] * x.shape[3]).transpose(1, 2), None, weight, bias, eps)
+
+
+def _add_forward(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(s, LayerNorm(s), mean, rstd), ``s = x + residual``; s and the norm as (1, rows, C) (s is saved that way)."""
+    c = x.shape[-1]
+    s, y, mean, rstd = _forward(x.reshape(1, -1, c), residual.reshape(1, -1, c), weight, bias, eps)
+    return s, y, mean, rstd
+
+
 def _param_grads(pw: torch.Tensor, pb: torch.Tensor, weight: torch.Tensor | None,
                  bias: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     return (None if weight is None else pw.to(weight.dtype)), (None if bias is None else pb.to(bias.dtype))
@@ -150,9 +166,7 @@ class TokensLayerNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-        nb, c = x.shape[0], x.shape[1]
-        x3 = x.reshape(nb, c, x.shape[2] * x.shape[3]).transpose(1, 2)
-        s, y, mean, rstd = _forward(x3, None, weight, bias, eps)
+        s, y, mean, rstd = _tokens_forward(x, weight, bias, eps)
         ctx.save_for_backward(s, weight, bias, mean, rstd)
         ctx.shape = x.shape
         return s, y
@@ -173,10 +187,7 @@ class AddLayerNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None,
                 bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-        c = x.shape[-1]
-        x3 = x.reshape(1, -1, c)
-        r3 = residual.reshape(1, -1, c)
-        s, y, mean, rstd = _forward(x3, r3, weight, bias, eps)
+        s, y, mean, rstd = _add_forward(x, residual, weight, bias, eps)
         ctx.save_for_backward(s, weight, bias, mean, rstd)
         ctx.meta = (x.shape, x.dtype, residual.dtype)
         return s.view(x.shape), y.view(x.shape)
@@ -199,6 +210,9 @@ def tokens_layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias:
                       eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton ``tokens_layer_norm``: (tokens, LayerNorm(tokens)) from an image batch (B, C, H, W)."""
     check_tokens_layer_norm_args(x, weight, bias, eps)
+    if not needs_autograd(x, weight, bias):
+        s, y = _tokens_forward(x, weight, bias, eps)[:2]
+        return s, y
     s, y = TokensLayerNormFunction.apply(x, weight, bias, eps)
     return s, y
 
@@ -207,5 +221,8 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor
                    bias: torch.Tensor | None = None, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton ``add_layer_norm``: (x + residual, LayerNorm(x + residual)) over the last dimension."""
     check_add_layer_norm_args(x, residual, weight, bias, eps)
+    if not needs_autograd(x, residual, weight, bias):
+        s, y = _add_forward(x, residual, weight, bias, eps)[:2]
+        return s.view(x.shape), y.view(x.shape)
     s, y = AddLayerNormFunction.apply(x, residual, weight, bias, eps)
     return s, y

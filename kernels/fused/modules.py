@@ -12,6 +12,11 @@ the attention of a fused block as well.
   (the seed discards the weights), the residual add fused with the feed-forward's LayerNorm, and the
   feed-forward (Linear, GELU, Linear, residual add) in one kernel when both are plain ``nn.Linear``.
 
+Each module resolves what its forward passes besides the activations (the submodules it runs, the norms'
+weights and epsilons, the feed-forward's weights cast to the activations' dtype) at its first forward and
+keeps it until a parameter changes (storage, version counter, dtype, device), a submodule is swapped or the
+activations' dtype changes (``_Resolved``).
+
 Which backend runs is the dispatcher's choice per call: Triton for CUDA tensors, the references
 (plain PyTorch) on the CPU unless Triton is forced under ``TRITON_INTERPRET=1``.
 """
@@ -24,6 +29,7 @@ from typing import Any, TypeVar, cast
 import torch
 from torch import nn
 
+from kernels.autograd import needs_autograd
 from kernels.fused.ops import add_layer_norm, feed_forward, group_norm_act, tokens_layer_norm, upsample_concat
 
 __all__ = [
@@ -75,6 +81,33 @@ def double_conv_reasons(m: nn.Module) -> list[str]:
 _View = TypeVar("_View", bound="_BlockView")
 
 
+def parameter_state(params: tuple[torch.Tensor | None, ...]) -> tuple[Any, ...]:
+    """What a resolved constant derived from ``params`` depends on: each one's storage address, version
+    counter (bumped by every in-place update, an optimizer step included), dtype and device."""
+    return tuple((p.data_ptr(), p._version, p.dtype, p.device) if p is not None else None for p in params)
+
+
+class _Resolved:
+    """One module's resolved forward arguments with the key they were built for (see the module docstring)."""
+
+    __slots__ = ("key", "value")
+
+    def __init__(self) -> None:
+        self.key: Any = None
+        self.value: Any = None
+
+    def get(self, key: Callable[[], Any], build: Callable[[], Any]) -> Any:
+        """The value ``build()`` made for ``key()``, rebuilt when the key differs. Under torch.compile the
+        value is built in the traced graph each time (the graph then holds it; no key, no side effect)."""
+        if torch.compiler.is_compiling():
+            return build()
+        now = key()
+        if now != self.key:
+            self.value = build()
+            self.key = now
+        return self.value
+
+
 class _BlockView(nn.Module):
     """A drop-in that is a second view of a live block: it shares the block's submodule, parameter
     and buffer dictionaries, so parameters, ``state_dict`` keys, device and dtype are the block's,
@@ -82,6 +115,7 @@ class _BlockView(nn.Module):
     DoubleConvs) is swapped here too (and put back by ``unpatch``)."""
 
     ATTRIBUTES: tuple[str, ...] = ()
+    _resolved: _Resolved
     reasons: Callable[[nn.Module], list[str]]  # why a module is not the block this class fuses
 
     @classmethod
@@ -101,6 +135,7 @@ class _BlockView(nn.Module):
         new._parameters = m._parameters
         new._buffers = m._buffers
         new.training = m.training
+        new._resolved = _Resolved()
         for name in cls.ATTRIBUTES:
             setattr(new, name, getattr(m, name))
         return new
@@ -125,12 +160,23 @@ class FusedDoubleConv(_BlockView):
     reasons = staticmethod(double_conv_reasons)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
-        conv1, gn1, _, conv2, gn2 = _child(self, "double_conv")
-        h = group_norm_act(conv1(x), *_gn(gn1), activation="gelu")
+        conv1, norm1, conv2, norm2 = self._constants()
+        h = group_norm_act(conv1(x), *norm1, activation="gelu")
         h = conv2(h)
         if self.residual:
-            return group_norm_act(h, *_gn(gn2), residual=x, emb=emb, activation="gelu")
-        return group_norm_act(h, *_gn(gn2), emb=emb)
+            return group_norm_act(h, *norm2, residual=x, emb=emb, activation="gelu")
+        return group_norm_act(h, *norm2, emb=emb)
+
+    def _constants(self) -> tuple[nn.Module, tuple[Any, ...], nn.Module, tuple[Any, ...]]:
+        """(conv1, GroupNorm 1's (groups, weight, bias, eps), conv2, GroupNorm 2's), resolved once."""
+        seq = _child(self, "double_conv")
+        children = tuple(seq._modules.values())
+        gn1, gn2 = children[1], children[4]
+        out: tuple[nn.Module, tuple[Any, ...], nn.Module, tuple[Any, ...]] = self._resolved.get(
+            lambda: (children, gn1.eps, gn2.eps, gn1.num_groups, gn2.num_groups,
+                     parameter_state((gn1.weight, gn1.bias, gn2.weight, gn2.bias))),
+            lambda: (children[0], _gn(gn1), children[3], _gn(gn2)))
+        return out
 
 
 def _emb_reasons(m: nn.Module) -> list[str]:
@@ -220,16 +266,38 @@ class FusedSelfAttention(_BlockView):
     reasons = staticmethod(self_attention_reasons)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ln = cast(nn.LayerNorm, _child(self, "ln"))
-        ff_ln, lin1, act, lin2 = _child(self, "ff_self")
-        tokens, x_ln = tokens_layer_norm(x, ln.weight, ln.bias, ln.eps)
-        attention, _ = _child(self, "mha")(x_ln, x_ln, x_ln, need_weights=False)
-        norm = cast(nn.LayerNorm, ff_ln)
-        s, h = add_layer_norm(attention, tokens, norm.weight, norm.bias, norm.eps)
-        if _plain_linears(lin1, lin2, self.channels):
-            if torch.is_autocast_enabled(h.device.type):  # what autocast would do to the Linear's input
-                h = h.to(torch.get_autocast_dtype(h.device.type))
-            out = feed_forward(h, s, lin1.weight, lin1.bias, lin2.weight, lin2.bias)
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        ln, mha, ff_ln, (lin1, act, lin2), ff = self._constants(dtype or x.dtype)
+        tokens, x_ln = tokens_layer_norm(x, *ln)
+        attention, _ = mha(x_ln, x_ln, x_ln, need_weights=False)
+        s, h = add_layer_norm(attention, tokens, *ff_ln)
+        if ff is not None:
+            if dtype is not None:  # what autocast would do to the Linear's input
+                h = h.to(dtype)
+            out = feed_forward(h, s, *ff)
         else:
             out = lin2(act(lin1(h))) + s
         return out.swapaxes(2, 1).view(-1, self.channels, x.shape[-2], x.shape[-1])
+
+    def _constants(self, dtype: torch.dtype) -> Any:
+        """(ln's (weight, bias, eps), mha, ff LayerNorm's, ff_self's Linear, GELU, Linear, and the arguments
+        of ``feed_forward`` or None), resolved once. ``dtype``: the feed-forward's input dtype; its weights
+        are kept cast to it (``feed_forward`` rounds them so anyway) unless they need gradients."""
+        ln, mha = _child(self, "ln"), _child(self, "mha")
+        ff_ln, lin1, act, lin2 = children = tuple(_child(self, "ff_self")._modules.values())
+        params = (ln.weight, ln.bias, ff_ln.weight, ff_ln.bias, lin1.weight, lin1.bias, lin2.weight, lin2.bias)
+
+        def key() -> Any:
+            return ln, mha, children, ln.eps, ff_ln.eps, dtype, torch.is_grad_enabled(), parameter_state(params)
+
+        def build() -> Any:
+            ff = None
+            if _plain_linears(lin1, lin2, self.channels):
+                w1, w2 = lin1.weight, lin2.weight
+                if not needs_autograd(w1, w2) and w1.is_floating_point():
+                    w1, w2 = w1.detach().to(dtype), w2.detach().to(dtype)
+                ff = (w1, lin1.bias, w2, lin2.bias)
+            return (ln.weight, ln.bias, ln.eps), mha, (ff_ln.weight, ff_ln.bias, ff_ln.eps), (lin1, act, lin2), ff
+
+        return self._resolved.get(key, build)

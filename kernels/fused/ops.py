@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from kernels.fused.availability import triton_unavailable
+from kernels.availability import triton_unavailable
 from kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
 from pyimpl import fused as ref
 

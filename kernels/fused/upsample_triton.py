@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.autograd import needs_autograd
 from kernels.triton_launch import fast
 from pyimpl.fused import check_upsample_concat_args
 
@@ -184,5 +185,7 @@ class UpsampleConcatFunction(torch.autograd.Function):
 def upsample_concat(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
     """Triton ``upsample_concat``: ``cat([skip, bilinear_2x(x)], dim=1)`` (align_corners=True)."""
     check_upsample_concat_args(x, skip)
+    if not needs_autograd(x, skip):
+        return upsample_concat_forward(x, skip)
     out: torch.Tensor = UpsampleConcatFunction.apply(x, skip)
     return out

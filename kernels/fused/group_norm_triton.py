@@ -964,7 +964,7 @@ def group_norm_act(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None
     """Triton ``group_norm_act`` (see the module docstring); differentiable in every tensor argument."""
     check_group_norm_args(x, num_groups, weight, bias, eps, residual, emb, activation)
     if not needs_autograd(x, weight, bias, residual, emb):
-        return group_norm_act_forward(x, num_groups, weight, bias, eps, residual, emb, activation == "gelu")[0]
+        return group_norm_act_forward(x, num_groups, weight, bias, eps, residual, emb, ACT_CODES[activation])[0]
     out: torch.Tensor = GroupNormActFunction.apply(x, weight, bias, residual, emb, num_groups, eps,
                                                    ACT_CODES[activation])
     return out

@@ -120,7 +120,8 @@ def _check_shapes(bins: np.ndarray, y: np.ndarray, sample_weight: np.ndarray, ba
         raise ValueError(f"y and sample_weight must have shape ({n},) and bag ({n}, n_trees)")
     N = np.shape(feature)[0]
     if not all(np.shape(a) == (N,) for a in (split_bin, left, slot)) or np.shape(node_offsets) != (bag.shape[1] + 1,):
-        raise ValueError("feature, split_bin, left and slot must be 1-D of one length and node_offsets n_trees + 1 long")
+        raise ValueError("feature, split_bin, left and slot must be 1-D of one length, node_offsets n_trees + 1 "
+                         "long")
     if np.ndim(hist) != 4 or np.shape(counts) != np.shape(hist)[:3] or np.shape(slot_features) != np.shape(hist)[:2]:
         raise ValueError("hist must be (n_slots, k, max_bins, n_classes), counts hist.shape[:3] and slot_features "
                          "(n_slots, k)")

@@ -21,6 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from kernels.forest.level import level_best_splits, level_histograms
+from kernels.forest.ops import find_splits
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,30 @@ def _pack(trees: list[list[_Node]], n_features: int, n_classes: int) -> dict[str
                 importance=importance)
 
 
+def quantile_splits(rows: np.ndarray, max_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(n_bins, split_values, split_offsets) of each feature from a (m, F) float32 row sample."""
+    F = rows.shape[1]
+    values, n_bins, offsets = [], np.empty(F, np.int32), np.zeros(F + 1, np.int64)
+    for f in range(F):
+        distinct, cnt = np.unique(rows[:, f], return_counts=True)
+        s = find_splits(distinct.astype(np.float32), cnt.astype(np.float64), max_bins)
+        values.append(s)
+        n_bins[f] = s.shape[0] + 1
+        offsets[f + 1] = offsets[f] + s.shape[0]
+    split_values = np.concatenate(values).astype(np.float32) if values else np.zeros(0, np.float32)
+    return n_bins, split_values, offsets
+
+
+def bag_counts(rng: np.random.Generator, n: int, n_trees: int, rate: float, bootstrap: bool) -> np.ndarray:
+    """(n, n_trees) uint8 bag counts: Poisson(rate) (capped at 255) with bootstrap, else 1 with
+    probability ``rate``."""
+    if bootstrap:
+        return np.minimum(rng.poisson(rate, (n, n_trees)), 255).astype(np.uint8)
+    if rate >= 1.0:
+        return np.ones((n, n_trees), np.uint8)
+    return (rng.random((n, n_trees)) < rate).astype(np.uint8)
+
+
 def spark_importances(importance: np.ndarray) -> np.ndarray:
     """Spark's featureImportances: each tree's importances normalised to sum 1, summed over the
     trees, normalised again (zeros when no tree split)."""
@@ -202,5 +227,6 @@ def spark_importances(importance: np.ndarray) -> np.ndarray:
     return total / s if s > 0 else total
 
 
-__all__ = ["GrowthParams", "HistogramEngine", "LevelPlan", "LocalEngine", "grow_forest", "spark_importances"]
+__all__ = ["GrowthParams", "HistogramEngine", "LevelPlan", "LocalEngine", "bag_counts", "grow_forest",
+           "quantile_splits", "spark_importances"]
 

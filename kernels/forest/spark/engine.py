@@ -1,8 +1,8 @@
 """The Spark engine of level-wise growth (``kernels.forest.levelwise.HistogramEngine``).
 
 Set-up, as Spark's ``RandomForest.run``: split candidates from a row sample of
-``max(maxBins**2, 10000)`` rows (Spark's ``findSplits`` on the sample's distinct values, the
-library's ``find_splits``), then one ``mapInArrow`` pass bins every row (``bin = number of split
+``max(maxBins**2, 10000)`` rows (``levelwise.quantile_splits``: Spark's ``findSplits`` on the
+sample's distinct values), then one ``mapInArrow`` pass bins every row (``bin = number of split
 values < x``) and draws its per-tree bag counts (Poisson(subsamplingRate) with ``bootstrap``,
 Bernoulli otherwise; numpy's generator seeded by (seed, partition id), so a recomputed partition
 draws the same counts). The binned rows (one byte per feature and per tree) stay cached on the
@@ -24,24 +24,9 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as sf
 
 from kernels.forest.level import level_histograms
-from kernels.forest.levelwise import LevelPlan
-from kernels.forest.ops import find_splits
+from kernels.forest.levelwise import LevelPlan, bag_counts
 
 BINNED_SCHEMA = "bins binary, bag binary, y int, w double"
-
-
-def quantile_splits(rows: np.ndarray, max_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(n_bins, split_values, split_offsets) of each feature from a (m, F) float32 row sample."""
-    F = rows.shape[1]
-    values, n_bins, offsets = [], np.empty(F, np.int32), np.zeros(F + 1, np.int64)
-    for f in range(F):
-        distinct, cnt = np.unique(rows[:, f], return_counts=True)
-        s = find_splits(distinct.astype(np.float32), cnt.astype(np.float64), max_bins)
-        values.append(s)
-        n_bins[f] = s.shape[0] + 1
-        offsets[f + 1] = offsets[f] + s.shape[0]
-    split_values = np.concatenate(values).astype(np.float32) if values else np.zeros(0, np.float32)
-    return n_bins, split_values, offsets
 
 
 def list_matrix(arr: pa.Array, width: int, name: str) -> np.ndarray:
@@ -74,16 +59,6 @@ def binary_column(matrix: np.ndarray) -> pa.Array:
     n, width = matrix.shape
     offsets = np.arange(n + 1, dtype=np.int32) * width
     return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(matrix.tobytes())])
-
-
-def bag_counts(rng: np.random.Generator, n: int, n_trees: int, rate: float, bootstrap: bool) -> np.ndarray:
-    """(n, n_trees) uint8 bag counts: Poisson(rate) (capped at 255) with bootstrap, else 1 with
-    probability ``rate``."""
-    if bootstrap:
-        return np.minimum(rng.poisson(rate, (n, n_trees)), 255).astype(np.uint8)
-    if rate >= 1.0:
-        return np.ones((n, n_trees), np.uint8)
-    return (rng.random((n, n_trees)) < rate).astype(np.uint8)
 
 
 def training_columns(df: DataFrame, features: str, label: str, weight: str | None) -> DataFrame:

@@ -38,14 +38,13 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as sf
 
 from kernels.forest import estimator as library
-from kernels.forest.levelwise import GrowthParams, grow_forest
+from kernels.forest.levelwise import GrowthParams, grow_forest, quantile_splits
 from kernels.forest.ops import forest_predict_proba
 from kernels.forest.spark.convert import fitted_estimator
 from kernels.forest.spark.engine import (
     SparkEngine,
     bin_rows,
     list_matrix,
-    quantile_splits,
     sample_rows,
     spark_seed,
     training_columns,
@@ -184,7 +183,8 @@ class RandomForestClassificationModel(Model, ForestParams, MLReadable, MLWritabl
             self._set(numTrees=int(estimator.node_offsets_.shape[0] - 1))
 
     @classmethod
-    def from_estimator(cls, estimator: library.RandomForestClassifier, **params: Any) -> RandomForestClassificationModel:
+    def from_estimator(cls, estimator: library.RandomForestClassifier,
+                       **params: Any) -> RandomForestClassificationModel:
         """A Spark model around a fitted in-memory estimator whose classes are 0..C-1 (as
         ``StringIndexer`` gives); ``params`` sets columns by Spark's names."""
         classes = np.asarray(estimator.classes_)

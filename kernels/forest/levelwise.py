@@ -45,7 +45,7 @@ class LevelPlan:
         S, K = self.slot_features.shape
         return (np.zeros((S, K, self.max_bins, self.n_classes)), np.zeros((S, K, self.max_bins), np.int64))
 
-    def routing(self) -> tuple[np.ndarray, ...]:
+    def routing(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The arguments of ``level_histograms`` after the rows: nodes, slots and bins."""
         return (self.feature, self.split_bin, self.left, self.slot, self.node_offsets, self.slot_features,
                 self.n_bins)
@@ -104,7 +104,7 @@ class _Node:
 
 
 def _can_split(node: _Node, p: GrowthParams) -> bool:
-    impure = np.count_nonzero(node.stats) > 1
+    impure = int(np.count_nonzero(node.stats)) > 1
     return node.depth < p.max_depth and node.count >= 2 * p.min_instances and impure
 
 

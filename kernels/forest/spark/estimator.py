@@ -65,7 +65,7 @@ class RandomForestClassifier(Estimator, ForestParams, DefaultParamsReadable, Def
                  minInstancesPerNode: int = 1, minInfoGain: float = 0.0, minWeightFractionPerNode: float = 0.0,
                  bootstrap: bool = True, maxMemoryInMB: int = 256, seed: int | None = None) -> None:
         super().__init__()
-        self._set(**self._input_kwargs)
+        self._set(**self._input_kwargs)  # type: ignore[attr-defined]
 
     @keyword_only
     def setParams(self, *, featuresCol: str = "features", labelCol: str = "label", predictionCol: str = "prediction",
@@ -75,7 +75,7 @@ class RandomForestClassifier(Estimator, ForestParams, DefaultParamsReadable, Def
                   minInstancesPerNode: int = 1, minInfoGain: float = 0.0, minWeightFractionPerNode: float = 0.0,
                   bootstrap: bool = True, maxMemoryInMB: int = 256, seed: int | None = None) -> RandomForestClassifier:
         """Set the params given by name (Spark's ``setParams``)."""
-        return self._set(**self._input_kwargs)
+        return self._set(**self._input_kwargs)  # type: ignore[attr-defined]
 
     def setNumTrees(self, value: int) -> RandomForestClassifier:
         return self._set(numTrees=value)
@@ -128,7 +128,7 @@ class RandomForestClassifier(Estimator, ForestParams, DefaultParamsReadable, Def
             raise ValueError(f"weightCol={weight!r} is not in the DataFrame")
         rows = training_columns(dataset, self.getFeaturesCol(), self.getLabelCol(), weight)
         stats = rows.agg(sf.count(sf.lit(1)).alias("n"), sf.max("label").alias("top"), sf.sum("weight").alias("w"),
-                         sf.min(sf.size("x")).alias("lo"), sf.max(sf.size("x")).alias("hi")).first()
+                         sf.min(sf.size("x")).alias("lo"), sf.max(sf.size("x")).alias("hi")).collect()[0]
         n = int(stats["n"])
         if n == 0:
             raise ValueError("the DataFrame has no rows to learn from")
@@ -263,7 +263,8 @@ class RandomForestClassificationModel(Model, ForestParams, MLReadable, MLWritabl
             return pa.StructArray.from_arrays([raw, prob, pred], names=["raw", "prob", "pred"])
 
         # Nondeterministic keeps the optimizer from copying the UDF into each of the three fields.
-        udf = sf.arrow_udf(predict_batch, "raw array<double>, prob array<double>, pred double").asNondeterministic()
+        udf = sf.arrow_udf(predict_batch, "raw array<double>, prob array<double>, pred double",
+                           sf.ArrowUDFType.SCALAR).asNondeterministic()
         out = dataset.withColumn(_OUT, udf(vector_to_array(sf.col(name), "float32")))
         for col, field in ((self.getRawPredictionCol(), "raw"), (self.getProbabilityCol(), "prob")):
             if col:

@@ -121,10 +121,11 @@ def read_spark_model(path: str | os.PathLike[str]) -> Any:
             if not 0 <= k < n_features:
                 raise ValueError(f"{path} tree {t}: a split on feature {k}; the model has {n_features}")
             importance[t, k] = v
-    model = dict(feature=np.array(feature, np.int32), threshold=np.array(threshold, np.float32),
-                 child=np.array(child, np.int32), value=np.array(values, np.float32).reshape(-1, n_classes),
-                 node_offsets=np.array(node_offsets, np.int64), leaf_offsets=np.array(leaf_offsets, np.int64),
-                 importance=importance)
+    model: dict[str, np.ndarray] = dict(feature=np.array(feature, np.int32), threshold=np.array(threshold, np.float32),
+                                        child=np.array(child, np.int32),
+                                        value=np.array(values, np.float32).reshape(-1, n_classes),
+                                        node_offsets=np.array(node_offsets, np.int64),
+                                        leaf_offsets=np.array(leaf_offsets, np.int64), importance=importance)
     params = dict(meta.get("defaultParamMap", {}), **meta.get("paramMap", {}))
     params["numTrees"] = n_trees
     return fitted_estimator(model, n_features, n_classes, params)

@@ -121,7 +121,8 @@ def table(results: list[dict[str, Any]]) -> str:
     for r in results:
         o, s = r["ours"], r["spark_ml"]
         lines.append(f"| {r['rows']:,} | {r['partitions']} | {o['fit_s']:.1f} | {s['fit_s']:.1f} | "
-                     f"{r['fit_ratio']:.2f} | {o['transform_s']:.2f} | {s['transform_s']:.2f} | {r['transform_ratio']:.2f} | "
+                     f"{r['fit_ratio']:.2f} | {o['transform_s']:.2f} | {s['transform_s']:.2f} | "
+                     f"{r['transform_ratio']:.2f} | "
                      f"{o['accuracy']:.4f} | {s['accuracy']:.4f} |")
     return "\n".join(lines)
 

@@ -94,12 +94,16 @@ def read_spark_model(path: str | os.PathLike[str]) -> Any:
     root = Path(path)
     meta = _metadata(root)
     n_features, n_classes, n_trees = int(meta["numFeatures"]), int(meta["numClasses"]), int(meta["numTrees"])
-    weights = pq.read_table(root / "treesMetadata", columns=["treeID", "weights"]).to_pydict()
-    if any(w != 1.0 for w in weights["weights"]):
+    trees = pq.read_table(root / "treesMetadata")  # (treeID, metadata, weights), named or as _1, _2, _3
+    weights = trees.column("weights" if "weights" in trees.column_names else 2).to_pylist()
+    if any(w != 1.0 for w in weights):
         raise ValueError(f"{path}: tree weights other than 1.0 (not a random forest's)")
-    table = pq.read_table(root / "data", columns=["treeID", "nodeData"]).to_pydict()
+    table = pq.read_table(root / "data")
+    named = "treeID" in table.column_names
+    tree_ids = table.column("treeID" if named else 0).to_pylist()
+    node_data = table.column("nodeData" if named else 1).to_pylist()
     per_tree: list[dict[int, dict[str, Any]]] = [{} for _ in range(n_trees)]
-    for t, nd in zip(table["treeID"], table["nodeData"]):
+    for t, nd in zip(tree_ids, node_data):
         if not 0 <= int(t) < n_trees:
             raise ValueError(f"{path}: treeID {t} outside [0, numTrees={n_trees})")
         per_tree[int(t)][int(nd["id"])] = nd

@@ -263,8 +263,8 @@ class RandomForestClassificationModel(Model, ForestParams, MLReadable, MLWritabl
             return pa.StructArray.from_arrays([raw, prob, pred], names=["raw", "prob", "pred"])
 
         # Nondeterministic keeps the optimizer from copying the UDF into each of the three fields.
-        udf = sf.arrow_udf(predict_batch, "raw array<double>, prob array<double>, pred double",
-                           sf.ArrowUDFType.SCALAR).asNondeterministic()
+        udf = sf.arrow_udf(predict_batch, "raw array<double>, prob array<double>, pred double")  # type: ignore[call-overload]
+        udf = udf.asNondeterministic()
         out = dataset.withColumn(_OUT, udf(vector_to_array(sf.col(name), "float32")))
         for col, field in ((self.getRawPredictionCol(), "raw"), (self.getProbabilityCol(), "prob")):
             if col:

@@ -98,11 +98,16 @@ def test_spark_saved_model_predicts_as_spark(frame: Any, tmp_path: Path) -> None
     assert est.n_nodes_ == spark_forest.totalNumNodes
 
 
-def test_write_load_and_estimator_round_trip(frame: Any, tmp_path: Path) -> None:
+def test_weights_write_load_and_estimator_round_trip(frame: Any, tmp_path: Path) -> None:
+    from pyspark.sql import functions as sf
+
     from kernels.forest.spark import RandomForestClassificationModel, RandomForestClassifier
 
-    data = _pipeline(RandomForestClassifier(numTrees=3, maxDepth=3, seed=1)).fit(frame)
+    weighted = frame.withColumn("w", sf.when(sf.col("species") == "virginica", 0.0).otherwise(1.0))
+    data = _pipeline(RandomForestClassifier(numTrees=3, maxDepth=3, seed=1, weightCol="w")).fit(weighted)
     forest = data.stages[-1]
+    virginica = data.stages[1].labels.index("virginica")  # rows of weight 0 teach nothing
+    assert (forest.to_estimator().value_[:, virginica] == 0).all()
     forest.write().overwrite().save(str(tmp_path / "m"))
     forest.write().overwrite().save(str(tmp_path / "m"))  # overwrite replaces
     loaded = RandomForestClassificationModel.load(str(tmp_path / "m"))

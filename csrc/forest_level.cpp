@@ -37,6 +37,14 @@ void require(bool ok, const std::string& what) {
   if (!ok) fail(what);
 }
 
+// An output accumulated in place: it must already be a writable C-contiguous array of T (a
+// converted copy would take the sums and drop them).
+template <class T>
+T* in_place(py::array& a, const char* what) {
+  require(a.dtype().is(py::dtype::of<T>()) && (a.flags() & py::array::c_style) && a.writeable(), what);
+  return static_cast<T*>(a.mutable_data());
+}
+
 std::int64_t dim(const py::array& a, int k) { return static_cast<std::int64_t>(a.shape(k)); }
 
 // n_bins per feature, each in [1, max_bins]; returns F.
@@ -69,7 +77,7 @@ void check_slot_features(const In<std::int32_t>& sf, std::int64_t S, std::int64_
 void level_histograms(In<std::uint8_t> bins, In<std::int32_t> y, In<double> sample_weight, In<std::uint8_t> bag,
                       In<std::int32_t> feature, In<std::int32_t> split_bin, In<std::int32_t> left,
                       In<std::int32_t> slot, In<std::int64_t> node_offsets, In<std::int32_t> slot_features,
-                      In<std::int32_t> n_bins, Out<double> hist, Out<std::int64_t> counts) {
+                      In<std::int32_t> n_bins, py::array hist, py::array counts) {
   require(bins.ndim() == 2, "bins must be 2-D (n_rows, n_features)");
   const std::int64_t n = dim(bins, 0), F = dim(bins, 1);
   require(y.ndim() == 1 && dim(y, 0) == n, "y must have shape (" + std::to_string(n) + ",) like the rows of bins");
@@ -83,10 +91,11 @@ void level_histograms(In<std::uint8_t> bins, In<std::int32_t> y, In<double> samp
   require(feature.ndim() == 1 && split_bin.ndim() == 1 && left.ndim() == 1 && slot.ndim() == 1 &&
               dim(split_bin, 0) == N && dim(left, 0) == N && dim(slot, 0) == N,
           "feature, split_bin, left and slot must be 1-D of one length (the nodes)");
-  require(hist.ndim() == 4 && hist.writeable(), "hist must be a writable float64 array (n_slots, k, max_bins, "
-                                                "n_classes)");
+  double* H = in_place<double>(hist, "hist must be a writable C-contiguous float64 array");
+  std::int64_t* Cn = in_place<std::int64_t>(counts, "counts must be a writable C-contiguous int64 array");
+  require(hist.ndim() == 4, "hist must have shape (n_slots, k, max_bins, n_classes)");
   const std::int64_t S = dim(hist, 0), K = dim(hist, 1), B = dim(hist, 2), C = dim(hist, 3);
-  require(counts.ndim() == 3 && counts.writeable() && dim(counts, 0) == S && dim(counts, 1) == K &&
+  require(counts.ndim() == 3 && dim(counts, 0) == S && dim(counts, 1) == K &&
               dim(counts, 2) == B,
           "counts must be a writable int64 array of shape hist.shape[:3]");
   require(C >= 1 && B >= 1, "hist needs at least one bin and one class");
@@ -131,8 +140,6 @@ void level_histograms(In<std::uint8_t> bins, In<std::int32_t> y, In<double> samp
       }
     }
   }
-  double* H = hist.mutable_data();
-  std::int64_t* Cn = counts.mutable_data();
   py::gil_scoped_release release;
   for (std::int64_t t = 0; t < T; ++t) {
     const std::int64_t base = no[t];

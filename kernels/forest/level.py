@@ -104,6 +104,10 @@ def _negative_weight(d: dict[str, np.ndarray]) -> None:
     d["sample_weight"][3] = -1.0
 
 
+def _float32_hist(d: dict[str, np.ndarray]) -> None:
+    d["hist"] = d["hist"].astype(np.float32)
+
+
 def _hist_reference(*args: Any) -> None:
     _check_shapes(*args)
     ref.level_histograms(*args)
@@ -127,6 +131,10 @@ def _check_shapes(bins: np.ndarray, y: np.ndarray, sample_weight: np.ndarray, ba
                          "(n_slots, k)")
     if node_offsets[0] != 0 or node_offsets[-1] != N or (np.diff(node_offsets) < 1).any():
         raise ValueError("node_offsets must increase from 0 to the number of nodes")
+    for name, a, dtype in (("hist", hist, np.float64), ("counts", counts, np.int64)):
+        if not isinstance(a, np.ndarray) or a.dtype != dtype:
+            raise ValueError(f"{name} must be a {np.dtype(dtype).name} array (it is accumulated in place), got "
+                             f"{getattr(a, 'dtype', type(a).__name__)}")
 
 
 _HIST_ERRORS = [
@@ -136,6 +144,7 @@ _HIST_ERRORS = [
     ErrorSample("slot outside", _bad(_slot_outside), ValueError, "slot[2]=99"),
     ErrorSample("bin outside", _bad(_bin_outside), ValueError, "bins[1, 0]=4"),
     ErrorSample("negative weight", _bad(_negative_weight), ValueError, "sample_weight[3] must be finite and >= 0"),
+    ErrorSample("float32 hist", _bad(_float32_hist), ValueError, "hist must be a float64 array"),
 ]
 
 define_op("level_histograms", reference=_hist_reference, dtypes=("uint8",),

@@ -144,7 +144,8 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 @pytest.fixture(scope="module")
-def split(quick: bool) -> tuple[Any, Any, int]:
+def split(request: pytest.FixtureRequest) -> tuple[Any, Any, int]:
+    quick = bool(request.config.getoption("--quick"))
     pytest.importorskip("pyspark", reason="pyspark is not installed (pip install 'modelkernels[spark]')")
     spark = session(2, "2g")
     n = 5000 if quick else 20000

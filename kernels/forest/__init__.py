@@ -6,6 +6,7 @@ base classes, and importing scikit-learn would add ~0.6 s to ``import kernels``.
 
 from typing import Any
 
+from kernels.forest.level import level_best_splits, level_histograms
 from kernels.forest.ops import (
     best_split_exact,
     best_split_hist,
@@ -30,4 +31,6 @@ __all__ = [
     "build_forest",
     "find_splits",
     "forest_predict_proba",
+    "level_best_splits",
+    "level_histograms",
 ]

@@ -1,0 +1,221 @@
+"""The forest on Spark against Spark ML's RandomForestClassifier on the same cached DataFrame.
+
+Data: make_classification-like rows generated on the executors (3 classes, each a Gaussian
+cluster around a vertex of a hypercube in the informative features, the rest noise), 50
+features, split 80 / 20. Both estimators: 20 trees, maxDepth 10, maxBins 32, seed 0. Timed: fit
+(the whole ``fit``), transform (``transform`` of the test split written to Spark's ``noop``
+sink, every output column computed, after one untimed warm-up), and test accuracy by
+``MulticlassClassificationEvaluator``. Python workers are started (and import the library) before
+the timings, as in a session that has run a Python job before.
+Before timing, the library's Spark predictions are checked against its in-memory C++ predictor.
+
+Full size (the issue's table, rows 100k / 300k / 1M, partitions = 2 x cores):
+
+    python -m benchmarks.test_bench_spark --rows 100000 300000 1000000 --out spark.json
+
+As pytest-benchmark suites (``spark_fit``, ``spark_transform``): 20k rows, local[2] (``--quick``: 5k
+rows, 5 trees); test accuracy printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from benchmarks.harness import machine_info, verify
+from kernels.registry import Tolerance
+
+N_FEATURES, N_INFORMATIVE, N_CLASSES = 50, 10, 3
+
+
+def session(cores: int, memory: str = "4g") -> Any:
+    """A local Spark session with ``cores`` task slots (the benchmark's machine)."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    spark = (SparkSession.builder.master(f"local[{cores}]").appName("modelkernels-bench-spark")
+             .config("spark.ui.enabled", "false").config("spark.driver.memory", memory)
+             .config("spark.sql.shuffle.partitions", str(2 * cores)).getOrCreate())
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def frame(spark: Any, n: int, partitions: int, seed: int = 0) -> Any:
+    """n rows (features vector<50>, label double) generated per partition, cached."""
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import functions as sf
+
+    centers = np.random.default_rng(seed).choice([-1.0, 1.0], (N_CLASSES, N_INFORMATIVE)) * 1.0
+    mixing = np.random.default_rng(seed + 1).standard_normal((N_INFORMATIVE, N_INFORMATIVE))
+
+    def rows(batches: Any) -> Any:
+        import pyarrow as pa
+
+        for batch in batches:
+            ids = batch.column("id").to_numpy()
+            if ids.size == 0:
+                continue
+            rng = np.random.default_rng([seed, int(ids[0])])
+            y = rng.integers(0, N_CLASSES, ids.size)
+            x = np.empty((ids.size, N_FEATURES), np.float32)
+            x[:, :N_INFORMATIVE] = (centers[y] + rng.standard_normal((ids.size, N_INFORMATIVE))) @ mixing
+            x[:, N_INFORMATIVE:] = rng.standard_normal((ids.size, N_FEATURES - N_INFORMATIVE))
+            flip = rng.random(ids.size) < 0.01
+            y[flip] = rng.integers(0, N_CLASSES, int(flip.sum()))
+            offsets = pa.array(np.arange(ids.size + 1, dtype=np.int32) * N_FEATURES)
+            feats = pa.ListArray.from_arrays(offsets, pa.array(x.ravel().astype(np.float64)))
+            yield pa.RecordBatch.from_arrays([feats, pa.array(y.astype(np.float64))], names=["x", "label"])
+
+    df = spark.range(0, n, numPartitions=partitions).mapInArrow(rows, "x array<double>, label double")
+    return df.select(array_to_vector("x").alias("features"), sf.col("label"))
+
+
+def warm_workers(df: Any) -> None:
+    """Start the Python workers and import the library in each (a long-running session's state),
+    so neither fit nor transform times a worker's start-up."""
+    def touch(batches: Any) -> Any:
+        import kernels.forest.level  # noqa: F401
+
+        for batch in batches:
+            yield batch.select(["label"])
+
+    df.mapInArrow(touch, "label double").write.format("noop").mode("overwrite").save()
+
+
+def _timed(fn: Any) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def run_case(spark: Any, n: int, partitions: int, trees: int = 20, depth: int = 10, bins: int = 32) -> dict[str, Any]:
+    """Fit, transform and score both forests on one DataFrame; returns seconds and accuracies."""
+    from pyspark.ml.classification import RandomForestClassifier as SparkForest
+    from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+
+    from kernels.forest.spark import RandomForestClassifier
+
+    train, test = frame(spark, n, partitions).randomSplit([0.8, 0.2], seed=1)
+    train, test = train.cache(), test.cache()
+    train.count(), test.count()
+    warm_workers(train)
+    score = MulticlassClassificationEvaluator(metricName="accuracy")
+    result: dict[str, Any] = dict(rows=n, partitions=partitions, trees=trees, depth=depth, bins=bins)
+    for name, est in (("ours", RandomForestClassifier(numTrees=trees, maxDepth=depth, maxBins=bins, seed=0)),
+                      ("spark_ml", SparkForest(numTrees=trees, maxDepth=depth, maxBins=bins, seed=0))):
+        model, fit_s = _timed(lambda est=est: est.fit(train))
+        out = model.transform(test)
+        if name == "ours":
+            check = out.limit(2000).select("features", "probability").collect()
+            X = np.array([r["features"].toArray() for r in check], np.float32)
+            want = model.to_estimator().predict_proba(X)
+            got = np.array([r["probability"].toArray() for r in check])
+            if not np.allclose(got, want, rtol=0, atol=1e-12):
+                raise AssertionError("Spark transform disagrees with the in-memory C++ predictor")
+        out.write.format("noop").mode("overwrite").save()  # warm-up: JIT, workers
+        _, transform_s = _timed(lambda out=out: out.write.format("noop").mode("overwrite").save())
+        result[name] = dict(fit_s=fit_s, transform_s=transform_s, accuracy=score.evaluate(out))
+    train.unpersist(), test.unpersist()
+    result["fit_ratio"] = result["ours"]["fit_s"] / result["spark_ml"]["fit_s"]
+    result["transform_ratio"] = result["ours"]["transform_s"] / result["spark_ml"]["transform_s"]
+    result["accuracy_points"] = 100 * (result["ours"]["accuracy"] - result["spark_ml"]["accuracy"])
+    return result
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    head = ("| rows | partitions | fit ours (s) | fit Spark ML (s) | ratio | transform ours (s) | transform Spark ML "
+            "(s) | ratio | accuracy ours | accuracy Spark ML |")
+    lines = [head, "|" + "---|" * 10]
+    for r in results:
+        o, s = r["ours"], r["spark_ml"]
+        lines.append(f"| {r['rows']:,} | {r['partitions']} | {o['fit_s']:.1f} | {s['fit_s']:.1f} | "
+                     f"{r['fit_ratio']:.2f} | {o['transform_s']:.2f} | {s['transform_s']:.2f} | "
+                     f"{r['transform_ratio']:.2f} | "
+                     f"{o['accuracy']:.4f} | {s['accuracy']:.4f} |")
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="module")
+def split(request: pytest.FixtureRequest) -> tuple[Any, Any, int]:
+    quick = bool(request.config.getoption("--quick"))
+    pytest.importorskip("pyspark", reason="pyspark is not installed (pip install 'modelkernels[spark]')")
+    spark = session(2, "2g")
+    n = 5000 if quick else 20000
+    train, test = frame(spark, n, 2).randomSplit([0.8, 0.2], seed=1)
+    train, test = train.cache(), test.cache()
+    train.count(), test.count()
+    return train, test, n
+
+
+def _estimator(impl: str, trees: int) -> Any:
+    from pyspark.ml.classification import RandomForestClassifier as SparkForest
+
+    from kernels.forest.spark import RandomForestClassifier
+
+    cls = RandomForestClassifier if impl == "kernels.forest.spark" else SparkForest
+    return cls(numTrees=trees, maxDepth=10, maxBins=32, seed=0)
+
+
+@pytest.mark.parametrize("impl", ["kernels.forest.spark", "Spark ML"])
+def test_spark_fit_transform(bench, quick, split, impl: str) -> None:  # type: ignore[no-untyped-def]
+    from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+
+    train, test, n = split
+    trees = 5 if quick else 20
+    model = _estimator(impl, trees).fit(train)
+    out = model.transform(test)
+    if impl == "kernels.forest.spark":
+        check = out.limit(500).select("features", "probability").collect()
+        X = np.array([r["features"].toArray() for r in check], np.float32)
+        verify(np.array([r["probability"].toArray() for r in check]), model.to_estimator().predict_proba(X),
+               Tolerance(atol=1e-12), what="Spark transform vs the in-memory C++ predictor")
+    accuracy = MulticlassClassificationEvaluator(metricName="accuracy").evaluate(out)
+    role = "ours" if impl == "kernels.forest.spark" else "peer"
+    bench(lambda: _estimator(impl, trees).fit(train), suite="spark_fit", case=f"n={n} trees={trees} depth=10",
+          impl=impl, role=role, size=n, rounds=2)
+    print(f"{impl}: test accuracy {accuracy:.4f}")
+
+
+@pytest.mark.parametrize("impl", ["kernels.forest.spark", "Spark ML"])
+def test_spark_transform(bench, quick, split, impl: str) -> None:  # type: ignore[no-untyped-def]
+    train, test, n = split
+    trees = 5 if quick else 20
+    out = _estimator(impl, trees).fit(train).transform(test)
+    bench(lambda: out.write.format("noop").mode("overwrite").save(), suite="spark_transform",
+          case=f"n={n // 5} trees={trees} depth=10", impl=impl,
+          role="ours" if impl == "kernels.forest.spark" else "peer", size=n, rounds=5)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[100000, 300000, 1000000])
+    parser.add_argument("--partitions", type=int, nargs="+", default=None,
+                        help="partition counts to try (default: 2 x cores)")
+    parser.add_argument("--cores", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--trees", type=int, default=20)
+    parser.add_argument("--depth", type=int, default=10)
+    parser.add_argument("--memory", default="16g", help="spark.driver.memory")
+    parser.add_argument("--out", type=Path, default=Path("spark_bench.json"))
+    args = parser.parse_args()
+    spark = session(args.cores, args.memory)
+    results = []
+    for partitions in args.partitions or [2 * args.cores]:
+        for n in args.rows:
+            results.append(run_case(spark, n, partitions, trees=args.trees, depth=args.depth))
+            print(table(results[-1:]), flush=True)
+    print(table(results))
+    args.out.write_text(json.dumps(dict(machine=machine_info(), cores=args.cores, results=results), indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

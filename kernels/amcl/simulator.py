@@ -3,6 +3,8 @@ noisy odometry and ray-cast laser scans.
 
 - ``generate_map(seed)``: a walled floor with interior walls that have doors, and boxes placed at
   random (so that places look different and global localization has something to find).
+- ``generate_aisles(seed)``: a warehouse of long parallel shelf rows with gaps, identical along
+  the aisles but for a few pallets (repeated structure: a corridor looks the same for metres).
 - ``simulate(map, steps, seed)``: the robot drives between random waypoints it can see (kept
   ``clearance`` from walls) at ``speed`` m/s, ``dt`` s a step. Odometry integrates the true
   motion's (rot1, trans, rot2) with Gaussian noise proportional to it (``odom_noise``), so it
@@ -49,6 +51,41 @@ def generate_map(seed: int = 0, width_m: float = 12.0, height_m: float = 9.0, re
     st[y_wall:y_wall + t, d:d + door] = FREE
     for _ in range(boxes):
         bw, bh = (int(rng.integers(int(0.3 / resolution), int(1.0 / resolution))) for _ in range(2))
+        i = int(rng.integers(margin + t + 1, w - margin - t - bw - 1))
+        j = int(rng.integers(margin + t + 1, h - margin - t - bh - 1))
+        st[j:j + bh, i:i + bw] = OCCUPIED
+    return OccupancyMap(st, resolution, origin[0], origin[1])
+
+
+def generate_aisles(seed: int = 0, width_m: float = 16.0, height_m: float = 10.0, resolution: float = 0.025,
+                    aisle: float = 1.6, shelf: float = 0.6, gap_every: float = 4.0, gap: float = 1.2,
+                    pallets: int = 4, origin: tuple[float, float] = (-0.5, -0.5)) -> OccupancyMap:
+    """A warehouse: outer walls, shelf rows ``shelf`` m deep running along x with ``aisle`` m
+    aisles between them, cross gaps ``gap`` m wide every ``gap_every`` m (the same in every row,
+    so every junction looks alike), and ``pallets`` small boxes placed at random in the aisles."""
+    if not (aisle > 0 and shelf > 0 and gap_every > gap > 0):
+        raise ValueError(f"aisle={aisle!r}, shelf={shelf!r}, gap={gap!r}, gap_every={gap_every!r}: need "
+                         "aisle > 0, shelf > 0 and gap_every > gap > 0")
+    rng = np.random.default_rng(seed)
+    w, h = round(width_m / resolution), round(height_m / resolution)
+    margin = 3
+    st = np.full((h, w), UNKNOWN, np.int8)
+    st[margin:h - margin, margin:w - margin] = FREE
+    t = max(1, round(0.1 / resolution))
+    st[margin:margin + t, margin:w - margin] = OCCUPIED
+    st[h - margin - t:h - margin, margin:w - margin] = OCCUPIED
+    st[margin:h - margin, margin:margin + t] = OCCUPIED
+    st[margin:h - margin, w - margin - t:w - margin] = OCCUPIED
+    a, d, g, ge = (round(v / resolution) for v in (aisle, shelf, gap, gap_every))
+    x0, x1 = margin + t + a, w - margin - t - a  # an aisle along each end wall
+    y = margin + t + a
+    while y + d <= h - margin - t - a:
+        st[y:y + d, x0:x1] = OCCUPIED
+        for x in range(x0 + ge, x1 - g, ge):
+            st[y:y + d, x:x + g] = FREE
+        y += d + a
+    for _ in range(pallets):
+        bw, bh = (int(rng.integers(round(0.2 / resolution), round(0.4 / resolution))) for _ in range(2))
         i = int(rng.integers(margin + t + 1, w - margin - t - bw - 1))
         j = int(rng.integers(margin + t + 1, h - margin - t - bh - 1))
         st[j:j + bh, i:i + bw] = OCCUPIED

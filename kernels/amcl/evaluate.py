@@ -185,6 +185,7 @@ def _track_all(m: Any, run: SimulatedRun, seed: int, reference: bool, peer: bool
 FINE_FILTERS: dict[str, dict[str, Any]] = {
     "ours, beam model": dict(laser_model_type="beam"),
     "ours, likelihood field": dict(laser_model_type="likelihood_field"),
+    "ours, likelihood field, sigma_hit 0.1": dict(laser_model_type="likelihood_field", sigma_hit=0.1),
 }
 
 
@@ -197,11 +198,12 @@ def fine_maps(resolution: float, floors: int, warehouses: int) -> list[tuple[str
 
 
 def fine_scenario(resolution: float = 0.025, floors: int = 1, warehouses: int = 1, seeds: int = 10,
-                  steps: int = 150, beams: int = 360, particles: int = 3000, peer: bool = True,
+                  steps: int = 150, beams: int = 360, particles: int = 3000, peer: bool = True, scan_upsample: int = 4,
                   filters: dict[str, dict[str, Any]] | None = None,
                   log: Callable[[str], None] | None = None) -> dict[str, list[dict[str, float]]]:
     """Per filter, the ``summary`` of every (map, seed) run: the robot drives ``steps`` steps of
-    0.1 m (1 m/s, 0.1 s), ``beams``-beam 360° scans with 2 cm noise, 5 % odometry noise; every
+    0.1 m (1 m/s, 0.1 s), ``beams``-beam 360° scans with 2 cm noise cast on the map split into
+    ``scan_upsample``² sub-cells (not the filters' own ray caster), 5 % odometry noise; every
     filter (and the peer) updates on every scan with ``particles`` particles."""
     from kernels.amcl.filter import ParticleFilter
     from kernels.amcl.simulator import simulate
@@ -211,7 +213,7 @@ def fine_scenario(resolution: float = 0.025, floors: int = 1, warehouses: int = 
     rows: dict[str, list[dict[str, float]]] = {}
     for name, m in fine_maps(resolution, floors, warehouses):
         for seed in range(seeds):
-            run = simulate(m, steps, seed=seed, speed=1.0, beams=beams)
+            run = simulate(m, steps, seed=seed, speed=1.0, beams=beams, scan_upsample=scan_upsample)
             results = {label: track(run, partial(ParticleFilter, m, random_seed=seed, **every, **extra))
                        for label, extra in (filters or FINE_FILTERS).items()}
             if peer and peer_unavailable() is None:
@@ -229,14 +231,14 @@ def spread_table(rows: dict[str, list[dict[str, float]]]) -> str:
     percentile range in brackets, and ms per update."""
     out = ["| filter | runs | position median (m) | position p95 (m) | heading median (rad) | ms per update |",
            "|---|---|---|---|---|---|"]
+    def cell(summaries: list[dict[str, float]], key: str) -> str:
+        lo, mid, hi = np.percentile([s[key] for s in summaries], [10, 50, 90])
+        return f"{mid:.3f} [{lo:.3f}-{hi:.3f}]"
+
     for label, summaries in rows.items():
-        def cell(key: str) -> str:
-            v = np.array([s[key] for s in summaries])
-            lo, mid, hi = np.percentile(v, [10, 50, 90])
-            return f"{mid:.3f} [{lo:.3f}-{hi:.3f}]"
         ms = np.median([s["ms_per_update"] for s in summaries])
-        out.append(f"| {label} | {len(summaries)} | {cell('pos_median')} | {cell('pos_p95')} | "
-                   f"{cell('heading_median')} | {ms:.1f} |")
+        out.append(f"| {label} | {len(summaries)} | {cell(summaries, 'pos_median')} | "
+                   f"{cell(summaries, 'pos_p95')} | {cell(summaries, 'heading_median')} | {ms:.1f} |")
     return "\n".join(out)
 
 
@@ -261,12 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warehouses", type=int, default=1, help="--fine: aisle warehouses")
     ap.add_argument("--beams", type=int, default=360, help="--fine: beams per scan")
     ap.add_argument("--particles", type=int, default=3000, help="--fine: particles (fixed)")
+    ap.add_argument("--scan-upsample", type=int, default=4, help="--fine: scans cast on k x k sub-cells")
     args = ap.parse_args(argv)
     if args.fine:
-        rows = fine_scenario(args.resolution, args.floors, args.warehouses,
+        fine = fine_scenario(args.resolution, args.floors, args.warehouses,
                              10 if args.seeds is None else args.seeds, 150 if args.steps is None else args.steps,
-                             args.beams, args.particles, not args.no_peer, log=partial(print, flush=True))
-        print("\n" + spread_table(rows))
+                             args.beams, args.particles, not args.no_peer, args.scan_upsample,
+                             log=partial(print, flush=True))
+        print("\n" + spread_table(fine))
         return 0
     args.seeds = 3 if args.seeds is None else args.seeds
     args.steps = 300 if args.steps is None else args.steps

@@ -186,6 +186,7 @@ FINE_FILTERS: dict[str, dict[str, Any]] = {
     "ours, beam model": dict(laser_model_type="beam"),
     "ours, likelihood field": dict(laser_model_type="likelihood_field"),
     "ours, likelihood field, sigma_hit 0.1": dict(laser_model_type="likelihood_field", sigma_hit=0.1),
+    "ours, likelihood_field_prob": dict(laser_model_type="likelihood_field_prob"),
 }
 
 

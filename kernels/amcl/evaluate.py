@@ -7,6 +7,11 @@ warm-up. ``global_localization``: the filter starts from particles spread over t
 it has converged at the first step after which the pose stays within ``pos_tol`` / ``ang_tol``
 of the truth to the end of the run.
 
+``fine_scenario``: fine maps (``resolution`` 0.02-0.03 m: generated floor plans and warehouses of
+long repeated aisles), dense scans (360 beams), every scan used by every filter, the peer in the
+same runs; per-filter medians over the runs with their spread (``python -m kernels.amcl.evaluate
+--fine``).
+
 ``NavAmclPeer`` drives nav2's C core through the ``amcl`` package (GPL, a benchmark-only peer):
 its driver updates on every call (no update gating) and uses the beam model.
 """
@@ -177,6 +182,67 @@ def _track_all(m: Any, run: SimulatedRun, seed: int, reference: bool, peer: bool
     return out
 
 
+FINE_FILTERS: dict[str, dict[str, Any]] = {
+    "ours, beam model": dict(laser_model_type="beam"),
+    "ours, likelihood field": dict(laser_model_type="likelihood_field"),
+    "ours, likelihood field, sigma_hit 0.1": dict(laser_model_type="likelihood_field", sigma_hit=0.1),
+    "ours, likelihood_field_prob": dict(laser_model_type="likelihood_field_prob"),
+}
+
+
+def fine_maps(resolution: float, floors: int, warehouses: int) -> list[tuple[str, Any]]:
+    """Generated floor plans and aisle warehouses at ``resolution``."""
+    from kernels.amcl.simulator import generate_aisles, generate_map
+
+    return ([(f"floor-{k}", generate_map(k, resolution=resolution)) for k in range(floors)]
+            + [(f"aisles-{k}", generate_aisles(k, resolution=resolution)) for k in range(warehouses)])
+
+
+def fine_scenario(resolution: float = 0.025, floors: int = 1, warehouses: int = 1, seeds: int = 10,
+                  steps: int = 150, beams: int = 360, particles: int = 3000, peer: bool = True, scan_upsample: int = 4,
+                  filters: dict[str, dict[str, Any]] | None = None,
+                  log: Callable[[str], None] | None = None) -> dict[str, list[dict[str, float]]]:
+    """Per filter, the ``summary`` of every (map, seed) run: the robot drives ``steps`` steps of
+    0.1 m (1 m/s, 0.1 s), ``beams``-beam 360° scans with 2 cm noise cast on the map split into
+    ``scan_upsample``² sub-cells (not the filters' own ray caster), 5 % odometry noise; every
+    filter (and the peer) updates on every scan with ``particles`` particles."""
+    from kernels.amcl.filter import ParticleFilter
+    from kernels.amcl.simulator import simulate
+
+    every: dict[str, Any] = dict(update_min_d=0.0, update_min_a=0.0, min_particles=particles,
+                                 max_particles=particles)
+    rows: dict[str, list[dict[str, float]]] = {}
+    for name, m in fine_maps(resolution, floors, warehouses):
+        for seed in range(seeds):
+            run = simulate(m, steps, seed=seed, speed=1.0, beams=beams, scan_upsample=scan_upsample)
+            results = {label: track(run, partial(ParticleFilter, m, random_seed=seed, **every, **extra))
+                       for label, extra in (filters or FINE_FILTERS).items()}
+            if peer and peer_unavailable() is None:
+                results["nav2 core (amcl package), beam model"] = track_peer(run, particles)
+            for label, result in results.items():
+                rows.setdefault(label, []).append(result.summary())
+            if log:
+                log(f"{name} seed {seed}: " + ", ".join(f"{k} {v.summary()['pos_median']:.3f}"
+                                                      for k, v in results.items()))
+    return rows
+
+
+def spread_table(rows: dict[str, list[dict[str, float]]]) -> str:
+    """Markdown: median over the runs of each run's median / p95 error, with the runs' 10th-90th
+    percentile range in brackets, and ms per update."""
+    out = ["| filter | runs | position median (m) | position p95 (m) | heading median (rad) | ms per update |",
+           "|---|---|---|---|---|---|"]
+    def cell(summaries: list[dict[str, float]], key: str) -> str:
+        lo, mid, hi = np.percentile([s[key] for s in summaries], [10, 50, 90])
+        return f"{mid:.3f} [{lo:.3f}-{hi:.3f}]"
+
+    for label, summaries in rows.items():
+        ms = np.median([s["ms_per_update"] for s in summaries])
+        out.append(f"| {label} | {len(summaries)} | {cell(summaries, 'pos_median')} | "
+                   f"{cell(summaries, 'pos_p95')} | {cell(summaries, 'heading_median')} | {ms:.1f} |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Accuracy table: tracking error and global-localization convergence over maps and seeds."""
     import argparse
@@ -187,11 +253,28 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m kernels.amcl.evaluate", description=main.__doc__)
     ap.add_argument("--generated", type=int, default=3, help="generated floor plans (default 3)")
     ap.add_argument("--real-maps", help="folder with tb3_sandbox.yaml / depot.yaml to add")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--seeds", type=int, help="seeds per map (default 3; --fine: 10)")
+    ap.add_argument("--steps", type=int, help="steps per run (default 300; --fine: 150)")
     ap.add_argument("--no-peer", action="store_true", help="skip nav2's C core even when installed")
     ap.add_argument("--no-reference", action="store_true", help="skip the reference filter")
+    ap.add_argument("--fine", action="store_true", help="the fine-map / dense-scan scenario instead "
+                    "(--seeds default 10, --steps default 150)")
+    ap.add_argument("--resolution", type=float, default=0.025, help="--fine: map resolution (m)")
+    ap.add_argument("--floors", type=int, default=1, help="--fine: generated floor plans")
+    ap.add_argument("--warehouses", type=int, default=1, help="--fine: aisle warehouses")
+    ap.add_argument("--beams", type=int, default=360, help="--fine: beams per scan")
+    ap.add_argument("--particles", type=int, default=3000, help="--fine: particles (fixed)")
+    ap.add_argument("--scan-upsample", type=int, default=4, help="--fine: scans cast on k x k sub-cells")
     args = ap.parse_args(argv)
+    if args.fine:
+        fine = fine_scenario(args.resolution, args.floors, args.warehouses,
+                             10 if args.seeds is None else args.seeds, 150 if args.steps is None else args.steps,
+                             args.beams, args.particles, not args.no_peer, args.scan_upsample,
+                             log=partial(print, flush=True))
+        print("\n" + spread_table(fine))
+        return 0
+    args.seeds = 3 if args.seeds is None else args.seeds
+    args.steps = 300 if args.steps is None else args.steps
     rows: dict[str, list[dict[str, float]]] = {}
     glob: list[tuple[str, GlobalResult]] = []
     for name, m in _maps(args.real_maps, args.generated):

@@ -3,12 +3,16 @@ noisy odometry and ray-cast laser scans.
 
 - ``generate_map(seed)``: a walled floor with interior walls that have doors, and boxes placed at
   random (so that places look different and global localization has something to find).
+- ``generate_aisles(seed)``: a warehouse of long parallel shelf rows with gaps, identical along
+  the aisles but for a few pallets (repeated structure: a corridor looks the same for metres).
 - ``simulate(map, steps, seed)``: the robot drives between random waypoints it can see (kept
   ``clearance`` from walls) at ``speed`` m/s, ``dt`` s a step. Odometry integrates the true
   motion's (rot1, trans, rot2) with Gaussian noise proportional to it (``odom_noise``), so it
   drifts. Scans ray-cast the map from the true pose (``amcl_ray_cast``, nav2's Bresenham), add
   Gaussian range noise, report ``range_max`` where nothing is hit, and drop a fraction of beams
-  (NaN) and replace a fraction with short random readings (unmapped obstacles).
+  (NaN) and replace a fraction with short random readings (unmapped obstacles). With
+  ``scan_upsample`` k > 1 the scans are cast on the map split into k x k sub-cells, so their
+  ranges are not quantised to the cells the filters cast on.
 """
 
 from __future__ import annotations
@@ -49,6 +53,41 @@ def generate_map(seed: int = 0, width_m: float = 12.0, height_m: float = 9.0, re
     st[y_wall:y_wall + t, d:d + door] = FREE
     for _ in range(boxes):
         bw, bh = (int(rng.integers(int(0.3 / resolution), int(1.0 / resolution))) for _ in range(2))
+        i = int(rng.integers(margin + t + 1, w - margin - t - bw - 1))
+        j = int(rng.integers(margin + t + 1, h - margin - t - bh - 1))
+        st[j:j + bh, i:i + bw] = OCCUPIED
+    return OccupancyMap(st, resolution, origin[0], origin[1])
+
+
+def generate_aisles(seed: int = 0, width_m: float = 16.0, height_m: float = 10.0, resolution: float = 0.025,
+                    aisle: float = 1.6, shelf: float = 0.6, gap_every: float = 4.0, gap: float = 1.2,
+                    pallets: int = 4, origin: tuple[float, float] = (-0.5, -0.5)) -> OccupancyMap:
+    """A warehouse: outer walls, shelf rows ``shelf`` m deep running along x with ``aisle`` m
+    aisles between them, cross gaps ``gap`` m wide every ``gap_every`` m (the same in every row,
+    so every junction looks alike), and ``pallets`` small boxes placed at random in the aisles."""
+    if not (aisle > 0 and shelf > 0 and gap_every > gap > 0):
+        raise ValueError(f"aisle={aisle!r}, shelf={shelf!r}, gap={gap!r}, gap_every={gap_every!r}: need "
+                         "aisle > 0, shelf > 0 and gap_every > gap > 0")
+    rng = np.random.default_rng(seed)
+    w, h = round(width_m / resolution), round(height_m / resolution)
+    margin = 3
+    st = np.full((h, w), UNKNOWN, np.int8)
+    st[margin:h - margin, margin:w - margin] = FREE
+    t = max(1, round(0.1 / resolution))
+    st[margin:margin + t, margin:w - margin] = OCCUPIED
+    st[h - margin - t:h - margin, margin:w - margin] = OCCUPIED
+    st[margin:h - margin, margin:margin + t] = OCCUPIED
+    st[margin:h - margin, w - margin - t:w - margin] = OCCUPIED
+    a, d, g, ge = (round(v / resolution) for v in (aisle, shelf, gap, gap_every))
+    x0, x1 = margin + t + a, w - margin - t - a  # an aisle along each end wall
+    y = margin + t + a
+    while y + d <= h - margin - t - a:
+        st[y:y + d, x0:x1] = OCCUPIED
+        for x in range(x0 + ge, x1 - g, ge):
+            st[y:y + d, x:x + g] = FREE
+        y += d + a
+    for _ in range(pallets):
+        bw, bh = (int(rng.integers(round(0.2 / resolution), round(0.4 / resolution))) for _ in range(2))
         i = int(rng.integers(margin + t + 1, w - margin - t - bw - 1))
         j = int(rng.integers(margin + t + 1, h - margin - t - bh - 1))
         st[j:j + bh, i:i + bw] = OCCUPIED
@@ -106,8 +145,15 @@ def simulate(occupancy_map: OccupancyMap, steps: int = 200, seed: int = 0, *, sp
              turn_rate: float = 1.2, dt: float = 0.1, clearance: float = 0.35, beams: int = 181,
              fov: float = 2 * math.pi, range_max: float = 8.0, range_noise: float = 0.02,
              dropout: float = 0.01, short_rate: float = 0.02, odom_noise: tuple[float, float] = (0.05, 0.05),
-             start: np.ndarray | None = None) -> SimulatedRun:
+             start: np.ndarray | None = None, scan_upsample: int = 1) -> SimulatedRun:
     """Drive ``steps`` steps from ``start`` (or a random clear pose) and record everything."""
+    if isinstance(scan_upsample, bool) or not isinstance(scan_upsample, int) or scan_upsample < 1:
+        raise ValueError(f"scan_upsample={scan_upsample!r}: must be an integer >= 1")
+    k = scan_upsample
+    fine = occupancy_map if k == 1 else OccupancyMap(
+        np.kron(occupancy_map.state, np.ones((k, k), np.int8)), occupancy_map.resolution / k,
+        occupancy_map.origin_x - occupancy_map.resolution * (k - 1) / (2 * k),
+        occupancy_map.origin_y - occupancy_map.resolution * (k - 1) / (2 * k))
     rng = np.random.default_rng(seed)
     cells = clear_cells(occupancy_map, clearance)
     pose = np.array(start, np.float64) if start is not None else free_poses(occupancy_map, clearance, rng, 1, cells)[0]
@@ -144,7 +190,7 @@ def simulate(occupancy_map: OccupancyMap, steps: int = 200, seed: int = 0, *, sp
         odom = np.array([odom[0] + n_trans * math.cos(odom[2] + n_rot1), odom[1] + n_trans * math.sin(odom[2] + n_rot1),
                          _wrap(odom[2] + n_rot1 + n_rot2)])
         pose = new
-        ranges = amcl_ray_cast(occupancy_map.state, *occupancy_map.geometry, pose[None], bearings, range_max)[0]
+        ranges = amcl_ray_cast(fine.state, *fine.geometry, pose[None], bearings, range_max)[0]
         hit_mask = ranges < range_max
         ranges = np.where(hit_mask, ranges + rng.normal(0, range_noise, beams), range_max)
         short = rng.random(beams) < short_rate

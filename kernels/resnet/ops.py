@@ -1,6 +1,6 @@
 """The ``conv_epilogue`` op: reference (``pyimpl.resnet.conv_epilogue``), samples, error inputs, its
-Triton backend (CUDA; CPU tensors under ``TRITON_INTERPRET=1`` when forced), and its ``torch.library``
-custom op ``torch.ops.modelkernels.conv_epilogue`` so a patched ResNet compiles as one graph.
+Triton backend (CUDA; CPU tensors under ``TRITON_INTERPRET=1`` when forced). ``library.py`` defines it
+as ``torch.ops.modelkernels.conv_epilogue`` so a patched ResNet compiles as one graph.
 
 Inference only: the Triton backend has no backward, so inputs that need a gradient go to the
 reference (plain PyTorch, differentiable) and the reason says so.
@@ -13,9 +13,8 @@ from typing import Any
 
 import torch
 
-from kernels.fused.availability import triton_unavailable
+from kernels.availability import triton_unavailable
 from kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
-from kernels.torch_ops import memory_format
 from pyimpl import resnet as ref
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -160,20 +159,3 @@ def conv_epilogue(x: torch.Tensor, bias: torch.Tensor | None = None, residual: t
         return torch.ops.modelkernels.conv_epilogue(x, bias, residual, residual_bias, relu, backend)
     out: torch.Tensor = call("conv_epilogue", x, bias, residual, residual_bias, relu, backend=backend)
     return out
-
-
-@torch.library.custom_op("modelkernels::conv_epilogue", mutates_args=())
-def conv_epilogue_op(x: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
-                     residual_bias: torch.Tensor | None, relu: bool, backend: str | None) -> torch.Tensor:
-    """``conv_epilogue`` as one graph node; the output has x's memory format and its own storage."""
-    out: torch.Tensor = call("conv_epilogue", x, bias, residual, residual_bias, relu, backend=backend)
-    if any(t is not None and out.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()
-           for t in (x, residual)):
-        out = out.clone(memory_format=memory_format(x))
-    return out
-
-
-@conv_epilogue_op.register_fake
-def _(x: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
-      residual_bias: torch.Tensor | None, relu: bool, backend: str | None) -> torch.Tensor:
-    return torch.empty_like(x, memory_format=memory_format(x))

@@ -29,9 +29,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
-import os
-import re
 import sys
 import time
 from collections import defaultdict
@@ -42,35 +39,16 @@ import torch
 from torch import nn
 
 import kernels.nn as knn
-from benchmarks.harness import cuda_time, graphed, machine_info
+from benchmarks.harness import Run, cuda_time, graphed, kernel_family, kernel_times, machine_info, rel_err
 from pyimpl import resnet as ref
 
 SMOKE = "--smoke" in sys.argv
 DEV = "cpu" if SMOKE else "cuda"
 SIZE = 32 if SMOKE else 224
-OUT = os.environ.get("OUT", ".")
-RESULTS: dict[str, Any] = {}
-SUMMARY: list[str] = []
-START = time.time()
 BUDGET = float(sys.argv[sys.argv.index("--budget") + 1]) if "--budget" in sys.argv else 270.0
-
-
-def left() -> float:
-    return BUDGET - (time.time() - START)
-
-
-def note(line: str) -> None:
-    print(line, flush=True)
-    SUMMARY.append(line)
-
-
-def save() -> None:
-    with open(os.path.join(OUT, "gpu_resnet.json"), "w") as fh:
-        json.dump(RESULTS, fh, indent=1, default=str)
-
-
-def rel_err(out: torch.Tensor, want: torch.Tensor) -> float:
-    return float((out.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30))
+RUN = Run("gpu_resnet.json", BUDGET)
+RESULTS, SUMMARY, START = RUN.results, RUN.summary, RUN.start
+left, note, save = RUN.left, RUN.note, RUN.save
 
 
 def top1(out: torch.Tensor, want: torch.Tensor) -> float:
@@ -241,30 +219,6 @@ FAMILIES = [  # first match wins
 ]
 
 
-def family(kernel: str) -> str:
-    for fam, pattern in FAMILIES:
-        if re.search(pattern, kernel, re.IGNORECASE):
-            return fam
-    return "other"
-
-
-def kernel_times(fn: Callable[[], Any], calls: int = 5) -> dict[str, float]:
-    """GPU time (µs per call) of each CUDA kernel name over ``calls`` calls of ``fn``."""
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-    totals: dict[str, float] = defaultdict(float)
-    for evt in prof.events():
-        if evt.device_type == torch.autograd.DeviceType.CUDA:
-            totals[evt.name] += float(getattr(evt, "device_time", None) or evt.cuda_time) / calls
-    return dict(totals)
-
-
 def part_profile() -> None:
     if SMOKE:
         note("profile: needs CUDA (torch.profiler's CUDA activity); skipped under --smoke")
@@ -280,7 +234,7 @@ def part_profile() -> None:
                 per_kernel = kernel_times(functools.partial(model, x))
             fams: dict[str, float] = defaultdict(float)
             for k, us in per_kernel.items():
-                fams[family(k)] += us
+                fams[kernel_family(k, FAMILIES)] += us
             total = sum(fams.values())
             out[f"{label}_B{batch}"] = {"families_us": dict(fams), "total_us": total,
                                         "top_kernels_us": dict(sorted(per_kernel.items(), key=lambda kv: -kv[1])[:25])}

@@ -31,7 +31,6 @@ import copy
 import functools
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -39,7 +38,16 @@ import torch
 from torch import nn
 
 import kernels.nn as knn
-from benchmarks.harness import Run, cuda_time, graphed, kernel_family, kernel_times, machine_info, rel_err
+from benchmarks.harness import (
+    Run,
+    breakdown_text,
+    cuda_time,
+    graphed,
+    kernel_breakdown,
+    kernel_times,
+    machine_info,
+    rel_err,
+)
 from pyimpl import resnet as ref
 
 SMOKE = "--smoke" in sys.argv
@@ -232,15 +240,8 @@ def part_profile() -> None:
             x = images(batch, dtype=torch.bfloat16)
             with torch.no_grad():
                 per_kernel = kernel_times(functools.partial(model, x))
-            fams: dict[str, float] = defaultdict(float)
-            for k, us in per_kernel.items():
-                fams[kernel_family(k, FAMILIES)] += us
-            total = sum(fams.values())
-            out[f"{label}_B{batch}"] = {"families_us": dict(fams), "total_us": total,
-                                        "top_kernels_us": dict(sorted(per_kernel.items(), key=lambda kv: -kv[1])[:25])}
-            note(f"GPU time by kernel family, resnet50 {label}, B={batch}, total {total / 1000:.2f} ms: "
-                 + ", ".join(f"{f} {us / 1000:.3f} ms ({100 * us / total:.0f}%)"
-                             for f, us in sorted(fams.items(), key=lambda kv: -kv[1])))
+            out[f"{label}_B{batch}"] = row = kernel_breakdown(per_kernel, FAMILIES, top=25)
+            note(f"GPU time by kernel family, resnet50 {label}, B={batch}, " + breakdown_text(row))
             save()
 
 

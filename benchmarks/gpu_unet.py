@@ -25,7 +25,6 @@ import contextlib
 import functools
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,7 +32,7 @@ import torch
 
 import kernels
 from benchmarks import gpu_fused as gf
-from benchmarks.harness import Run, graphed, kernel_family, kernel_times, rel_err
+from benchmarks.harness import Run, breakdown_text, graphed, kernel_breakdown, kernel_family, kernel_times, rel_err
 from pyimpl.unet import UNet
 
 DEV = "cuda"
@@ -142,15 +141,8 @@ def part_profile() -> None:
                     per_kernel = kernel_times(functools.partial(gf.seed_step_fn, model, x_cl, 500))
             else:
                 per_kernel = kernel_times(gf.step(model, x))
-            fams: dict[str, float] = defaultdict(float)
-            for k, us in per_kernel.items():
-                fams[kernel_family(k, FAMILIES)] += us
-            total = sum(fams.values())
-            out[f"{name}_B{b}"] = {"families_us": dict(fams), "total_us": total,
-                                   "top_kernels_us": dict(sorted(per_kernel.items(), key=lambda kv: -kv[1])[:30])}
-            note(f"GPU time by kernel family, {name}, B={b}, bf16 eager step, total {total / 1000:.2f} ms: "
-                 + ", ".join(f"{f} {us / 1000:.3f} ms ({100 * us / total:.0f}%)"
-                             for f, us in sorted(fams.items(), key=lambda kv: -kv[1])))
+            out[f"{name}_B{b}"] = row = kernel_breakdown(per_kernel, FAMILIES, top=30)
+            note(f"GPU time by kernel family, {name}, B={b}, bf16 eager step, " + breakdown_text(row))
             for k, us in sorted(per_kernel.items(), key=lambda kv: -kv[1])[:12]:
                 print(f"    {us:9.1f} us  [{kernel_family(k, FAMILIES)}] {k[:110]}", flush=True)
             save()

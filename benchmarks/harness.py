@@ -217,6 +217,24 @@ def kernel_family(kernel: str, families: list[tuple[str, str]]) -> str:
     return "other"
 
 
+def kernel_breakdown(per_kernel: dict[str, float], families: list[tuple[str, str]], top: int) -> dict[str, Any]:
+    """``kernel_times``'s µs summed by ``kernel_family``: ``families_us``, ``total_us`` and
+    ``top_kernels_us`` (the ``top`` slowest kernels)."""
+    fams: dict[str, float] = defaultdict(float)
+    for k, us in per_kernel.items():
+        fams[kernel_family(k, families)] += us
+    return {"families_us": dict(fams), "total_us": sum(fams.values()),
+            "top_kernels_us": dict(sorted(per_kernel.items(), key=lambda kv: -kv[1])[:top])}
+
+
+def breakdown_text(row: dict[str, Any]) -> str:
+    """``"total T ms: family t ms (p%), ..."`` of a ``kernel_breakdown`` row, the largest family first."""
+    total = row["total_us"]
+    return f"total {total / 1000:.2f} ms: " + ", ".join(
+        f"{f} {us / 1000:.3f} ms ({100 * us / total:.0f}%)"
+        for f, us in sorted(row["families_us"].items(), key=lambda kv: -kv[1]))
+
+
 def rel_err(out: Any, want: Any) -> float:
     """``‖out - want‖ / ‖want‖`` of two tensors, in float64."""
     return float((out.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30))

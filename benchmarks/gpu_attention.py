@@ -34,6 +34,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from triton.testing import do_bench
 
 import kernels
+from benchmarks.harness import back_to_back_us
 from kernels import parity
 from kernels.attention.flash import FlashConfig, flash_backward, flash_forward
 from pyimpl import attention as ref
@@ -466,20 +467,11 @@ def part_tmacheck() -> None:
 
 
 def _per_call_us(fn: Callable[[], Any], n: int = 2000) -> tuple[float, float]:
-    """(wall-clock µs per call, CUDA-event µs per call) over ``n`` back-to-back calls: both are the
-    host's issue time when the GPU work per call is shorter than it."""
+    """(wall-clock µs per call, CUDA-event µs per call) over ``n`` back-to-back calls after a warm-up."""
     for _ in range(50):
         fn()
     torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    t0 = time.perf_counter()
-    start.record()
-    for _ in range(n):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    wall = (time.perf_counter() - t0) / n * 1e6
-    return wall, start.elapsed_time(end) * 1e3 / n
+    return back_to_back_us(fn, n)
 
 
 def _host_us(fn: Callable[[], Any], n: int = 20000) -> float:

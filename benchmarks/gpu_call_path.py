@@ -27,14 +27,15 @@ import math
 import time
 import timeit
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import kernels
 import kernels.nn
+from benchmarks.harness import back_to_back_us
+from benchmarks.sdpa_peer import sdpa_model
 from pyimpl.unet import UNet
 
 SUMMARY: list[str] = []
@@ -92,14 +93,7 @@ class Bench:
             for _ in range(n):
                 fn()
             return (time.perf_counter() - t0) / n * 1e6, None
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        t0 = time.perf_counter()
-        start.record()
-        for _ in range(n):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        return (time.perf_counter() - t0) / n * 1e6, start.elapsed_time(end) * 1e3 / n
+        return back_to_back_us(fn, n)
 
     def host_us(self, fn: Callable[[], Any]) -> float:
         """``timeit``'s figure: the best of three runs of back-to-back calls, µs per call."""
@@ -110,25 +104,6 @@ class Bench:
 
 
 # ------------------------------------------------------------------------------------------- unet
-
-class _NoWeights(nn.Module):
-    """The seed's attention call with ``need_weights=False``: the unpatched model's SDPA path."""
-
-    def __init__(self, mha: nn.Module) -> None:
-        super().__init__()
-        self.mha = mha
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Any:
-        return self.mha(q, k, v, need_weights=False)
-
-
-def _sdpa_model(model: nn.Module) -> nn.Module:
-    m = copy.deepcopy(model)
-    for mod in m.modules():
-        if type(mod).__name__ == "SelfAttention":
-            mod.mha = _NoWeights(cast(nn.Module, mod.mha))
-    return m
-
 
 def _seed_step(model: Callable[..., Any], x: torch.Tensor, t: torch.Tensor, i: int, device: str) -> torch.Tensor:
     """The seed's reverse update at step i around the model (linear schedule, 1000 steps)."""
@@ -146,7 +121,7 @@ def part_unet(bench: Bench, res: dict[str, Any]) -> None:
     size, width = (16, 16) if bench.quick else (64, 64)
     torch.manual_seed(0)
     base = UNet(image_size=size, base_channels=width).to(dev).eval()
-    peer = _sdpa_model(base)
+    peer = sdpa_model(base)
     ours = copy.deepcopy(base)
     report = kernels.nn.patch(ours)
     note(f"patched seed UNet: {len(report.replaced)} modules replaced, {len(report.kept)} kept")

@@ -16,14 +16,14 @@ a summary is printed last.
 from __future__ import annotations
 
 import copy
-import json
-import os
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from benchmarks.harness import Run, rel_err
 
 SD15_UNET: dict[str, Any] = {
     "act_fn": "silu", "attention_head_dim": 8, "block_out_channels": [320, 640, 1280, 1280],
@@ -38,10 +38,6 @@ SD15_DDIM: dict[str, Any] = {"beta_start": 0.00085, "beta_end": 0.012, "beta_sch
 STEPS = 50
 TOL = 2e-2  # relative L2 error of an fp16 UNet output against the unpatched fp16 model
 LOOP_TOL = 5e-2  # final latents after 50 fp16 steps
-OUT = os.environ.get("OUT", ".")
-RESULTS: dict[str, Any] = {}
-SUMMARY: list[str] = []
-START = time.time()
 
 
 def _arg(name: str, default: str) -> str:
@@ -61,24 +57,9 @@ def _batches() -> list[int]:
 
 BUDGET = float(_arg("--budget", "270"))
 MODE = _arg("--mode", "default")
-
-
-def left() -> float:
-    return BUDGET - (time.time() - START)
-
-
-def note(line: str) -> None:
-    print(line, flush=True)
-    SUMMARY.append(line)
-
-
-def save() -> None:
-    with open(os.path.join(OUT, "gpu_diffusers.json"), "w") as fh:
-        json.dump(RESULTS, fh, indent=1, default=str)
-
-
-def rel_err(out: torch.Tensor, want: torch.Tensor) -> float:
-    return float((out.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30))
+RUN = Run("gpu_diffusers.json", BUDGET)
+RESULTS, SUMMARY, START = RUN.results, RUN.summary, RUN.start
+left, note, save = RUN.left, RUN.note, RUN.save
 
 
 def ms(fn: Callable[[], Any], warmup: int, rep: int) -> float:

@@ -46,6 +46,7 @@ from triton.testing import do_bench
 import kernels
 import kernels.nn
 from benchmarks.harness import cuda_time, graphed
+from benchmarks.sdpa_peer import sdpa_model
 from kernels import parity
 from kernels.fused import group_norm_triton as gnt
 from pyimpl import fused as ref
@@ -534,25 +535,6 @@ def part_gn() -> None:
 
 # ----------------------------------------------------------------------------------------------- unet
 T = 1000
-
-
-class NoWeights(nn.Module):
-    """The anchor's ``sdpa=True``: the seed's attention call with ``need_weights=False`` (SDPA path)."""
-
-    def __init__(self, mha: nn.MultiheadAttention) -> None:
-        super().__init__()
-        self.mha = mha
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Any:
-        return self.mha(q, k, v, need_weights=False)
-
-
-def sdpa_model(model: nn.Module) -> nn.Module:
-    m = copy.deepcopy(model)
-    for mod in m.modules():
-        if type(mod).__name__ == "SelfAttention":
-            mod.mha = NoWeights(mod.mha)
-    return m
 
 
 def patched_model(model: nn.Module) -> tuple[nn.Module, kernels.nn.PatchReport]:

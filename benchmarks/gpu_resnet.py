@@ -29,12 +29,8 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
-import os
-import re
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -42,35 +38,25 @@ import torch
 from torch import nn
 
 import kernels.nn as knn
-from benchmarks.harness import cuda_time, graphed, machine_info
+from benchmarks.harness import (
+    Run,
+    breakdown_text,
+    cuda_time,
+    graphed,
+    kernel_breakdown,
+    kernel_times,
+    machine_info,
+    rel_err,
+)
 from pyimpl import resnet as ref
 
 SMOKE = "--smoke" in sys.argv
 DEV = "cpu" if SMOKE else "cuda"
 SIZE = 32 if SMOKE else 224
-OUT = os.environ.get("OUT", ".")
-RESULTS: dict[str, Any] = {}
-SUMMARY: list[str] = []
-START = time.time()
 BUDGET = float(sys.argv[sys.argv.index("--budget") + 1]) if "--budget" in sys.argv else 270.0
-
-
-def left() -> float:
-    return BUDGET - (time.time() - START)
-
-
-def note(line: str) -> None:
-    print(line, flush=True)
-    SUMMARY.append(line)
-
-
-def save() -> None:
-    with open(os.path.join(OUT, "gpu_resnet.json"), "w") as fh:
-        json.dump(RESULTS, fh, indent=1, default=str)
-
-
-def rel_err(out: torch.Tensor, want: torch.Tensor) -> float:
-    return float((out.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30))
+RUN = Run("gpu_resnet.json", BUDGET)
+RESULTS, SUMMARY, START = RUN.results, RUN.summary, RUN.start
+left, note, save = RUN.left, RUN.note, RUN.save
 
 
 def top1(out: torch.Tensor, want: torch.Tensor) -> float:
@@ -241,30 +227,6 @@ FAMILIES = [  # first match wins
 ]
 
 
-def family(kernel: str) -> str:
-    for fam, pattern in FAMILIES:
-        if re.search(pattern, kernel, re.IGNORECASE):
-            return fam
-    return "other"
-
-
-def kernel_times(fn: Callable[[], Any], calls: int = 5) -> dict[str, float]:
-    """GPU time (µs per call) of each CUDA kernel name over ``calls`` calls of ``fn``."""
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-    totals: dict[str, float] = defaultdict(float)
-    for evt in prof.events():
-        if evt.device_type == torch.autograd.DeviceType.CUDA:
-            totals[evt.name] += float(getattr(evt, "device_time", None) or evt.cuda_time) / calls
-    return dict(totals)
-
-
 def part_profile() -> None:
     if SMOKE:
         note("profile: needs CUDA (torch.profiler's CUDA activity); skipped under --smoke")
@@ -278,15 +240,8 @@ def part_profile() -> None:
             x = images(batch, dtype=torch.bfloat16)
             with torch.no_grad():
                 per_kernel = kernel_times(functools.partial(model, x))
-            fams: dict[str, float] = defaultdict(float)
-            for k, us in per_kernel.items():
-                fams[family(k)] += us
-            total = sum(fams.values())
-            out[f"{label}_B{batch}"] = {"families_us": dict(fams), "total_us": total,
-                                        "top_kernels_us": dict(sorted(per_kernel.items(), key=lambda kv: -kv[1])[:25])}
-            note(f"GPU time by kernel family, resnet50 {label}, B={batch}, total {total / 1000:.2f} ms: "
-                 + ", ".join(f"{f} {us / 1000:.3f} ms ({100 * us / total:.0f}%)"
-                             for f, us in sorted(fams.items(), key=lambda kv: -kv[1])))
+            out[f"{label}_B{batch}"] = row = kernel_breakdown(per_kernel, FAMILIES, top=25)
+            note(f"GPU time by kernel family, resnet50 {label}, B={batch}, " + breakdown_text(row))
             save()
 
 

@@ -23,28 +23,24 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
-import os
-import re
 import sys
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 import kernels
 from benchmarks import gpu_fused as gf
-from benchmarks.harness import graphed
+from benchmarks.harness import Run, breakdown_text, graphed, kernel_breakdown, kernel_family, kernel_times, rel_err
 from pyimpl.unet import UNet
 
 DEV = "cuda"
-OUT = os.environ.get("OUT", ".")
-RESULTS: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
-SUMMARY: list[str] = []
-START = time.time()
 BUDGET = float(sys.argv[sys.argv.index("--budget") + 1]) if "--budget" in sys.argv else 480.0
+RUN = Run("gpu_unet.json", BUDGET)
+RESULTS, SUMMARY, START = RUN.results, RUN.summary, RUN.start
+RESULTS.update({"device": torch.cuda.get_device_name(), "torch": torch.__version__})
+left, note, save = RUN.left, RUN.note, RUN.save
 
 
 def _batches() -> list[int]:
@@ -56,20 +52,6 @@ def _batches() -> list[int]:
             break
         values.append(int(a))
     return values
-
-
-def left() -> float:
-    return BUDGET - (time.time() - START)
-
-
-def note(line: str) -> None:
-    print(line, flush=True)
-    SUMMARY.append(line)
-
-
-def save() -> None:
-    with open(os.path.join(OUT, "gpu_unet.json"), "w") as fh:
-        json.dump(RESULTS, fh, indent=1, default=str)
 
 
 def _batch(base: torch.nn.Module, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -142,30 +124,6 @@ FAMILIES = [
 ]
 
 
-def family(name: str) -> str:
-    for fam, pattern in FAMILIES:
-        if re.search(pattern, name, re.IGNORECASE):
-            return fam
-    return "other"
-
-
-def kernel_times(fn: Callable[[], Any], steps: int = 5) -> dict[str, float]:
-    """GPU time (µs per step) of each CUDA kernel name over ``steps`` calls of ``fn``."""
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
-            fn()
-        torch.cuda.synchronize()
-    totals: dict[str, float] = defaultdict(float)
-    for evt in prof.events():
-        if evt.device_type == torch.autograd.DeviceType.CUDA:
-            totals[evt.name] += float(getattr(evt, "device_time", None) or evt.cuda_time) / steps
-    return dict(totals)
-
-
 def part_profile() -> None:
     torch.manual_seed(0)
     base = UNet().to(DEV).eval()
@@ -183,17 +141,10 @@ def part_profile() -> None:
                     per_kernel = kernel_times(functools.partial(gf.seed_step_fn, model, x_cl, 500))
             else:
                 per_kernel = kernel_times(gf.step(model, x))
-            fams: dict[str, float] = defaultdict(float)
-            for k, us in per_kernel.items():
-                fams[family(k)] += us
-            total = sum(fams.values())
-            out[f"{name}_B{b}"] = {"families_us": dict(fams), "total_us": total,
-                                   "top_kernels_us": dict(sorted(per_kernel.items(), key=lambda kv: -kv[1])[:30])}
-            note(f"GPU time by kernel family, {name}, B={b}, bf16 eager step, total {total / 1000:.2f} ms: "
-                 + ", ".join(f"{f} {us / 1000:.3f} ms ({100 * us / total:.0f}%)"
-                             for f, us in sorted(fams.items(), key=lambda kv: -kv[1])))
+            out[f"{name}_B{b}"] = row = kernel_breakdown(per_kernel, FAMILIES, top=30)
+            note(f"GPU time by kernel family, {name}, B={b}, bf16 eager step, " + breakdown_text(row))
             for k, us in sorted(per_kernel.items(), key=lambda kv: -kv[1])[:12]:
-                print(f"    {us:9.1f} us  [{family(k)}] {k[:110]}", flush=True)
+                print(f"    {us:9.1f} us  [{kernel_family(k, FAMILIES)}] {k[:110]}", flush=True)
             save()
 
 
@@ -316,10 +267,6 @@ def part_customop() -> None:
                 compiled()
             torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), flush=True)
-
-
-def rel_err(out: torch.Tensor, want: torch.Tensor) -> float:
-    return float((out.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30))
 
 
 def part_sample() -> None:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,6 +173,96 @@ def graphed(fn: Callable[[], Any], warmup: int = 3) -> Callable[[], Any]:
     with torch.cuda.graph(graph):
         fn()
     return graph.replay
+
+
+def back_to_back_us(fn: Callable[[], Any], n: int) -> tuple[float, float]:
+    """(wall-clock µs, CUDA-event µs) per call over ``n`` back-to-back calls of ``fn``, the GPU idle
+    first (warm up and synchronize before): both are the host's issue time when the GPU work per call
+    is shorter than it."""
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    t0 = time.perf_counter()
+    start.record()
+    for _ in range(n):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / n * 1e6, start.elapsed_time(end) * 1e3 / n
+
+
+def kernel_times(fn: Callable[[], Any], calls: int = 5) -> dict[str, float]:
+    """GPU time (µs per call) of each CUDA kernel name over ``calls`` calls of ``fn`` (torch.profiler)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    totals: dict[str, float] = defaultdict(float)
+    for evt in prof.events():
+        if evt.device_type == torch.autograd.DeviceType.CUDA:
+            totals[evt.name] += float(getattr(evt, "device_time", None) or evt.cuda_time) / calls
+    return dict(totals)
+
+
+def kernel_family(kernel: str, families: list[tuple[str, str]]) -> str:
+    """The first family of ``(family, regex)`` pairs whose pattern matches ``kernel`` (any case), or "other"."""
+    for fam, pattern in families:
+        if re.search(pattern, kernel, re.IGNORECASE):
+            return fam
+    return "other"
+
+
+def kernel_breakdown(per_kernel: dict[str, float], families: list[tuple[str, str]], top: int) -> dict[str, Any]:
+    """``kernel_times``'s µs summed by ``kernel_family``: ``families_us``, ``total_us`` and
+    ``top_kernels_us`` (the ``top`` slowest kernels)."""
+    fams: dict[str, float] = defaultdict(float)
+    for k, us in per_kernel.items():
+        fams[kernel_family(k, families)] += us
+    return {"families_us": dict(fams), "total_us": sum(fams.values()),
+            "top_kernels_us": dict(sorted(per_kernel.items(), key=lambda kv: -kv[1])[:top])}
+
+
+def breakdown_text(row: dict[str, Any]) -> str:
+    """``"total T ms: family t ms (p%), ..."`` of a ``kernel_breakdown`` row, the largest family first."""
+    total = row["total_us"]
+    return f"total {total / 1000:.2f} ms: " + ", ".join(
+        f"{f} {us / 1000:.3f} ms ({100 * us / total:.0f}%)"
+        for f, us in sorted(row["families_us"].items(), key=lambda kv: -kv[1]))
+
+
+def rel_err(out: Any, want: Any) -> float:
+    """``‖out - want‖ / ‖want‖`` of two tensors, in float64."""
+    return float((out.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30))
+
+
+class Run:
+    """One GPU script's run: its results (written as JSON to ``$OUT/<filename>``), the summary lines
+    printed at the end and its time budget in seconds."""
+
+    def __init__(self, filename: str, budget_s: float) -> None:
+        self.path = os.path.join(os.environ.get("OUT", "."), filename)
+        self.results: dict[str, Any] = {}
+        self.summary: list[str] = []
+        self.start = time.time()
+        self.budget_s = budget_s
+
+    def left(self) -> float:
+        """Seconds of the budget left."""
+        return self.budget_s - (time.time() - self.start)
+
+    def note(self, line: str) -> None:
+        """Print ``line`` now and keep it for the summary."""
+        print(line, flush=True)
+        self.summary.append(line)
+
+    def save(self) -> None:
+        with open(self.path, "w") as fh:
+            json.dump(self.results, fh, indent=1, default=str)
 
 
 def git_commit(root: Path | None = None) -> str:

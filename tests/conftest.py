@@ -1,9 +1,11 @@
 """Test set-up: Triton's interpreter on machines without CUDA (set before any kernel module is
-imported), the ``gpu`` marker's skip, and deterministic hypothesis settings."""
+imported), the ``gpu`` marker's skip, deterministic hypothesis settings, and
+the ``one_torch_thread`` fixture."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -30,3 +32,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module of tiny models: on a shared 2-core machine more threads only contend.
+    A module asks for it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -28,13 +28,7 @@ TINY_CONDITION_UNET = {"sample_size": 8, "in_channels": 4, "out_channels": 4, "l
 TRITON = {"group_norm_act": "triton", "attention": "triton"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """One torch thread: these models are tiny, and on a shared 2-core machine more threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: see tests/conftest.py
 
 
 def _rand(*shape: int, seed: int = 0) -> torch.Tensor:

@@ -214,6 +214,25 @@ def test_compare_reports_error_to_tolerance_ratio() -> None:
     assert not compare(np.array([1.1]), np.array([1.0]), Tolerance(0, 0)).ok
 
 
+class _Compiled:
+    """A compiled Triton kernel's stand-in: ``run`` records its arguments in ``runs``."""
+
+    function, packed_metadata = "fn", "meta"
+
+    def __init__(self, runs: list[tuple[object, ...]]) -> None:
+        self.runs = runs
+
+    def run(self, *args: object) -> None:
+        self.runs.append(args)
+
+
+def _as_on_a_gpu(monkeypatch: pytest.MonkeyPatch, triton_launch: object) -> None:
+    """``kernels.triton_launch``'s fast path as on a GPU: no interpreter, no launch hooks, device 0, stream 7."""
+    monkeypatch.setattr(triton_launch, "triton_interpret", lambda: False)
+    monkeypatch.setattr(triton_launch, "hooks_installed", lambda: False)
+    monkeypatch.setattr(triton_launch, "device_and_stream", lambda: (lambda: 0, lambda device: 7))
+
+
 def test_cached_triton_launch_reuses_the_compiled_kernel_per_specialisation(monkeypatch) -> None:
     """``kernels.triton_launch.fast`` with a stand-in kernel: the first call of a specialisation goes
     through ``kernel[grid]``; later equal calls go straight to the compiled launcher with the runtime
@@ -225,12 +244,6 @@ def test_cached_triton_launch_reuses_the_compiled_kernel_per_specialisation(monk
     compiles: list[tuple[int, ...]] = []
     runs: list[tuple[object, ...]] = []
 
-    class Compiled:
-        function, packed_metadata = "fn", "meta"
-
-        def run(self, *args: object) -> None:
-            runs.append(args)
-
     class Param:
         def __init__(self, name: str, default: object = None, has_default: bool = False) -> None:
             self.name, self.default, self.has_default = name, default, has_default
@@ -240,14 +253,12 @@ def test_cached_triton_launch_reuses_the_compiled_kernel_per_specialisation(monk
         params = (Param("X"), Param("N"), Param("EPS"), Param("BLOCK"), Param("FLAG", False, True))
 
         def __getitem__(self, grid: tuple[int, ...]):  # type: ignore[no-untyped-def]
-            def compile_and_run(*args: object, **kw: object) -> Compiled:
+            def compile_and_run(*args: object, **kw: object) -> _Compiled:
                 compiles.append(grid)
-                return Compiled()
+                return _Compiled(runs)
             return compile_and_run
 
-    monkeypatch.setattr(triton_launch, "triton_interpret", lambda: False)
-    monkeypatch.setattr(triton_launch, "hooks_installed", lambda: False)
-    monkeypatch.setattr(triton_launch, "device_and_stream", lambda: (lambda: 0, lambda device: 7))
+    _as_on_a_gpu(monkeypatch, triton_launch)
     kernel, x = Kernel(), torch.zeros(64, dtype=torch.float16)
     launcher = triton_launch.fast(kernel)
     assert triton_launch.fast(kernel) is launcher
@@ -358,12 +369,6 @@ def test_launch_layer_steps_down_a_tile_and_keeps_plain_integers_unspecialised(m
     tried: list[tuple[object, ...]] = []
     runs: list[tuple[object, ...]] = []
 
-    class Compiled:
-        function, packed_metadata = "fn", "meta"
-
-        def run(self, *args: object) -> None:
-            runs.append(args)
-
     class Param:
         def __init__(self, name: str, plain: bool = False) -> None:
             self.name, self.default, self.has_default, self.do_not_specialize = name, None, False, plain
@@ -373,16 +378,14 @@ def test_launch_layer_steps_down_a_tile_and_keeps_plain_integers_unspecialised(m
         params = (Param("X"), Param("N"), Param("SEED", plain=True), Param("BLOCK"), Param("EVEN"))
 
         def __getitem__(self, grid: tuple[int, ...]):  # type: ignore[no-untyped-def]
-            def compile_and_run(*args: object, **kw: object) -> Compiled:
+            def compile_and_run(*args: object, **kw: object) -> _Compiled:
                 tried.append((grid, kw["BLOCK"], kw["EVEN"], kw["num_warps"]))
                 if kw["BLOCK"] > 32:
                     raise OutOfResources(100, 50, "shared memory")
-                return Compiled()
+                return _Compiled(runs)
             return compile_and_run
 
-    monkeypatch.setattr(triton_launch, "triton_interpret", lambda: False)
-    monkeypatch.setattr(triton_launch, "hooks_installed", lambda: False)
-    monkeypatch.setattr(triton_launch, "device_and_stream", lambda: (lambda: 0, lambda device: 7))
+    _as_on_a_gpu(monkeypatch, triton_launch)
     launcher = triton_launch.CachedKernel(Kernel())
     x, n = torch.zeros(64), 96
 

@@ -9,13 +9,10 @@ which ``patch`` reaches next, are swapped in the twins too.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from torch import nn
-
-from kernels import nn as knn
+from kernels.block_views import register_blocks
 from kernels.fused.modules import FusedDoubleConv, FusedDown, FusedSelfAttention, FusedUp
 from pyimpl import unet
 
@@ -28,27 +25,12 @@ SEED_BLOCKS: dict[str, tuple[str, Any]] = {
 }
 
 
-def _factory(fused: Any) -> Callable[..., nn.Module]:
-    def build(module: nn.Module, **_: Any) -> nn.Module:
-        out: nn.Module = fused.from_module(module)
-        return out
-
-    build.__qualname__ = f"{fused.__name__}.from_module"
-    return build
-
-
 def register_seed_blocks(namespace: ModuleType | Any) -> list[str]:
     """Register the fused drop-ins for the seed's block classes found in ``namespace`` (a module or any
     object with ``DoubleConv``, ``Down``, ``Up``, ``SelfAttention`` attributes, e.g. the seed's own
     ``modules``); returns the class names registered. Each module's structure is still checked by
     ``patch`` (a block that differs is left with its reason)."""
-    done = []
-    for cls_name, (name, fused) in SEED_BLOCKS.items():
-        cls = getattr(namespace, cls_name, None)
-        if isinstance(cls, type) and issubclass(cls, nn.Module):
-            knn.register_drop_in(cls, name=name, reasons=fused.reasons, replacement=fused)(_factory(fused))
-            done.append(cls_name)
-    return done
+    return register_blocks(namespace, SEED_BLOCKS)
 
 
 register_seed_blocks(unet)

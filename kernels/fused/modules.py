@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from kernels.autograd import needs_autograd
+from kernels.block_views import view_of
 from kernels.fused.ops import add_layer_norm, feed_forward, group_norm_act, tokens_layer_norm, upsample_concat
 
 __all__ = [
@@ -129,12 +130,7 @@ class _BlockView(nn.Module):
 
     @classmethod
     def _view(cls, m: nn.Module) -> Any:
-        new = cls.__new__(cls)
-        nn.Module.__init__(new)
-        new._modules = m._modules
-        new._parameters = m._parameters
-        new._buffers = m._buffers
-        new.training = m.training
+        new = view_of(cls, m)
         new._resolved = _Resolved()
         for name in cls.ATTRIBUTES:
             setattr(new, name, getattr(m, name))

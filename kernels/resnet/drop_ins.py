@@ -19,10 +19,8 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
-from torch import nn
-
-from kernels import nn as knn
-from kernels.resnet.modules import FusedBasicBlock, FusedBottleneck, block_reasons
+from kernels.block_views import register_blocks
+from kernels.resnet.modules import FusedBasicBlock, FusedBottleneck
 from pyimpl import resnet
 
 __all__ = ["WATCHED", "register_resnet_blocks"]
@@ -31,25 +29,10 @@ BLOCKS = {"BasicBlock": ("resnet_basic_block", FusedBasicBlock), "Bottleneck": (
 WATCHED = ("torchvision.models.resnet", "timm.models.resnet")  # registered when imported
 
 
-def _factory(fused: Any) -> Callable[..., nn.Module]:
-    def build(module: nn.Module, **_: Any) -> nn.Module:
-        out: nn.Module = fused.from_module(module)
-        return out
-
-    build.__qualname__ = f"{fused.__name__}.from_module"
-    return build
-
-
 def register_resnet_blocks(namespace: ModuleType | Any) -> list[str]:
     """Register the fused drop-ins for ``namespace.BasicBlock`` / ``namespace.Bottleneck`` (a module or
     any object with those attributes); returns the class names registered."""
-    done = []
-    for cls_name, (name, fused) in BLOCKS.items():
-        cls = getattr(namespace, cls_name, None)
-        if isinstance(cls, type) and issubclass(cls, nn.Module):
-            knn.register_drop_in(cls, name=name, reasons=block_reasons, replacement=fused)(_factory(fused))
-            done.append(cls_name)
-    return done
+    return register_blocks(namespace, BLOCKS)
 
 
 class _Loader(importlib.abc.Loader):

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.block_views import view_of
 from kernels.resnet.folding import FoldedConv
 from kernels.resnet.ops import conv_epilogue
 
@@ -87,6 +88,8 @@ def _folded_conv(x: torch.Tensor, fold: FoldedConv) -> tuple[torch.Tensor, torch
 class _FusedResidualBlock(nn.Module):
     """A fused view of a residual block: its convolutions folded, their epilogues fused."""
 
+    reasons = staticmethod(block_reasons)  # why a module is not a block this class fuses
+
     def __init__(self) -> None:  # built by from_module only
         raise TypeError(f"build {type(self).__name__} with {type(self).__name__}.from_module(block)")
 
@@ -96,12 +99,7 @@ class _FusedResidualBlock(nn.Module):
         why = block_reasons(m)
         if why:
             raise ValueError(f"{type(m).__name__} cannot be fused: " + "; ".join(why))
-        new = cls.__new__(cls)
-        nn.Module.__init__(new)
-        new._modules = m._modules
-        new._parameters = m._parameters
-        new._buffers = m._buffers
-        new.training = m.training
+        new = view_of(cls, m)
         new.__dict__["source"] = m  # not a submodule: its children are already this module's
         new.__dict__["branch"] = [FoldedConv(m._modules, conv, bn) for conv, bn in _convs(m)]
         down = m._modules.get("downsample")

@@ -49,7 +49,7 @@ def _model(device: torch.device, quick: bool) -> torch.nn.Module:
     model = UNet(image_size=size, base_channels=width).to(device).eval()
     if device.type == "cuda":
         kernels.nn.patch(model)
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return model
 
 

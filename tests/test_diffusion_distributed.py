@@ -51,7 +51,7 @@ def test_shards_are_bitwise_slices_of_the_whole_run() -> None:
     for n, kw, per_image in CASES.values():
         model = tiny_model("labels" in kw, per_image)
         whole = sample(model, n, **case_kwargs(kw))
-        for start, stop in [(0, n), (0, 0), (n, n), (n - 1, n), (0, (n + 1) // 2), ((n + 1) // 2, n)]:
+        for start, stop in [(0, 0), (n, n), (n - 1, n), (0, (n + 1) // 2)]:
             part = sample(model, n, shard=(start, stop), **case_kwargs(kw))
             assert part.shape == (stop - start, *whole.shape[1:])
             _same(part, whole[start:stop], per_image)

@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="gpu_multi.json", help="path of the JSON to write")
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     p.add_argument("--quick", action="store_true", help="tiny model, 2 steps, 1 and 2 ranks (checks the script)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default 50; 2 with --quick)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default 100; 2 with --quick)")
     p.add_argument("--reps", type=int, default=None, help="timed runs per case (default 3; 1 with --quick)")
     p.add_argument("--batches", type=_ints, default=None, help="images per GPU, comma-separated (default 16,128)")
     p.add_argument("--worlds", type=_ints, default=None, help="world sizes (default 1,2,4,8 up to the GPUs present)")
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--work", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.steps = args.steps or (2 if args.quick else 50)
+    args.steps = args.steps or (2 if args.quick else 100)
     args.reps = args.reps or (1 if args.quick else 3)
     args.batches = args.batches or ([2] if args.quick else [16, 128])
     if args.worlds is None:

@@ -94,3 +94,14 @@ def test_a_failing_rank_fails_the_run_with_its_error(tmp_path: Path) -> None:
     run = _torchrun(tmp_path, "fail")
     assert run.returncode != 0
     assert "rank 1 failed on purpose" in run.stdout + run.stderr
+
+
+@pytest.mark.gpu
+def test_shards_replay_the_whole_run_on_gpu() -> None:
+    """On CUDA with the sampler's graph: a shard is bitwise the whole run's rows (per-image model)."""
+    n, kw, _ = CASES["odd"]
+    model = tiny_model(False).cuda()
+    whole = sample(model, n, cuda_graph=True, **case_kwargs(kw))
+    for start, stop in [(0, 2), (2, 5), (4, 5)]:
+        part = sample(model, n, shard=(start, stop), cuda_graph=True, **case_kwargs(kw))
+        assert torch.equal(part, whole[start:stop]), (start, stop)

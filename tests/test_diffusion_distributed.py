@@ -105,3 +105,21 @@ def test_shards_replay_the_whole_run_on_gpu() -> None:
     for start, stop in [(0, 2), (2, 5), (4, 5)]:
         part = sample(model, n, shard=(start, stop), cuda_graph=True, **case_kwargs(kw))
         assert torch.equal(part, whole[start:stop]), (start, stop)
+
+
+def test_gpu_multi_script_runs_its_cpu_smoke_mode(tmp_path: Path) -> None:
+    """benchmarks/gpu_multi.py --device cpu --quick: one and two gloo ranks measured, the gathered
+    images checked against the one-rank run (bitwise: the tiny UNet on the same shard sizes)."""
+    import json
+
+    out = tmp_path / "multi.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_multi.py"), "--device", "cpu", "--quick", "--out", str(out)]
+    run = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+                         timeout=TIMEOUT_S, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["errors"] == {} and list(res["worlds"]) == ["1", "2"]
+    for world, part in res["worlds"].items():
+        assert part["verify"]["bitwise_same_shards"], world
+        assert part["runs"][0]["images"] == 2 * int(world) and part["runs"][0]["images_per_s"] > 0
+    assert res["worlds"]["1"]["runs"][0]["efficiency"] == 1.0

@@ -110,7 +110,8 @@ class _Loop:
 
     def __init__(self, model: Callable[..., torch.Tensor], x: torch.Tensor, schedule: Schedule, method: str,
                  ts: list[int], prev: list[int], labels: torch.Tensor | None, cfg_scale: float, cfg_batched: bool,
-                 eta: float, seed: int, first: int = 0, total: int | None = None) -> None:
+                 eta: float, seed: int, first: int, total: int) -> None:
+        """``first``: the global index of x[0]; ``total``: the whole run's batch (Philox counters per step)."""
         dev = x.device
         n = x.shape[0]
         self.model, self.x, self.schedule, self.method = model, x, schedule, method
@@ -118,9 +119,9 @@ class _Loop:
         self.ts = torch.tensor(ts, dtype=torch.int64, device=dev)[:, None].expand(len(ts), n).contiguous()
         self.prev = torch.tensor(prev, dtype=torch.int64, device=dev)[:, None].expand(len(ts), n).contiguous()
         self.k = torch.zeros(1, dtype=torch.int64, device=dev)
-        per_sample = noise_counters(1, x[0].numel() if n else 0)
+        per_sample = noise_counters(1, x[0].numel())
         self.rng = torch.tensor([seed, first * per_sample], dtype=torch.int64, device=dev)
-        self.counters = per_sample * (n if total is None else total)
+        self.counters = per_sample * total
 
     def step(self, in_place: bool = False) -> None:
         """One step; ``in_place`` writes the result into the same x tensor (what a CUDA graph needs)."""

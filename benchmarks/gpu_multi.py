@@ -68,7 +68,7 @@ def worker(args: argparse.Namespace) -> None:
     from kernels.diffusion.distributed import distributed_sample, init_from_env, shard_bounds
     from kernels.diffusion.sampler import sample
 
-    device = init_from_env(timeout_s=300)
+    device = init_from_env(timeout_s=300, cuda=args.device == "cuda")
     rank, world = dist.get_rank(), dist.get_world_size()
     model = _model(device, args.quick)
     folder = Path(args.work)

@@ -38,11 +38,12 @@ def shard_bounds(n: int, world_size: int, rank: int) -> tuple[int, int]:
     return start, start + base + (1 if rank < extra else 0)
 
 
-def init_from_env(timeout_s: float = 600.0) -> torch.device:
+def init_from_env(timeout_s: float = 600.0, cuda: bool | None = None) -> torch.device:
     """Join the process group torchrun describes (NCCL on CUDA, gloo on CPU) unless already joined, and
-    return this rank's device (``cuda:LOCAL_RANK``, or cpu). ``timeout_s`` bounds every collective."""
+    return this rank's device (``cuda:LOCAL_RANK``, or cpu). ``timeout_s`` bounds every collective;
+    ``cuda`` defaults to whether CUDA is available."""
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available()
+    use_cuda = torch.cuda.is_available() if cuda is None else cuda
     if use_cuda:
         torch.cuda.set_device(local)
     if not dist.is_initialized():

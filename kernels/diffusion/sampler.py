@@ -12,6 +12,12 @@ kernel with its coefficients gathered on the device, the noise is Philox drawn i
 (seed, offset) advanced on the host. With ``cuda_graph=True`` one step (model call(s) + fused step +
 advancing the timestep index and the Philox offset on the device) is captured once as a CUDA graph
 and replayed ``steps`` times.
+
+``shard=(start, stop)`` samples images start .. stop - 1 of the ``n``-image run alone, bitwise the
+same numbers: the initial noise is the whole run's draw sliced, and every step's Philox counters are
+keyed on the global sample index (sample b uses counters ``offset + b * noise_counters(1, M)`` +
+...; the offset advances by the whole run's count each step). ``kernels.diffusion.distributed``
+splits a batch over ``torch.distributed`` ranks this way.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import torch
 
 from kernels.diffusion import ops
 from kernels.progress import progress_bar
-from pyimpl.diffusion.philox import counters_used
+from pyimpl.diffusion.philox import noise_counters
 from pyimpl.diffusion.schedule import Schedule, make_schedule
 
 __all__ = ["METHODS", "cfg_model_output", "sample", "sampling_timesteps", "save_grid"]
@@ -104,7 +110,8 @@ class _Loop:
 
     def __init__(self, model: Callable[..., torch.Tensor], x: torch.Tensor, schedule: Schedule, method: str,
                  ts: list[int], prev: list[int], labels: torch.Tensor | None, cfg_scale: float, cfg_batched: bool,
-                 eta: float, seed: int) -> None:
+                 eta: float, seed: int, first: int, total: int) -> None:
+        """``first``: the global index of x[0]; ``total``: the whole run's batch (Philox counters per step)."""
         dev = x.device
         n = x.shape[0]
         self.model, self.x, self.schedule, self.method = model, x, schedule, method
@@ -112,8 +119,9 @@ class _Loop:
         self.ts = torch.tensor(ts, dtype=torch.int64, device=dev)[:, None].expand(len(ts), n).contiguous()
         self.prev = torch.tensor(prev, dtype=torch.int64, device=dev)[:, None].expand(len(ts), n).contiguous()
         self.k = torch.zeros(1, dtype=torch.int64, device=dev)
-        self.rng = torch.tensor([seed, 0], dtype=torch.int64, device=dev)
-        self.counters = counters_used(x)
+        per_sample = noise_counters(1, x[0].numel())
+        self.rng = torch.tensor([seed, first * per_sample], dtype=torch.int64, device=dev)
+        self.counters = per_sample * total
 
     def step(self, in_place: bool = False) -> None:
         """One step; ``in_place`` writes the result into the same x tensor (what a CUDA graph needs)."""
@@ -161,6 +169,7 @@ def sample(
     output: str = "uint8",
     save_path: str | Path | None = None,
     nrow: int = 8,
+    shard: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Sample ``n`` images from a noise-predicting ``model(x, t)`` (or ``model(x, t, labels)``).
 
@@ -175,6 +184,9 @@ def sample(
     around the whole loop (warm-up, capture and replays), so autocast casts the weights once and
     reuses the casts (a region per call would recast every weight at every step, inside the graph
     too); the model's output is cast back to ``dtype`` for the update.
+    shard: (start, stop) with 0 <= start <= stop <= n: only images start .. stop - 1 of the n-image
+    run, bitwise what the whole run gives for them (labels stay the whole run's (n,)); an empty shard
+    returns (0, C, H, W) without calling the model.
     """
     if output not in ("uint8", "float"):
         raise ValueError(f"output={output!r}: supported 'uint8', 'float'")
@@ -190,6 +202,7 @@ def sample(
         if labels.shape != (n,):
             raise ValueError(f"labels.shape={tuple(labels.shape)}: expected ({n},)")
         labels = labels.to(dev)
+    start, stop = _check_shard(shard, n)
     if cuda_graph and dev.type != "cuda":
         raise ValueError(f"cuda_graph=True needs a CUDA device, got {dev}")
     if autocast not in (None, torch.float16, torch.bfloat16):
@@ -198,7 +211,12 @@ def sample(
     ts, prev = sampling_timesteps(method, sched.num_train_timesteps, steps)
     gen = torch.Generator(device=dev).manual_seed(seed)
     x = torch.randn((n, chans, size, size), generator=gen, device=dev, dtype=dtype)
-    loop = _Loop(model, x, sched, method, ts, prev, labels, float(cfg_scale), cfg_batched, eta, seed)
+    if (start, stop) != (0, n):
+        x = x[start:stop].clone()
+        labels = None if labels is None else labels[start:stop]
+    if stop == start:
+        return x.type(torch.uint8) if output == "uint8" else x
+    loop = _Loop(model, x, sched, method, ts, prev, labels, float(cfg_scale), cfg_batched, eta, seed, start, n)
     was_training = getattr(model, "training", False)
     if isinstance(model, torch.nn.Module):
         model.eval()
@@ -224,6 +242,17 @@ def sample(
     elif save_path is not None:
         save_grid(((out.clamp(-1, 1) + 1) / 2 * 255).type(torch.uint8), save_path, nrow)
     return out
+
+
+def _check_shard(shard: Any, n: int) -> tuple[int, int]:
+    """(start, stop) of the images to sample: the whole run without ``shard``."""
+    if shard is None:
+        return 0, n
+    ok = isinstance(shard, tuple) and len(shard) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in shard)
+    if not ok or not 0 <= shard[0] <= shard[1] <= n:
+        raise ValueError(f"shard={shard!r}: must be a tuple (start, stop) of ints with 0 <= start <= stop <= n={n}")
+    return int(shard[0]), int(shard[1])
 
 
 def _run_graph(loop: _Loop, steps: int, bar: Any) -> None:

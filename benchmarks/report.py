@@ -40,6 +40,9 @@ SIZE_LABELS = {
     "amcl_beams": "beams per scan (10 000 particles)",
     "amcl_resample": "particles",
     "amcl_update": "particles",
+    "amcl_bins": "particles",
+    "spark_fit": "training rows",
+    "spark_transform": "rows predicted",
 }
 
 

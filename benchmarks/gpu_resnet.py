@@ -248,15 +248,7 @@ def part_profile() -> None:
 def main() -> None:
     RESULTS.update(machine_info())
     table = {"parity": part_parity, "speed": part_speed, "profile": part_profile}
-    for name in [a for a in sys.argv[1:] if a in table]:
-        try:
-            table[name]()
-        except Exception as ex:  # report and go on: one call must bring back what it can
-            import traceback
-
-            traceback.print_exc()
-            note(f"part {name} failed: {type(ex).__name__}: {str(ex)[:300]}")
-        save()
+    RUN.parts(table, sys.argv[1:])
     print(f"\n==== summary ({RESULTS.get('gpu') or RESULTS.get('cpu')}, {time.time() - START:.0f}s) ====")
     for line in SUMMARY:
         print(line)

@@ -323,15 +323,7 @@ def part_sample() -> None:
 def main() -> None:
     table = {"step": part_step, "profile": part_profile, "host": part_host, "layout": part_layout,
              "sample": part_sample, "customop": part_customop}
-    for name in [a for a in sys.argv[1:] if a in table]:
-        try:
-            table[name]()
-        except Exception as ex:  # report and go on: one call must bring back what it can
-            import traceback
-
-            traceback.print_exc()
-            note(f"part {name} failed: {type(ex).__name__}: {str(ex)[:300]}")
-        save()
+    RUN.parts(table, sys.argv[1:])
     print("\n==== summary (" + RESULTS["device"] + f", {time.time() - START:.0f}s) ====")
     for line in SUMMARY:
         print(line)

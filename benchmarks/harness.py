@@ -264,6 +264,19 @@ class Run:
         with open(self.path, "w") as fh:
             json.dump(self.results, fh, indent=1, default=str)
 
+    def parts(self, table: dict[str, Callable[[], None]], names: list[str]) -> None:
+        """Run the parts of ``table`` named in ``names``, in that order, saving after each; a part that
+        raises is reported and noted, and the rest still run: one call must bring back what it can."""
+        for name in [n for n in names if n in table]:
+            try:
+                table[name]()
+            except Exception as ex:
+                import traceback
+
+                traceback.print_exc()
+                self.note(f"part {name} failed: {type(ex).__name__}: {str(ex)[:300]}")
+            self.save()
+
 
 def git_commit(root: Path | None = None) -> str:
     root = root or Path(__file__).resolve().parent.parent

@@ -42,6 +42,13 @@ def device_and_stream() -> tuple[Callable[[], int], Callable[[int], int]]:
     return triton.runtime.driver.active.get_current_device, triton.runtime.driver.active.get_current_stream
 
 
+@functools.lru_cache(maxsize=16)
+def sm_count(index: int) -> int:
+    """The streaming multiprocessors of CUDA device ``index`` (asked once: the property lookup costs
+    microseconds of host time per call)."""
+    return int(torch.cuda.get_device_properties(index).multi_processor_count)
+
+
 def hooks_installed() -> bool:
     """Whether a Triton launch hook is set (a profiler): launches must then take Triton's own path."""
     runtime = knobs.runtime

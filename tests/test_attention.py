@@ -298,7 +298,7 @@ def test_cached_launch_reuses_the_compiled_kernel_and_recompiles_on_a_new_specia
 @pytest.mark.gpu
 def test_gpu_cached_launch_respecialises_on_strides_alignment_and_lengths() -> None:
     """The cached launch handles must not reuse a kernel compiled for other strides, alignment or N."""
-    from kernels.attention import flash
+    from kernels.triton_launch import specialisation
 
     for nq, nk, offset, bnhd in ((64, 64, 0, False), (64, 64, 0, True), (37, 64, 0, False), (64, 64, 4, False),
                                  (64, 64, 0, False), (48, 33, 0, True)):
@@ -313,7 +313,7 @@ def test_gpu_cached_launch_respecialises_on_strides_alignment_and_lengths() -> N
         for _ in range(2):  # the second call takes the cached handle
             out = kernels.attention(q, k, v)
             assert float((out.double() - want).norm() / want.norm()) < 5e-3
-        assert flash.pointer_alignment((q,)) == (offset % 8 == 0,)
+        assert specialisation((q,)) == ((torch.float16, offset % 8 == 0),)  # 16-byte aligned or not
 
 
 def test_explain_runs_the_calls_argument_checks() -> None:

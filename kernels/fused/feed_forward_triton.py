@@ -30,7 +30,6 @@ z = h W1^T + b1 with PyTorch (one GEMM) and applies the chain rule with PyTorch 
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +42,7 @@ from triton.runtime.errors import OutOfResources
 
 from kernels.autograd import needs_autograd
 from kernels.registry import triton_interpret
-from kernels.triton_launch import fast
+from kernels.triton_launch import fast, sm_count
 from pyimpl.fused import check_feed_forward_args, feed_forward_dtype
 
 
@@ -96,11 +95,6 @@ class Config:
     stages: int
 
 
-@functools.lru_cache(maxsize=8)
-def _sm_count(index: int) -> int:
-    return int(torch.cuda.get_device_properties(index).multi_processor_count)
-
-
 def default_config(m: int, c: int, dtype: torch.dtype, device: torch.device) -> Config:
     """Tiles for M rows of C channels (``tl.dot`` needs every dimension >= 16), the fastest measured per C
     on an H100 in bf16 (docs/notes/fused-gpu.md); then fewer rows per program while M rows would not give
@@ -110,7 +104,7 @@ def default_config(m: int, c: int, dtype: torch.dtype, device: torch.device) -> 
     if device.type != "cuda":
         return Config(16, 16, 4, 1)
     bc = max(16, triton.next_power_of_2(c))
-    sms = _sm_count(device.index or 0)
+    sms = sm_count(device.index or 0)
     if dtype == torch.float32:
         cfg = Config(64, bc, 4, 2) if bc <= 64 else Config(64 if bc <= 128 else 32, 32, 8, 2)
     elif bc <= 64:

@@ -63,7 +63,7 @@ import triton.language as tl
 
 from kernels.autograd import needs_autograd
 from kernels.registry import triton_interpret
-from kernels.triton_launch import fast
+from kernels.triton_launch import fast, sm_count
 from pyimpl.fused import check_group_norm_args
 
 Tensor = torch.Tensor
@@ -534,7 +534,7 @@ def _bwd_dx_kernel(X, DY, W, B, R, MEAN, RSTD, S1, S2, DX, DR,
 def _target_programs(device: torch.device) -> int:
     """Programs at one per SM (the two-pass grid is ``ForwardConfig.per_sm`` times this)."""
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
+        return sm_count(device.index if device.index is not None else torch.cuda.current_device())
     return 4  # the interpreter runs programs one after another: few, large ones
 
 

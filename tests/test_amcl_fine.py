@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from kernels.amcl import evaluate
-from kernels.amcl.simulator import generate_aisles, simulate
-from pyimpl.amcl.maps import FREE, OCCUPIED
+from modelkernels.kernels.amcl import evaluate
+from modelkernels.kernels.amcl.simulator import generate_aisles, simulate
+from modelkernels.pyimpl.amcl.maps import FREE, OCCUPIED
 
 
 def test_aisles_repeat_along_x() -> None:

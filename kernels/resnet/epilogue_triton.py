@@ -18,8 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_launch import fast
-from pyimpl.resnet import check_conv_epilogue_args
+from modelkernels.kernels.triton_launch import fast
+from modelkernels.pyimpl.resnet import check_conv_epilogue_args
 
 TILE = 4096  # elements per program
 MAX_COLS = 1024

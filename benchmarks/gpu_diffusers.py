@@ -164,7 +164,7 @@ def summarize(batch: Batch) -> None:
 def main() -> None:
     import diffusers
 
-    import modelkernels.kernels.diffusion.diffusers_patch  # registers the diffusers drop-ins  # noqa: F401
+    import modelkernels.kernels.diffusion.diffusers_patch  # noqa: F401  (registers the diffusers drop-ins)
     from modelkernels import kernels
 
     RESULTS.update({"device": torch.cuda.get_device_name(), "torch": torch.__version__,

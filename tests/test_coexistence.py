@@ -115,6 +115,8 @@ def test_nothing_imports_the_bare_names() -> None:
     found = []
     for rel in listed.stdout.split():
         path = ROOT / rel
+        if path == Path(__file__).resolve():  # imports Hugging Face's kernels on purpose
+            continue
         if (path.suffix in (".py", ".md") or rel.startswith(".ci/")) and path.is_file():
             text = path.read_text()
             found += [f"{rel}:{text.count(chr(10), 0, m.start()) + 1}" for m in BARE.finditer(text)]

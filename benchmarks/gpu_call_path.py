@@ -255,6 +255,36 @@ def part_host(bench: Bench, res: dict[str, Any]) -> None:
                  f"bare launch x{len(launches)} timeit {bare_t}; over bare {over}; GPU (graph) {gpu}")
 
 
+# ---------------------------------------------------------------------------------------- profile
+
+def part_profile(bench: Bench, res: dict[str, Any]) -> None:
+    """Where each public call's host time goes: cProfile over back-to-back calls, the functions with the
+    most own time (µs per public call; cProfile's own overhead inflates the absolute figures)."""
+    import cProfile
+    import pstats
+
+    res["profile"] = rows = {}
+    calls = 50 if bench.quick else 500
+    with torch.no_grad():
+        for name, fn in _op_calls(bench.device, bench.quick).items():
+            fn()
+            bench.sync()
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(calls):
+                fn()
+            prof.disable()
+            bench.sync()
+            stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+            top = sorted(((tt / calls * 1e6, ct / calls * 1e6, nc // calls, f"{fname.rsplit('/', 2)[-1]}:{line} {func}")
+                          for (fname, line, func), (_, nc, tt, ct, _) in stats.items()), reverse=True)[:14]
+            total = sum(tt for (_, _, tt, _, _) in stats.values()) / calls * 1e6
+            rows[name] = {"total_us": total, "top": top}
+            note(f"profile {name}: {total:.1f} µs per call under cProfile; own time per call (µs), cumulative, calls:")
+            for own, cum, nc, where in top:
+                note(f"    {own:7.2f} {cum:7.2f} {nc:3d}  {where}")
+
+
 # -------------------------------------------------------------------------------------- attention
 
 def part_attention(bench: Bench, res: dict[str, Any]) -> None:
@@ -293,7 +323,7 @@ def _attention_shape(bench: Bench, shape: tuple[int, int, int, int]) -> dict[str
     return row
 
 
-PARTS = {"unet": part_unet, "host": part_host, "attention": part_attention}
+PARTS = {"unet": part_unet, "host": part_host, "attention": part_attention, "profile": part_profile}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

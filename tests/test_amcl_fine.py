@@ -4,13 +4,15 @@ scenario's table on a tiny run."""
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from modelkernels.kernels.amcl import evaluate
-from modelkernels.kernels.amcl.simulator import generate_aisles, simulate
-from modelkernels.pyimpl.amcl.maps import FREE, OCCUPIED
+from kernels.amcl import evaluate, nav2_source_peer
+from kernels.amcl.simulator import generate_aisles, simulate
+from pyimpl.amcl.maps import FREE, OCCUPIED
 
 
 def test_aisles_repeat_along_x() -> None:
@@ -53,3 +55,30 @@ def test_fine_scenario_table_on_a_tiny_run() -> None:
     table = evaluate.spread_table(rows)
     assert table.splitlines()[2].startswith("| lf | 2 | ")
     assert "[" in table.splitlines()[2]
+
+
+def test_nav2_source_peer_rejects_what_it_cannot_use(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="not the amcl package's sources"):
+        nav2_source_peer.find_source(tmp_path)
+    with pytest.raises(ValueError, match="laser_model_type='beams'"):
+        nav2_source_peer.Nav2SourcePeer(tmp_path / "missing.so", generate_aisles(0, resolution=0.1),
+                                        laser_model_type="beams")
+    with pytest.raises(ValueError, match="nav2_models"):
+        evaluate.fine_scenario(floors=0, warehouses=1, seeds=1, steps=2, peer=False, filters={},
+                               nav2_library=tmp_path / "missing.so", nav2_models=("field",))
+
+
+NAV2_SOURCE = os.environ.get("KERNELS_NAV2_AMCL_SOURCE")
+
+
+@pytest.mark.skipif(not NAV2_SOURCE, reason="nav2's own laser models need the amcl package's sources: set "
+                    "KERNELS_NAV2_AMCL_SOURCE to its source archive or folder (or 'pip')")
+def test_nav2_source_peer_tracks_with_each_laser_model() -> None:
+    assert NAV2_SOURCE is not None
+    library = nav2_source_peer.build(nav2_source_peer.find_source(NAV2_SOURCE))
+    rows = evaluate.fine_scenario(resolution=0.05, floors=0, warehouses=1, seeds=1, steps=25, beams=90,
+                                  particles=300, peer=False, filters={}, nav2_library=library)
+    assert len(rows) == len(evaluate.NAV2_SOURCE_MODELS)
+    for label, summaries in rows.items():
+        assert label.startswith("nav2 core built from source, ")
+        assert math.isfinite(summaries[0]["pos_median"]) and summaries[0]["pos_median"] < 0.3, (label, summaries)

@@ -9,15 +9,18 @@ of the truth to the end of the run.
 
 ``fine_scenario``: fine maps (``resolution`` 0.02-0.03 m: generated floor plans and warehouses of
 long repeated aisles), dense scans (360 beams), every scan used by every filter, the peer in the
-same runs; per-filter medians over the runs with their spread (``python -m modelkernels.kernels.amcl.evaluate
+same runs; per-filter medians over the runs with their spread (``python -m kernels.amcl.evaluate
 --fine``).
 
 ``NavAmclPeer`` drives nav2's C core through the ``amcl`` package (GPL, a benchmark-only peer):
-its driver updates on every call (no update gating) and uses the beam model.
+its driver updates on every call (no update gating) and uses the beam model. nav2's own
+likelihood-field models are not in that package's compiled module: ``--nav2-source`` builds them
+from its sources (``kernels.amcl.nav2_source_peer``) and runs them in the same fine runs.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from modelkernels.kernels.amcl.simulator import SimulatedRun
-from modelkernels.pyimpl.amcl.filter import ParticleFilter, Scan
-from modelkernels.pyimpl.amcl.poses import angle_diff_array
+from kernels.amcl.simulator import SimulatedRun
+from pyimpl.amcl.filter import ParticleFilter, Scan
+from pyimpl.amcl.poses import angle_diff_array
 
 
 @dataclass
@@ -137,9 +140,10 @@ class NavAmclPeer:
 
 
 def track_peer(run: SimulatedRun, particles: int = 2000, init_cov: Any = (0.01, 0.01, 0.005),
-               warmup: int = 10) -> TrackingResult:
-    """``track`` for the nav2 core peer (every scan updates it: no gating in its driver)."""
-    peer = NavAmclPeer(run.map, particles)
+               warmup: int = 10, peer: Any = None) -> TrackingResult:
+    """``track`` for the nav2 core peer (every scan updates it: no gating in its driver); ``peer``:
+    another driver with the same methods (``Nav2SourcePeer``) instead of the ``amcl`` package's."""
+    peer = NavAmclPeer(run.map, particles) if peer is None else peer
     peer.initialize(run.truth[0], init_cov)
     out = np.empty_like(run.truth)
     t0 = time.perf_counter()
@@ -152,8 +156,8 @@ def track_peer(run: SimulatedRun, particles: int = 2000, init_cov: Any = (0.01, 
 
 
 def _maps(real: str | None, generated: int) -> list[tuple[str, Any]]:
-    from modelkernels.kernels.amcl.map_io import load_map
-    from modelkernels.kernels.amcl.simulator import generate_map
+    from kernels.amcl.map_io import load_map
+    from kernels.amcl.simulator import generate_map
 
     out: list[tuple[str, Any]] = [(f"generated-{k}", generate_map(k)) for k in range(generated)]
     if real:
@@ -165,7 +169,7 @@ def _maps(real: str | None, generated: int) -> list[tuple[str, Any]]:
 
 
 def _track_all(m: Any, run: SimulatedRun, seed: int, reference: bool, peer: bool) -> dict[str, TrackingResult]:
-    from modelkernels.kernels.amcl.filter import ParticleFilter
+    from kernels.amcl.filter import ParticleFilter
 
     every: dict[str, Any] = dict(update_min_d=0.0, update_min_a=0.0, min_particles=2000)
     out = {
@@ -192,23 +196,35 @@ FINE_FILTERS: dict[str, dict[str, Any]] = {
 
 def fine_maps(resolution: float, floors: int, warehouses: int) -> list[tuple[str, Any]]:
     """Generated floor plans and aisle warehouses at ``resolution``."""
-    from modelkernels.kernels.amcl.simulator import generate_aisles, generate_map
+    from kernels.amcl.simulator import generate_aisles, generate_map
 
     return ([(f"floor-{k}", generate_map(k, resolution=resolution)) for k in range(floors)]
             + [(f"aisles-{k}", generate_aisles(k, resolution=resolution)) for k in range(warehouses)])
 
 
+# nav2's laser models built from source (``--nav2-source``), with their rows' labels as ours have them
+NAV2_SOURCE_MODELS = {"likelihood_field": "likelihood field", "likelihood_field_prob": "likelihood_field_prob",
+                      "beam": "beam model"}
+
+
 def fine_scenario(resolution: float = 0.025, floors: int = 1, warehouses: int = 1, seeds: int = 10,
                   steps: int = 150, beams: int = 360, particles: int = 3000, peer: bool = True, scan_upsample: int = 4,
                   filters: dict[str, dict[str, Any]] | None = None,
-                  log: Callable[[str], None] | None = None) -> dict[str, list[dict[str, float]]]:
+                  log: Callable[[str], None] | None = None, nav2_library: Path | None = None,
+                  nav2_models: tuple[str, ...] = tuple(NAV2_SOURCE_MODELS)) -> dict[str, list[dict[str, float]]]:
     """Per filter, the ``summary`` of every (map, seed) run: the robot drives ``steps`` steps of
     0.1 m (1 m/s, 0.1 s), ``beams``-beam 360° scans with 2 cm noise cast on the map split into
     ``scan_upsample``² sub-cells (not the filters' own ray caster), 5 % odometry noise; every
-    filter (and the peer) updates on every scan with ``particles`` particles."""
-    from modelkernels.kernels.amcl.filter import ParticleFilter
-    from modelkernels.kernels.amcl.simulator import simulate
+    filter (and the peer) updates on every scan with ``particles`` particles. ``nav2_library``: nav2's
+    core built from the ``amcl`` package's sources (``nav2_source_peer.build``), run in the same runs
+    with each of ``nav2_models``."""
+    from kernels.amcl.filter import ParticleFilter
+    from kernels.amcl.nav2_source_peer import Nav2SourcePeer
+    from kernels.amcl.simulator import simulate
 
+    unknown = [mo for mo in nav2_models if mo not in NAV2_SOURCE_MODELS]
+    if unknown:
+        raise ValueError(f"nav2_models: {unknown} unknown: expected some of {tuple(NAV2_SOURCE_MODELS)}")
     every: dict[str, Any] = dict(update_min_d=0.0, update_min_a=0.0, min_particles=particles,
                                  max_particles=particles)
     rows: dict[str, list[dict[str, float]]] = {}
@@ -216,9 +232,13 @@ def fine_scenario(resolution: float = 0.025, floors: int = 1, warehouses: int = 
         for seed in range(seeds):
             run = simulate(m, steps, seed=seed, speed=1.0, beams=beams, scan_upsample=scan_upsample)
             results = {label: track(run, partial(ParticleFilter, m, random_seed=seed, **every, **extra))
-                       for label, extra in (filters or FINE_FILTERS).items()}
+                       for label, extra in (FINE_FILTERS if filters is None else filters).items()}
             if peer and peer_unavailable() is None:
                 results["nav2 core (amcl package), beam model"] = track_peer(run, particles)
+            for model in nav2_models:
+                if nav2_library is not None:
+                    results[f"nav2 core built from source, {NAV2_SOURCE_MODELS[model]}"] = track_peer(
+                        run, particles, peer=Nav2SourcePeer(nav2_library, m, particles, model, seed=seed))
             for label, result in results.items():
                 rows.setdefault(label, []).append(result.summary())
             if log:
@@ -247,10 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     """Accuracy table: tracking error and global-localization convergence over maps and seeds."""
     import argparse
 
-    from modelkernels.kernels.amcl.filter import ParticleFilter
-    from modelkernels.kernels.amcl.simulator import simulate
+    from kernels.amcl.filter import ParticleFilter
+    from kernels.amcl.simulator import simulate
 
-    ap = argparse.ArgumentParser(prog="python -m modelkernels.kernels.amcl.evaluate", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m kernels.amcl.evaluate", description=main.__doc__)
     ap.add_argument("--generated", type=int, default=3, help="generated floor plans (default 3)")
     ap.add_argument("--real-maps", help="folder with tb3_sandbox.yaml / depot.yaml to add")
     ap.add_argument("--seeds", type=int, help="seeds per map (default 3; --fine: 10)")
@@ -265,12 +285,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--beams", type=int, default=360, help="--fine: beams per scan")
     ap.add_argument("--particles", type=int, default=3000, help="--fine: particles (fixed)")
     ap.add_argument("--scan-upsample", type=int, default=4, help="--fine: scans cast on k x k sub-cells")
+    ap.add_argument("--nav2-source", metavar="SDIST", default=os.environ.get("KERNELS_NAV2_AMCL_SOURCE"),
+                    help="--fine: also run nav2's own laser models, built from the amcl package's sources: "
+                    "its source archive (amcl-<version>.tar.gz), the unpacked folder, or 'pip' (pip download "
+                    "of the installed version's sources); needs a C/C++ compiler "
+                    "(default: $KERNELS_NAV2_AMCL_SOURCE)")
+    ap.add_argument("--nav2-models", default=",".join(NAV2_SOURCE_MODELS),
+                    help="--fine --nav2-source: comma-separated laser models (default: %(default)s)")
     args = ap.parse_args(argv)
     if args.fine:
+        library = None
+        if args.nav2_source:
+            from kernels.amcl.nav2_source_peer import build, find_source
+
+            library = build(find_source(args.nav2_source))
         fine = fine_scenario(args.resolution, args.floors, args.warehouses,
                              10 if args.seeds is None else args.seeds, 150 if args.steps is None else args.steps,
                              args.beams, args.particles, not args.no_peer, args.scan_upsample,
-                             log=partial(print, flush=True))
+                             log=partial(print, flush=True), nav2_library=library,
+                             nav2_models=tuple(m for m in args.nav2_models.split(",") if m))
         print("\n" + spread_table(fine))
         return 0
     args.seeds = 3 if args.seeds is None else args.seeds

@@ -30,7 +30,6 @@ z = h W1^T + b1 with PyTorch (one GEMM) and applies the chain rule with PyTorch 
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,10 +40,10 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 from triton.runtime.errors import OutOfResources
 
-from modelkernels.kernels.autograd import needs_autograd
-from modelkernels.kernels.registry import triton_interpret
-from modelkernels.kernels.triton_launch import fast
-from modelkernels.pyimpl.fused import check_feed_forward_args, feed_forward_dtype
+from kernels.autograd import needs_autograd
+from kernels.registry import triton_interpret
+from kernels.triton_launch import cdiv, fast, next_power_of_2, sm_count
+from pyimpl.fused import check_feed_forward_args, feed_forward_dtype
 
 
 @triton.jit
@@ -96,11 +95,6 @@ class Config:
     stages: int
 
 
-@functools.lru_cache(maxsize=8)
-def _sm_count(index: int) -> int:
-    return int(torch.cuda.get_device_properties(index).multi_processor_count)
-
-
 def default_config(m: int, c: int, dtype: torch.dtype, device: torch.device) -> Config:
     """Tiles for M rows of C channels (``tl.dot`` needs every dimension >= 16), the fastest measured per C
     on an H100 in bf16 (docs/notes/fused-gpu.md); then fewer rows per program while M rows would not give
@@ -109,8 +103,8 @@ def default_config(m: int, c: int, dtype: torch.dtype, device: torch.device) -> 
     and loop steps."""
     if device.type != "cuda":
         return Config(16, 16, 4, 1)
-    bc = max(16, triton.next_power_of_2(c))
-    sms = _sm_count(device.index or 0)
+    bc = max(16, next_power_of_2(c))
+    sms = sm_count(device.index or 0)
     if dtype == torch.float32:
         cfg = Config(64, bc, 4, 2) if bc <= 64 else Config(64 if bc <= 128 else 32, 32, 8, 2)
     elif bc <= 64:
@@ -118,9 +112,9 @@ def default_config(m: int, c: int, dtype: torch.dtype, device: torch.device) -> 
     elif bc <= 128:
         cfg = Config(32, 128, 4, 2)
     else:  # C = 256: wide row blocks only where they still fill the GPU
-        cfg = Config(128, 64, 8, 2) if triton.cdiv(m, 128) >= sms else Config(32, 64, 4, 2)
+        cfg = Config(128, 64, 8, 2) if cdiv(m, 128) >= sms else Config(32, 64, 4, 2)
     block_m = cfg.block_m
-    while block_m > 16 and triton.cdiv(m, block_m) < sms:
+    while block_m > 16 and cdiv(m, block_m) < sms:
         block_m //= 2
     return Config(block_m, cfg.block_f, cfg.warps, cfg.stages)
 
@@ -154,12 +148,12 @@ def forward(h: torch.Tensor, s: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor
     cfg: Config | None = _FITS.get(key, first)
     while cfg is not None:
         try:
-            fast(_ff_fwd_kernel)[(triton.cdiv(m, cfg.block_m),)](
+            fast(_ff_fwd_kernel)[(cdiv(m, cfg.block_m),)](
                 h2, s2, w1, b1 if b1 is not None else w1, w2, b2 if b2 is not None else w2, out, m, c,
                 *h2.stride(), *s2.stride(), *w1.stride(), *w2.stride(), NF=nf,
                 HAS_B1=b1 is not None, HAS_B2=b2 is not None,
                 UPCAST=h.dtype == torch.bfloat16 and triton_interpret(), BLOCK_M=cfg.block_m,
-                BLOCK_C=max(16, triton.next_power_of_2(c)), BLOCK_F=cfg.block_f,
+                BLOCK_C=max(16, next_power_of_2(c)), BLOCK_F=cfg.block_f,
                 num_warps=cfg.warps, num_stages=cfg.stages,
             )
         except OutOfResources:

@@ -61,10 +61,10 @@ import torch
 import triton
 import triton.language as tl
 
-from modelkernels.kernels.autograd import needs_autograd
-from modelkernels.kernels.registry import triton_interpret
-from modelkernels.kernels.triton_launch import fast
-from modelkernels.pyimpl.fused import check_group_norm_args
+from kernels.autograd import needs_autograd
+from kernels.registry import triton_interpret
+from kernels.triton_launch import cdiv, fast, next_power_of_2, sm_count
+from pyimpl.fused import check_group_norm_args
 
 Tensor = torch.Tensor
 # (out, mean, rstd, x as read, residual as read, channels_last)
@@ -534,7 +534,7 @@ def _bwd_dx_kernel(X, DY, W, B, R, MEAN, RSTD, S1, S2, DX, DR,
 def _target_programs(device: torch.device) -> int:
     """Programs at one per SM (the two-pass grid is ``ForwardConfig.per_sm`` times this)."""
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
+        return sm_count(device.index if device.index is not None else torch.cuda.current_device())
     return 4  # the interpreter runs programs one after another: few, large ones
 
 
@@ -573,10 +573,10 @@ def _strides(n: int, c: int, hw: int, channels_last: bool) -> tuple[int, int, in
 def _bwd_tiles(c: int, hw: int, channels_last: bool, device: torch.device) -> tuple[int, int]:
     budget = 4096 if device.type == "cuda" else 16384
     if channels_last:
-        bc = min(triton.next_power_of_2(c), 256)
-        return bc, max(1, min(triton.next_power_of_2(hw), budget // bc))
-    bp = min(triton.next_power_of_2(hw), 1024)
-    return max(1, min(triton.next_power_of_2(c), budget // bp)), bp
+        bc = min(next_power_of_2(c), 256)
+        return bc, max(1, min(next_power_of_2(hw), budget // bc))
+    bp = min(next_power_of_2(hw), 1024)
+    return max(1, min(next_power_of_2(c), budget // bp)), bp
 
 
 @dataclass
@@ -782,7 +782,7 @@ def two_pass_launches(p: _Problem, cfg: ForwardConfig) -> tuple[Any, Any]:
     timed apart; the apply reads what the statistics wrote. Both walk the same chunks (``plan_chunks``);
     with ``cfg.merge`` the statistics pass also writes the rows' mean and rstd."""
     c, hw, rows, length = p.x.shape[1], p.hw, p.rows, p.length
-    p2 = triton.next_power_of_2(length)
+    p2 = next_power_of_2(length)
     block = min(cfg.block, p2)
     if not p.channels_last and hw % block and hw & (hw - 1) == 0 and hw >= 256:
         block = hw  # tiles of one channel plane: scalar weights per tile (MODE_NCHW_PLANE)
@@ -791,7 +791,7 @@ def two_pass_launches(p: _Problem, cfg: ForwardConfig) -> tuple[Any, Any]:
                                 _target_programs(p.x.device) * cfg.per_sm)
     even = length % chunk == 0
     merge = cfg.merge
-    nchunk_p2 = triton.next_power_of_2(nchunk)
+    nchunk_p2 = next_power_of_2(nchunk)
     # per-chunk (mean, M2); both rows 16-byte aligned
     mean_p = torch.empty(2, -(-rows * nchunk // 4) * 4, device=p.x.device, dtype=torch.float32)
     cnt = _counters(p.x.device, rows) if merge else p.mean  # (unused without merge)
@@ -819,14 +819,14 @@ def two_pass_launches(p: _Problem, cfg: ForwardConfig) -> tuple[Any, Any]:
 def persistent_launch(p: _Problem, cfg: ForwardConfig) -> tuple[PersistentPlan | None, Any]:
     """The persistent forward's plan and launch (None, None where a row cannot be resident at once)."""
     c, hw, rows, length = p.x.shape[1], p.hw, p.rows, p.length
-    block = min(cfg.persistent_block, triton.next_power_of_2(length))
+    block = min(cfg.persistent_block, next_power_of_2(length))
     mode = _persistent_mode(p.channels_last, c, hw, block)
     tiles = -(-length // block)
     ptrs = p.pointers()
     # per-tile (mean, M2); both rows 16-byte aligned, as the compiled kernel assumes
     mean_p = torch.empty(2, -(-rows * tiles // 4) * 4, device=p.x.device, dtype=torch.float32)
     consts: dict[str, Any] = dict(BLOCK=block, HW=hw, CPG=c // p.num_groups, C=c, MODE=mode, FAST_ERF=cfg.fast_erf,
-                                  T_P2=triton.next_power_of_2(tiles), EARLY_PUBLISH=cfg.early_publish,
+                                  T_P2=next_power_of_2(tiles), EARLY_PUBLISH=cfg.early_publish,
                                   num_warps=cfg.persistent_warps,
                                   launch_cooperative_grid=cfg.cooperative, **p.flags())
 
@@ -905,7 +905,7 @@ def group_norm_act_backward(dy: torch.Tensor, x: torch.Tensor, num_groups: int, 
     dx = torch.empty_like(x)
     dr = torch.empty_like(x) if residual is not None and need_residual_grad else None
     bc, bp = _bwd_tiles(c, hw, channels_last, x.device)
-    grid = (n, triton.cdiv(c, bc), triton.cdiv(hw, bp))
+    grid = (n, cdiv(c, bc), cdiv(hw, bp))
     if x.numel() == 0:
         zeros = torch.zeros(n, c, device=x.device, dtype=torch.float32)
         a = b_sum = e_sum = zeros

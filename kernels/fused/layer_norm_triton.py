@@ -22,9 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
-from modelkernels.kernels.autograd import needs_autograd
-from modelkernels.kernels.triton_launch import fast
-from modelkernels.pyimpl.fused import check_add_layer_norm_args, check_tokens_layer_norm_args
+from kernels.autograd import needs_autograd
+from kernels.triton_launch import cdiv, fast, next_power_of_2
+from pyimpl.fused import check_add_layer_norm_args, check_tokens_layer_norm_args
 
 
 @triton.jit
@@ -92,9 +92,9 @@ def _ln_bwd_kernel(S, DY, DS, W, MEAN, RSTD, DX, PW, PB, NTOK, C, sdb, sdn, sdc,
 
 
 def _tiles(ntok: int, c: int, device: torch.device) -> tuple[int, int, int]:
-    bc = triton.next_power_of_2(c)
+    bc = next_power_of_2(c)
     budget = 4096 if device.type == "cuda" else 16384
-    bn = max(1, min(triton.next_power_of_2(max(ntok, 1)), budget // bc))
+    bn = max(1, min(next_power_of_2(max(ntok, 1)), budget // bc))
     warps = 8 if bn * bc >= 8192 else 4
     return bn, bc, warps
 
@@ -111,7 +111,7 @@ def _forward(x3: torch.Tensor, r3: torch.Tensor | None, weight: torch.Tensor | N
         return s, y, mean, rstd
     bn, bc, warps = _tiles(ntok, c, x3.device)
     rr = r3 if r3 is not None else x3
-    fast(_ln_fwd_kernel)[(triton.cdiv(ntok, bn), nb)](
+    fast(_ln_fwd_kernel)[(cdiv(ntok, bn), nb)](
         x3, rr, s, y, weight if weight is not None else x3, bias if bias is not None else x3, mean, rstd,
         ntok, c, *x3.stride(), *rr.stride(), float(eps),
         HAS_R=r3 is not None, HAS_W=weight is not None, HAS_B=bias is not None,
@@ -130,7 +130,7 @@ def _backward(s: torch.Tensor, dy: torch.Tensor | None, ds: torch.Tensor | None,
     dy = dy.contiguous()
     ds = ds.contiguous() if ds is not None else None
     bn, bc, warps = _tiles(ntok, c, s.device)
-    grid = (triton.cdiv(ntok, bn), nb)
+    grid = (cdiv(ntok, bn), nb)
     pw = torch.zeros(nb * grid[0], c, device=s.device, dtype=torch.float32)
     pb = torch.zeros_like(pw)
     if s.numel():

@@ -25,9 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
-from modelkernels.kernels.autograd import needs_autograd
-from modelkernels.kernels.triton_launch import fast
-from modelkernels.pyimpl.fused import check_upsample_concat_args
+from kernels.autograd import needs_autograd
+from kernels.triton_launch import cdiv, fast, next_power_of_2
+from pyimpl.fused import check_upsample_concat_args
 
 
 @triton.jit
@@ -130,13 +130,13 @@ def upsample_concat_forward(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor
         return out
     channels_last = fmt == torch.channels_last
     if x.device.type == "cuda":
-        bc = min(triton.next_power_of_2(max(cs, cx)), 64 if channels_last else 16)
-        bw = max(1, min(triton.next_power_of_2(2 * w), 2048 // bc))
+        bc = min(next_power_of_2(max(cs, cx)), 64 if channels_last else 16)
+        bw = max(1, min(next_power_of_2(2 * w), 2048 // bc))
     else:
-        bc = triton.next_power_of_2(max(cs, cx))
-        bw = triton.next_power_of_2(2 * w)
-    ncb_s = triton.cdiv(cs, bc)
-    grid = (b * 2 * h, triton.cdiv(2 * w, bw), ncb_s + triton.cdiv(cx, bc))
+        bc = next_power_of_2(max(cs, cx))
+        bw = next_power_of_2(2 * w)
+    ncb_s = cdiv(cs, bc)
+    grid = (b * 2 * h, cdiv(2 * w, bw), ncb_s + cdiv(cx, bc))
     fast(_upsample_concat_kernel)[grid](x, skip, out, cs, cx, h, w, *x.stride(), *skip.stride(), *out.stride(),
                                   _scale(h), _scale(w), ncb_s, BLOCK_W=bw, BLOCK_C=bc, num_warps=4)
     return out
@@ -155,11 +155,11 @@ def upsample_concat_backward(grad: torch.Tensor, shape: tuple[int, ...], cs: int
     if dx.numel() == 0:
         return dx
     if grad.device.type == "cuda":
-        bc = min(triton.next_power_of_2(cx), 16)
-        bw = max(1, min(triton.next_power_of_2(w), 1024 // bc))
+        bc = min(next_power_of_2(cx), 16)
+        bw = max(1, min(next_power_of_2(w), 1024 // bc))
     else:
-        bc, bw = triton.next_power_of_2(cx), triton.next_power_of_2(w)
-    grid = (b * h, triton.cdiv(w, bw), triton.cdiv(cx, bc))
+        bc, bw = next_power_of_2(cx), next_power_of_2(w)
+    grid = (b * h, cdiv(w, bw), cdiv(cx, bc))
     sh, sw = _scale(h), _scale(w)
     fast(_upsample_backward_kernel)[grid](grad, dx, cs, cx, h, w, *grad.stride(), *dx.stride(), sh, sw,
                                     1.0 / sh if sh else 0.0, 1.0 / sw if sw else 0.0,

@@ -18,8 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from modelkernels.kernels.triton_launch import fast
-from modelkernels.pyimpl.resnet import check_conv_epilogue_args
+from kernels.triton_launch import cdiv, fast, next_power_of_2
+from pyimpl.resnet import check_conv_epilogue_args
 
 TILE = 4096  # elements per program
 MAX_COLS = 1024
@@ -71,9 +71,9 @@ def conv_epilogue(x: torch.Tensor, bias: torch.Tensor | None = None, residual: t
         residual = residual.contiguous(memory_format=fmt)
     bias = bias.contiguous() if bias is not None else None
     residual_bias = residual_bias.contiguous() if residual_bias is not None else None
-    block_l = min(triton.next_power_of_2(cols), MAX_COLS)
+    block_l = min(next_power_of_2(cols), MAX_COLS)
     block_r = max(1, TILE // block_l)
-    grid = (triton.cdiv(rows, block_r), triton.cdiv(cols, block_l))
+    grid = (cdiv(rows, block_r), cdiv(cols, block_l))
     fast(_epilogue_kernel)[grid](
         x, bias if bias is not None else x, residual if residual is not None else x,
         residual_bias if residual_bias is not None else x, out, rows, cols, c,

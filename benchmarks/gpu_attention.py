@@ -33,11 +33,11 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from triton.testing import do_bench
 
-import kernels
 from benchmarks.harness import back_to_back_us
-from kernels import parity
-from kernels.attention.flash import FlashConfig, flash_backward, flash_forward
-from pyimpl import attention as ref
+from modelkernels import kernels
+from modelkernels.kernels import parity
+from modelkernels.kernels.attention.flash import FlashConfig, flash_backward, flash_forward
+from modelkernels.pyimpl import attention as ref
 
 DEV = "cuda"
 OUT = os.environ.get("OUT", ".")
@@ -278,8 +278,8 @@ def part_bench() -> None:
 
 # ---------------------------------------------------------------------------------------------- unet
 def part_unet() -> None:
-    from kernels import nn as knn
-    from pyimpl.unet import UNet
+    from modelkernels.kernels import nn as knn
+    from modelkernels.pyimpl.unet import UNet
 
     # bfloat16: the seed's model in fp32 under autocast, as the project's seed-UNet anchor runs it
     torch.manual_seed(0)
@@ -493,11 +493,11 @@ def part_overhead() -> None:
 def overhead_shape(b: int, h: int, n: int, d: int, res: dict[str, Any]) -> None:
     import triton
 
-    from kernels import registry
-    from kernels.attention import flash
-    from kernels.attention import flash_triton as kt
-    from kernels.attention.ops import attention_triton
-    from kernels.triton_launch import specialisation
+    from modelkernels.kernels import registry
+    from modelkernels.kernels.attention import flash
+    from modelkernels.kernels.attention import flash_triton as kt
+    from modelkernels.kernels.attention.ops import attention_triton
+    from modelkernels.kernels.triton_launch import specialisation
 
     q, k, v = qkv(b, h, n, n, d, torch.float16)
     kw = dict(causal=False, scale=None, key_padding_mask=None, layout="bhnd", deterministic=False)

@@ -32,11 +32,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-import kernels
-import kernels.nn
 from benchmarks.harness import back_to_back_us
 from benchmarks.sdpa_peer import sdpa_model
-from pyimpl.unet import UNet
+from modelkernels import kernels
+from modelkernels.pyimpl.unet import UNet
 
 SUMMARY: list[str] = []
 
@@ -170,7 +169,7 @@ def part_unet(bench: Bench, res: dict[str, Any]) -> None:
 def _recorded_launches(fn: Callable[[], Any]) -> list[tuple[Callable[..., Any], tuple[Any, ...]]]:
     """The compiled launchers ``fn`` called through the launch layer, with their arguments: one warm call
     of ``fn`` with every kept compiled kernel wrapped by a recorder (restored afterwards)."""
-    from kernels import triton_launch
+    from modelkernels.kernels import triton_launch
 
     calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
 
@@ -295,7 +294,7 @@ def part_attention(bench: Bench, res: dict[str, Any]) -> None:
 
 
 def _attention_shape(bench: Bench, shape: tuple[int, int, int, int]) -> dict[str, Any]:
-    from kernels.attention.flash import flash_forward
+    from modelkernels.kernels.attention.flash import flash_forward
 
     b, h, n, d = shape
     dtype = torch.float16 if bench.cuda else torch.float32

@@ -164,9 +164,8 @@ def summarize(batch: Batch) -> None:
 def main() -> None:
     import diffusers
 
-    import kernels
-    import kernels.diffusion.diffusers_patch  # registers the diffusers drop-ins
-    import kernels.nn
+    import modelkernels.kernels.diffusion.diffusers_patch  # noqa: F401  (registers the diffusers drop-ins)
+    from modelkernels import kernels
 
     RESULTS.update({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                     "diffusers": diffusers.__version__, "kernels": kernels.__version__, "mode": MODE})
@@ -180,7 +179,7 @@ def main() -> None:
         kinds[old] = kinds.get(old, 0) + 1
     RESULTS["patch"] = {"replaced": kinds, "kept": [list(k) for k in report.kept]}
     note(f"patched SD1.5 UNet: {kinds}, {len(report.kept)} kept")
-    from kernels.diffusion.scheduler import DDIMScheduler
+    from modelkernels.kernels.diffusion.scheduler import DDIMScheduler
 
     batches = [Batch(b, base) for b in _batches()]
     for batch in batches:  # eager first, for every batch

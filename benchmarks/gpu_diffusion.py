@@ -24,10 +24,10 @@ from triton.testing import do_bench
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kernels.diffusion import step_triton as st
-from kernels.diffusion.sampler import sample
-from pyimpl.diffusion import make_schedule, set_philox_rounds
-from pyimpl.unet import UNet
+from modelkernels.kernels.diffusion import step_triton as st
+from modelkernels.kernels.diffusion.sampler import sample
+from modelkernels.pyimpl.diffusion import make_schedule, set_philox_rounds
+from modelkernels.pyimpl.unet import UNet
 
 DEV = "cuda"
 T0 = time.time()
@@ -82,7 +82,7 @@ compiled_seed_step = torch.compile(eager_seed_step)
 
 
 def parity(dtypes: tuple[str, ...]) -> dict[str, Any]:
-    from kernels import parity as par
+    from modelkernels.kernels import parity as par
 
     results = [r for r in par.run_parity(["q_sample", "ddpm_seed_step", "ddpm_step", "ddim_step"],
                                          backends=["triton"], devices=["cuda"]) if r.case.dtype in dtypes]
@@ -96,7 +96,7 @@ def parity(dtypes: tuple[str, ...]) -> dict[str, Any]:
 
 def noise_accuracy() -> dict[str, Any]:
     """In-kernel Philox normals of each Box-Muller flavour against the PyTorch reference stream."""
-    from pyimpl.diffusion.philox import philox_normal
+    from modelkernels.pyimpl.diffusion.philox import philox_normal
 
     sched = make_schedule(device=DEV)
     zeros = torch.zeros(8, 3, 128, 128, device=DEV)

@@ -30,13 +30,12 @@ import torch
 import torch.nn.functional as F
 import triton
 
-import kernels
-import kernels.nn
 from benchmarks.harness import cuda_time, graphed
-from kernels import parity
-from kernels.fused import feed_forward_triton as fft
-from kernels.fused import modules
-from pyimpl import fused as ref
+from modelkernels import kernels
+from modelkernels.kernels import parity
+from modelkernels.kernels.fused import feed_forward_triton as fft
+from modelkernels.kernels.fused import modules
+from modelkernels.pyimpl import fused as ref
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: only to smoke-test ``check`` under the interpreter
 OUT = os.environ.get("OUT", ".")
@@ -202,7 +201,7 @@ def part_time() -> None:
 
 # ----------------------------------------------------------------------------------------------- unet
 def part_unet() -> None:
-    from pyimpl.unet import UNet
+    from modelkernels.pyimpl.unet import UNet
 
     torch.manual_seed(0)
     model = UNet().to(DEV).eval()

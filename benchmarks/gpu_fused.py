@@ -43,14 +43,13 @@ import torch.nn.functional as F
 from torch import nn
 from triton.testing import do_bench
 
-import kernels
-import kernels.nn
 from benchmarks.harness import cuda_time, graphed
 from benchmarks.sdpa_peer import sdpa_model
-from kernels import parity
-from kernels.fused import group_norm_triton as gnt
-from pyimpl import fused as ref
-from pyimpl.unet import UNet
+from modelkernels import kernels
+from modelkernels.kernels import parity
+from modelkernels.kernels.fused import group_norm_triton as gnt
+from modelkernels.pyimpl import fused as ref
+from modelkernels.pyimpl.unet import UNet
 
 DEV = "cuda"
 OUT = os.environ.get("OUT", ".")
@@ -641,7 +640,7 @@ def part_sample() -> None:
     """The whole 999-step sampling of 16 images with the library's sampler (CUDA graph), unpatched
     (SDPA, bf16 autocast) and patched; the seed's loop as written (fp32, need_weights=True) timed over
     50 steps and scaled to 999."""
-    from kernels.diffusion.sampler import sample
+    from modelkernels.kernels.diffusion.sampler import sample
 
     torch.manual_seed(0)
     base = UNet().to(DEV).eval()

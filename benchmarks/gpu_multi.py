@@ -41,8 +41,8 @@ VERIFY_N, VERIFY_STEPS = 6, 10
 
 
 def _model(device: torch.device, quick: bool) -> torch.nn.Module:
-    import kernels.nn
-    from pyimpl.unet import UNet
+    from modelkernels import kernels
+    from modelkernels.pyimpl.unet import UNet
 
     torch.manual_seed(0)
     size, width = (8, 8) if quick else (64, 64)
@@ -54,7 +54,7 @@ def _model(device: torch.device, quick: bool) -> torch.nn.Module:
 
 
 def _sample_kwargs(device: torch.device, steps: int) -> dict[str, Any]:
-    from pyimpl.diffusion import make_schedule
+    from modelkernels.pyimpl.diffusion import make_schedule
 
     cuda = device.type == "cuda"
     return {"schedule": make_schedule(num_train_timesteps=steps + 1), "seed": 0, "cuda_graph": cuda,
@@ -65,8 +65,8 @@ def worker(args: argparse.Namespace) -> None:
     """One rank: verification against the one-rank files, then the timed runs; rank 0 writes JSON."""
     import torch.distributed as dist
 
-    from kernels.diffusion.distributed import distributed_sample, init_from_env, shard_bounds
-    from kernels.diffusion.sampler import sample
+    from modelkernels.kernels.diffusion.distributed import distributed_sample, init_from_env, shard_bounds
+    from modelkernels.kernels.diffusion.sampler import sample
 
     device = init_from_env(timeout_s=300, cuda=args.device == "cuda")
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-import kernels.nn as knn
+import modelkernels.kernels.nn as knn
 from benchmarks.harness import (
     Run,
     breakdown_text,
@@ -48,7 +48,7 @@ from benchmarks.harness import (
     machine_info,
     rel_err,
 )
-from pyimpl import resnet as ref
+from modelkernels.pyimpl import resnet as ref
 
 SMOKE = "--smoke" in sys.argv
 DEV = "cpu" if SMOKE else "cuda"

@@ -30,10 +30,10 @@ from typing import Any
 
 import torch
 
-import kernels
 from benchmarks import gpu_fused as gf
 from benchmarks.harness import Run, breakdown_text, graphed, kernel_breakdown, kernel_family, kernel_times, rel_err
-from pyimpl.unet import UNet
+from modelkernels import kernels
+from modelkernels.pyimpl.unet import UNet
 
 DEV = "cuda"
 BUDGET = float(sys.argv[sys.argv.index("--budget") + 1]) if "--budget" in sys.argv else 480.0
@@ -274,7 +274,7 @@ def part_sample() -> None:
     written (fp32, need_weights=True; 50 steps timed and scaled), and the library's sampler with a CUDA
     graph and ``autocast=torch.bfloat16`` for the unpatched SDPA model, the patched model, the patched
     model with channels-last weights, and that under torch.compile. Same initial noise and Philox key."""
-    from kernels.diffusion.sampler import sample
+    from modelkernels.kernels.diffusion.sampler import sample
 
     torch.manual_seed(0)
     base = UNet().to(DEV).eval()

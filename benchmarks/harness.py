@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kernels.parity import compare
-from kernels.registry import Tolerance
+from modelkernels.kernels.parity import compare
+from modelkernels.kernels.registry import Tolerance
 
 
 class VerificationError(AssertionError):

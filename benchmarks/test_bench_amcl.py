@@ -14,8 +14,9 @@ tb3_sandbox map from tests/data/maps):
 - update: a whole filter update (motion + sensor + resample + clusters) at fixed N = 2000, 10 000:
   ours (likelihood field with the hash table and with the kd-tree, ``kld_bins``, and beam model),
   the reference filter, and nav2's C core (beam model)
-- compile: a fresh process (``python -m kernels.amcl.warmup``: Python, ``import kernels`` with its
-  torch import, then every AMCL kernel) with an empty Numba cache, and one loading from the cache
+- compile: a fresh process (``python -m modelkernels.kernels.amcl.warmup``: Python,
+  ``import modelkernels.kernels`` with its torch import, then every AMCL kernel) with an empty Numba
+  cache, and one loading from the cache
 Every case verifies its output against the reference before timing.
 """
 
@@ -35,7 +36,7 @@ import numpy as np
 import pytest
 
 from benchmarks.harness import verify
-from kernels.amcl import (
+from modelkernels.kernels.amcl import (
     ParticleFilter,
     amcl_beam_model,
     amcl_bin_clusters,
@@ -49,10 +50,10 @@ from kernels.amcl import (
     load_map,
     ops,
 )
-from kernels.amcl.evaluate import NavAmclPeer, peer_unavailable
-from kernels.amcl.simulator import simulate
-from kernels.registry import Tolerance
-from pyimpl.amcl import kld
+from modelkernels.kernels.amcl.evaluate import NavAmclPeer, peer_unavailable
+from modelkernels.kernels.amcl.simulator import simulate
+from modelkernels.kernels.registry import Tolerance
+from modelkernels.pyimpl.amcl import kld
 
 MAPS = Path(__file__).resolve().parents[1] / "tests" / "data" / "maps"
 CLOSE = Tolerance(atol=1e-9, rtol=1e-9)
@@ -306,7 +307,7 @@ def test_amcl_compile(bench, quick, cache: str) -> None:  # type: ignore[no-unty
     root = Path(__file__).resolve().parents[1]
     tmp = Path(tempfile.mkdtemp(prefix="amcl-numba-cache-"))
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp), PYTHONPATH=str(root))
-    cmd = [sys.executable, "-m", "kernels.amcl.warmup"]
+    cmd = [sys.executable, "-m", "modelkernels.kernels.amcl.warmup"]
     if cache == "warm":
         subprocess.run(cmd, env=env, check=True, capture_output=True)
 
@@ -318,5 +319,5 @@ def test_amcl_compile(bench, quick, cache: str) -> None:  # type: ignore[no-unty
         return (), {}
 
     bench(lambda: subprocess.run(cmd, env=env, check=True, capture_output=True), suite="amcl_compile",
-          case=f"{cache} cache", series="compile", impl=f"python -m kernels.amcl.warmup ({cache} cache)", role="ours",
-          setup=fresh, rounds=3 if cache == "cold" else 5)
+          case=f"{cache} cache", series="compile", impl=f"python -m modelkernels.kernels.amcl.warmup ({cache} cache)",
+          role="ours", setup=fresh, rounds=3 if cache == "cold" else 5)

@@ -16,10 +16,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
 from benchmarks.harness import verify
-from kernels.registry import Tolerance
-from pyimpl import attention as ref
+from modelkernels import kernels
+from modelkernels.kernels.registry import Tolerance
+from modelkernels.pyimpl import attention as ref
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import torch
 
-import kernels
 from benchmarks.harness import verify
-from kernels.registry import Tolerance
-from pyimpl import diffusion as ref
+from modelkernels import kernels
+from modelkernels.kernels.registry import Tolerance
+from modelkernels.pyimpl import diffusion as ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SHAPES = [(16, 3, 32, 32), (64, 3, 64, 64)]

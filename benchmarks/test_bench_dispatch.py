@@ -17,10 +17,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
 from benchmarks.harness import verify
-from kernels.registry import Tolerance
-from pyimpl import fused as ref
+from modelkernels import kernels
+from modelkernels.kernels.registry import Tolerance
+from modelkernels.pyimpl import fused as ref
 
 
 def _tensors() -> dict[str, torch.Tensor]:

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-import kernels
 from benchmarks.harness import verify
-from kernels.forest import RandomForestClassifier
-from kernels.native import native, native_unavailable
+from modelkernels import kernels
+from modelkernels.kernels.forest import RandomForestClassifier
+from modelkernels.kernels.native import native, native_unavailable
 
 sk_ensemble = pytest.importorskip("sklearn.ensemble")
 sk_datasets = pytest.importorskip("sklearn.datasets")

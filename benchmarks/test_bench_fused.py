@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
 from benchmarks.harness import verify
-from kernels.registry import Tolerance
+from modelkernels import kernels
+from modelkernels.kernels.registry import Tolerance
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE = torch.bfloat16 if DEV == "cuda" else torch.float32

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import kernels
 from benchmarks.harness import verify
-from kernels.native import native, native_unavailable
-from kernels.sort.ops import _values
+from modelkernels import kernels
+from modelkernels.kernels.native import native, native_unavailable
+from modelkernels.kernels.sort.ops import _values
 
 SIZES = [8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
 KINDS = ["random", "sorted", "reversed", "few"]

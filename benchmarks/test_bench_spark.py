@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 from benchmarks.harness import machine_info, verify
-from kernels.registry import Tolerance
+from modelkernels.kernels.registry import Tolerance
 
 N_FEATURES, N_INFORMATIVE, N_CLASSES = 50, 10, 3
 
@@ -82,7 +82,7 @@ def warm_workers(df: Any) -> None:
     """Start the Python workers and import the library in each (a long-running session's state),
     so neither fit nor transform times a worker's start-up."""
     def touch(batches: Any) -> Any:
-        import kernels.forest.level  # noqa: F401
+        import modelkernels.kernels.forest.level  # noqa: F401
 
         for batch in batches:
             yield batch.select(["label"])
@@ -101,7 +101,7 @@ def run_case(spark: Any, n: int, partitions: int, trees: int = 20, depth: int = 
     from pyspark.ml.classification import RandomForestClassifier as SparkForest
     from pyspark.ml.evaluation import MulticlassClassificationEvaluator
 
-    from kernels.forest.spark import RandomForestClassifier
+    from modelkernels.kernels.forest.spark import RandomForestClassifier
 
     train, test = frame(spark, n, partitions).randomSplit([0.8, 0.2], seed=1)
     train, test = train.cache(), test.cache()
@@ -158,7 +158,7 @@ def split(request: pytest.FixtureRequest) -> tuple[Any, Any, int]:
 def _estimator(impl: str, trees: int) -> Any:
     from pyspark.ml.classification import RandomForestClassifier as SparkForest
 
-    from kernels.forest.spark import RandomForestClassifier
+    from modelkernels.kernels.forest.spark import RandomForestClassifier
 
     cls = RandomForestClassifier if impl == "kernels.forest.spark" else SparkForest
     return cls(numTrees=trees, maxDepth=10, maxBins=32, seed=0)

@@ -1,14 +1,14 @@
 """ModelKernels: fast kernels next to their pure-Python references, picked by a dispatcher.
 
 ``kernels.<op>(...)`` runs the best backend for the device the inputs live on;
-``kernels.explain(op, *args)`` says why; ``python -m kernels info`` lists what runs here.
+``kernels.explain(op, *args)`` says why; ``python -m modelkernels.kernels info`` lists what runs here.
 """
 
-from kernels import amcl, forest, torch_ops
-from kernels.attention import attention
-from kernels.diffusion import ddim_step, ddpm_seed_step, ddpm_step, q_sample
-from kernels.fused import add_layer_norm, feed_forward, group_norm_act, tokens_layer_norm, upsample_concat
-from kernels.registry import (
+from modelkernels.kernels import amcl, forest, nn, torch_ops
+from modelkernels.kernels.attention import attention
+from modelkernels.kernels.diffusion import ddim_step, ddpm_seed_step, ddpm_step, q_sample
+from modelkernels.kernels.fused import add_layer_norm, feed_forward, group_norm_act, tokens_layer_norm, upsample_concat
+from modelkernels.kernels.registry import (
     Backend,
     Op,
     backends_for,
@@ -20,8 +20,8 @@ from kernels.registry import (
     register_kernel,
     use_backend,
 )
-from kernels.resnet import conv_epilogue
-from kernels.sort import hybrid_sort, insertion_sort
+from modelkernels.kernels.resnet import conv_epilogue
+from modelkernels.kernels.sort import hybrid_sort, insertion_sort
 
 __version__ = "0.1.0"
 
@@ -47,6 +47,7 @@ __all__ = [
     "insertion_sort",
     "is_kernel",
     "list_kernels",
+    "nn",
     "q_sample",
     "register_kernel",
     "tokens_layer_norm",

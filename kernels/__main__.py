@@ -1,4 +1,4 @@
-"""``python -m kernels {info, parity, bench}``.
+"""``python -m modelkernels.kernels {info, parity, bench}``.
 
 info    ops x backends x whether each can run here (and why not)
 parity  every registered backend against its reference; a table; exit 1 on any failure, 2 when
@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from kernels import parity, registry
+from modelkernels.kernels import parity, registry
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -90,7 +90,7 @@ def _writable(path: str, flag: str) -> str | None:
 
 
 def _usage_error(message: str) -> int:
-    print(f"python -m kernels parity: {message}", file=sys.stderr)
+    print(f"python -m modelkernels.kernels parity: {message}", file=sys.stderr)
     return 2
 
 
@@ -129,7 +129,7 @@ def _print_results(results: list[parity.Result], args: argparse.Namespace) -> in
     if failed:
         return 1
     if not ran:
-        print("python -m kernels parity: no selected case could run here; the first reason: "
+        print("python -m modelkernels.kernels parity: no selected case could run here; the first reason: "
               f"{skipped[0].detail if skipped else 'none'}", file=sys.stderr)
         return 2
     return 0
@@ -147,7 +147,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
             return _record(args)
         recording = None
         if args.against:
-            from kernels import goldens
+            from modelkernels.kernels import goldens
 
             recording = goldens.load(args.against)
         cases = parity.select_cases(_split(args.op) or ["*"], _split(args.backend), _split(args.device),
@@ -166,7 +166,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
 
 def _record(args: argparse.Namespace) -> int:
-    from kernels import goldens
+    from modelkernels.kernels import goldens
 
     if args.backend or args.json or args.junit:
         return _usage_error("--record runs only the references; --backend, --json and --junit apply to checks")
@@ -247,7 +247,7 @@ def _run_quietly(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> i
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kernels", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m modelkernels.kernels", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     pi = sub.add_parser("info", help="ops x backends x available here")

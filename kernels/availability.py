@@ -10,8 +10,8 @@ from __future__ import annotations
 import functools
 import importlib.util
 
-from kernels.native import native_unavailable
-from kernels.registry import triton_interpret
+from modelkernels.kernels.native import native_unavailable
+from modelkernels.kernels.registry import triton_interpret
 
 __all__ = ["extension_unavailable", "numba_unavailable", "triton_interpret", "triton_unavailable"]
 

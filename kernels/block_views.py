@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from kernels import nn as knn
+from modelkernels.kernels import nn as knn
 
 _M = TypeVar("_M", bound=nn.Module)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from kernels import parity, registry
+from modelkernels.kernels import parity, registry
 
 FORMAT = "modelkernels-parity-recording"
 VERSION = 1

@@ -1,5 +1,5 @@
 """The compiled extension ``kernels._native`` (csrc/), loaded once; a missing build is a reason,
-not an import error, so ``import kernels`` works without a compiler."""
+not an import error, so ``import modelkernels.kernels`` works without a compiler."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def _load() -> None:
     global _module, _error, _tried
     _tried = True
     try:
-        _module = importlib.import_module("kernels._native")
+        _module = importlib.import_module("modelkernels.kernels._native")
     except ImportError as e:
         _error = f"the C++ extension kernels._native is not built ({e}); install with `pip install .`"
 

@@ -8,7 +8,7 @@ that says why a particular module cannot be replaced. ``patch(model)`` walks
 ``unpatch(model)`` puts the original modules back (as Liger-Kernel's ``apply_liger_kernel_to_*``
 and HF ``kernelize`` do for their models).
 
-    import kernels.nn
+    from modelkernels import kernels
     report = kernels.nn.patch(unet, need_weights=False)   # the seed's UNet discards the weights
     print(report)
     kernels.nn.unpatch(unet)
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 if TYPE_CHECKING:  # at run time ``__getattr__`` below imports it (it imports this module)
-    from kernels.attention.modules import MultiheadAttention
+    from modelkernels.kernels.attention.modules import MultiheadAttention
 
 __all__ = ["DropIn", "MultiheadAttention", "PatchReport", "list_drop_ins", "patch", "register_drop_in", "unpatch"]
 
@@ -195,7 +195,7 @@ def __getattr__(name: str) -> Any:
     """``kernels.nn.MultiheadAttention``: the attention domain's drop-in, imported on first use (it imports
     this module to register itself)."""
     if name == "MultiheadAttention":
-        from kernels.attention.modules import MultiheadAttention
+        from modelkernels.kernels.attention.modules import MultiheadAttention
 
         return MultiheadAttention
-    raise AttributeError(f"module 'kernels.nn' has no attribute {name!r}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """Parity harness: every registered (op, backend, device, dtype, sample) against the reference.
 
-The same cases feed the test suite (``tests/test_parity.py``) and ``python -m kernels parity``,
+The same cases feed the test suite (``tests/test_parity.py``) and ``python -m modelkernels.kernels parity``,
 so a new backend is checked by registering it. The reference runs on inputs converted to
 ``op.reference_dtype(dtype)`` (float64 where low precision needs it), outputs are compared in
 float64: ``|out - ref| <= atol + rtol * |ref|`` elementwise, NaN where the reference has NaN.
@@ -24,8 +24,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from kernels import registry
-from kernels.registry import Backend, ErrorSample, Op, Sample, Tolerance
+from modelkernels.kernels import registry
+from modelkernels.kernels.registry import Backend, ErrorSample, Op, Sample, Tolerance
 
 
 @dataclasses.dataclass(frozen=True)
@@ -416,7 +416,7 @@ def run_parity(ops: Iterable[str] | None = None, backends: Iterable[str] | None 
     return [run_case(c) for c in parity_cases(ops, backends, devices)]
 
 
-def write_junit(results: list[Result], path: str, suite: str = "kernels.parity") -> None:
+def write_junit(results: list[Result], path: str, suite: str = "modelkernels.kernels.parity") -> None:
     """The results as JUnit XML: one testcase per case (classname ``op.backend``, name
     ``device-dtype-sample``), a failure with the detail, a skip with its reason."""
     from xml.etree import ElementTree as ET

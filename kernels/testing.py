@@ -3,7 +3,7 @@
 Installed with the package (entry point ``pytest11``), so any test suite can write::
 
     import my_package.ops  # registers ops with define_op / register_kernel
-    from kernels.testing import parity_tests
+    from modelkernels.kernels.testing import parity_tests
 
     test_parity, test_error_inputs = parity_tests("my_*")
 
@@ -15,7 +15,7 @@ generated cases in every module: ``--kernels-op`` (wildcards), ``--kernels-backe
 ``--kernels-device`` (a device asked for and absent here is a usage error), ``--kernels-dtype``;
 each takes comma-separated values. CUDA cases carry the ``gpu`` marker and skip without CUDA.
 
-Disable it with ``-p no:kernels.testing``.
+Disable it with ``-p no:modelkernels.kernels.testing``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one)")
     devices = _option(config, "device")
     if devices:
-        from kernels import parity
+        from modelkernels.kernels import parity
 
         try:
             parity.check_devices(devices)
@@ -59,7 +59,7 @@ def _option(config: pytest.Config, name: str) -> list[str] | None:
 
 
 def _ops(pattern: str, config: pytest.Config) -> list[str]:
-    from kernels import registry
+    from modelkernels.kernels import registry
 
     names = registry.list_kernels(pattern)
     wanted = _option(config, "op")
@@ -75,7 +75,7 @@ def _marks(device: str) -> list[pytest.MarkDecorator]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if CASE_FIXTURE not in metafunc.fixturenames and ERROR_FIXTURE not in metafunc.fixturenames:
         return
-    from kernels import parity
+    from modelkernels.kernels import parity
 
     config = metafunc.config
     ops = _ops(getattr(metafunc.function, "kernels_ops", "*"), config)
@@ -91,7 +91,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def check_case(case: Any) -> None:
     """Run one parity case: skip when it cannot run here, fail with the comparison's detail."""
-    from kernels import parity
+    from modelkernels.kernels import parity
 
     result = parity.run_case(case)
     if result.status == "skip":

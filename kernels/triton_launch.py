@@ -31,7 +31,7 @@ import triton
 from triton import knobs
 from triton.runtime.errors import OutOfResources
 
-from kernels.registry import triton_interpret
+from modelkernels.kernels.registry import triton_interpret
 
 HANDLE_LIMIT = 4096  # specialisations kept per kernel; the cache starts over past this
 

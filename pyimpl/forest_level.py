@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from pyimpl.forest import _hist_scan, impurity
+from modelkernels.pyimpl.forest import _hist_scan, impurity
 
 
 def _check_n_bins(n_bins: np.ndarray, max_bins: int) -> int:

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from kernels.diffusion.distributed import distributed_sample, init_from_env
-from pyimpl.diffusion import make_schedule
-from pyimpl.unet import UNet, UNetConditional
+from modelkernels.kernels.diffusion.distributed import distributed_sample, init_from_env
+from modelkernels.pyimpl.diffusion import make_schedule
+from modelkernels.pyimpl.unet import UNet, UNetConditional
 
 # name: (n, sample keyword arguments, one image per model call); the schedule has T = 4, so the
 # seed's loop runs 3 steps. The batched UNet's per-image output moves by rounding with the batch size

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import kernels
-from kernels.amcl import AmclParameters, OccupancyMap, ParticleFilter, Scan, demo, draw, evaluate
-from kernels.amcl.simulator import SimulatedRun, generate_map, simulate
+from modelkernels import kernels
+from modelkernels.kernels.amcl import AmclParameters, OccupancyMap, ParticleFilter, Scan, demo, draw, evaluate
+from modelkernels.kernels.amcl.simulator import SimulatedRun, generate_map, simulate
 
 NAV2_DEFAULTS = dict(min_particles=500, max_particles=2000, pf_err=0.05, update_min_d=0.25, update_min_a=0.2,
                      resample_interval=1, recovery_alpha_slow=0.0, recovery_alpha_fast=0.0,

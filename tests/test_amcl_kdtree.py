@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-import kernels
-from kernels.amcl import ParticleFilter, amcl_bin_clusters, amcl_kld_bins, numba_kdtree
-from kernels.amcl.simulator import SimulatedRun, generate_map, simulate
-from pyimpl.amcl import kld
-from pyimpl.amcl.kdtree import BinKdTree
-from pyimpl.amcl.maps import OccupancyMap
+from modelkernels import kernels
+from modelkernels.kernels.amcl import ParticleFilter, amcl_bin_clusters, amcl_kld_bins, numba_kdtree
+from modelkernels.kernels.amcl.simulator import SimulatedRun, generate_map, simulate
+from modelkernels.pyimpl.amcl import kld
+from modelkernels.pyimpl.amcl.kdtree import BinKdTree
+from modelkernels.pyimpl.amcl.maps import OccupancyMap
 
 BINS = np.array(kld.BIN_SIZE)
 

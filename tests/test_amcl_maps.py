@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kernels.amcl import OccupancyMap, amcl_distance_map, amcl_ray_cast, load_map, save_map
-from kernels.amcl.map_io import read_grid
-from kernels.amcl.ops import sample_map
+from modelkernels.kernels.amcl import OccupancyMap, amcl_distance_map, amcl_ray_cast, load_map, save_map
+from modelkernels.kernels.amcl.map_io import read_grid
+from modelkernels.kernels.amcl.ops import sample_map
 
 MAPS = Path(__file__).resolve().parent / "data" / "maps"  # nav2_bringup maps (Apache-2.0): see its README
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from kernels.amcl import (
+from modelkernels.kernels.amcl import (
     OccupancyMap,
     amcl_beam_model,
     amcl_cluster_stats,
@@ -19,10 +19,10 @@ from kernels.amcl import (
     amcl_motion,
     amcl_ray_cast,
 )
-from kernels.amcl.ops import sample_map
-from pyimpl.amcl import kld, sensors
-from pyimpl.amcl.params import AmclParameters
-from pyimpl.amcl.poses import angle_diff, angle_diff_array
+from modelkernels.kernels.amcl.ops import sample_map
+from modelkernels.pyimpl.amcl import kld, sensors
+from modelkernels.pyimpl.amcl.params import AmclParameters
+from modelkernels.pyimpl.amcl.poses import angle_diff, angle_diff_array
 
 BACKENDS = ["reference", "numba"]
 BINS = np.array(kld.BIN_SIZE)
@@ -267,7 +267,7 @@ def test_cluster_covariance_far_from_the_origin(backend: str) -> None:
 
 
 def test_threads_split_the_work_without_changing_the_result(room) -> None:  # type: ignore[no-untyped-def]
-    from kernels.amcl import ops
+    from modelkernels.kernels.amcl import ops
 
     m, truth, bearings, ranges, dist = room
     cloud = truth + np.random.default_rng(9).normal(0, 0.2, (3001, 3))
@@ -308,7 +308,7 @@ def test_cached_table_follows_the_map_it_was_built_from(room) -> None:  # type: 
 
 @pytest.mark.parametrize("wrap", [False, True])
 def test_hash_table_bins_and_clusters_agree_with_nav2s_kd_tree(wrap: bool) -> None:
-    from pyimpl.amcl.kdtree import BinKdTree
+    from modelkernels.pyimpl.amcl.kdtree import BinKdTree
 
     rng = np.random.default_rng(11)
     centres = rng.uniform(-4, 4, (5, 2))

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import torch
 
-import kernels
-from kernels.registry import triton_interpret
+from modelkernels import kernels
+from modelkernels.kernels.registry import triton_interpret
 
 needs_triton = pytest.mark.skipif(not (torch.cuda.is_available() or triton_interpret()),
                                   reason="Triton needs CUDA or TRITON_INTERPRET=1")
@@ -25,23 +25,23 @@ def _calls() -> list[tuple[str, str, Callable[[bool], Any]]]:
         return torch.randn(*shape, generator=g).to(DEV).requires_grad_(grad)
 
     return [
-        ("kernels.fused.group_norm_triton", "GroupNormActFunction",
+        ("modelkernels.kernels.fused.group_norm_triton", "GroupNormActFunction",
          lambda grad: kernels.group_norm_act(rnd(2, 4, 3, 3, grad=grad), 2, rnd(4, grad=grad), rnd(4, grad=grad),
                                              residual=rnd(2, 4, 3, 3, grad=grad), activation="gelu",
                                              backend="triton")),
-        ("kernels.fused.layer_norm_triton", "TokensLayerNormFunction",
+        ("modelkernels.kernels.fused.layer_norm_triton", "TokensLayerNormFunction",
          lambda grad: kernels.tokens_layer_norm(rnd(2, 4, 3, 3, grad=grad), rnd(4, grad=grad), None,
                                                 backend="triton")),
-        ("kernels.fused.layer_norm_triton", "AddLayerNormFunction",
+        ("modelkernels.kernels.fused.layer_norm_triton", "AddLayerNormFunction",
          lambda grad: kernels.add_layer_norm(rnd(2, 5, 4, grad=grad), rnd(2, 5, 4, grad=grad), None, None,
                                              backend="triton")),
-        ("kernels.fused.upsample_triton", "UpsampleConcatFunction",
+        ("modelkernels.kernels.fused.upsample_triton", "UpsampleConcatFunction",
          lambda grad: kernels.upsample_concat(rnd(1, 2, 2, 3, grad=grad), rnd(1, 3, 4, 6, grad=grad),
                                               backend="triton")),
-        ("kernels.fused.feed_forward_triton", "FeedForwardFunction",
+        ("modelkernels.kernels.fused.feed_forward_triton", "FeedForwardFunction",
          lambda grad: kernels.feed_forward(rnd(2, 3, 8, grad=grad), rnd(2, 3, 8, grad=grad), rnd(8, 8, grad=grad),
                                            None, rnd(8, 8, grad=grad), None, backend="triton")),
-        ("kernels.attention.flash", "FlashAttention",
+        ("modelkernels.kernels.attention.flash", "FlashAttention",
          lambda grad: kernels.attention(rnd(1, 2, 5, 16, grad=grad), rnd(1, 2, 5, 16, grad=grad),
                                         rnd(1, 2, 5, 16, grad=grad), backend="triton")),
     ]
@@ -86,7 +86,7 @@ def test_no_autograd_function_without_gradients(monkeypatch, index: int) -> None
 
 
 def _counting_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    from kernels.fused import modules
+    from modelkernels.kernels.fused import modules
 
     builds: list[int] = []
     get = modules._Resolved.get
@@ -99,8 +99,8 @@ def _counting_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def test_fused_double_conv_resolves_once_and_again_when_parameters_change(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kernels.fused.modules import FusedDoubleConv
-    from pyimpl.unet import DoubleConv
+    from modelkernels.kernels.fused.modules import FusedDoubleConv
+    from modelkernels.pyimpl.unet import DoubleConv
 
     builds = _counting_builds(monkeypatch)
     torch.manual_seed(1)
@@ -126,9 +126,9 @@ def test_fused_double_conv_resolves_once_and_again_when_parameters_change(monkey
 def test_fused_self_attention_keeps_cast_weights_until_they_change(monkeypatch: pytest.MonkeyPatch) -> None:
     """Under autocast the feed-forward's weights are cast once (inference) and recast after an update;
     with gradients the parameters themselves are passed, so the weights get gradients."""
-    from kernels.fused import modules
-    from kernels.fused.modules import FusedSelfAttention
-    from pyimpl.unet import SelfAttention
+    from modelkernels.kernels.fused import modules
+    from modelkernels.kernels.fused.modules import FusedSelfAttention
+    from modelkernels.pyimpl.unet import SelfAttention
 
     builds = _counting_builds(monkeypatch)
     seen: list[torch.dtype] = []
@@ -171,7 +171,7 @@ def test_patched_unet_compiles_for_inference_under_autocast() -> None:
     """The drop-ins' resolved arguments under torch.compile (no_grad, bf16 autocast): one graph and the
     eager patched model's output; after an in-place weight update (a recompile) too, in fp32 (under
     autocast torch.compile keeps its own weight casts across the update, patched or not)."""
-    from pyimpl.unet import UNet
+    from modelkernels.pyimpl.unet import UNet
 
     torch._dynamo.reset()
     torch.manual_seed(0)

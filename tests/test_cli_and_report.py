@@ -1,4 +1,4 @@
-"""`python -m kernels info/parity` and the benchmark report, end to end on small inputs."""
+"""`python -m modelkernels.kernels info/parity` and the benchmark report, end to end on small inputs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kernels.__main__ import format_table, main
+from modelkernels.kernels.__main__ import format_table, main
 
 
 def test_info_lists_every_op_and_backend(capsys: pytest.CaptureFixture[str]) -> None:
@@ -25,7 +25,7 @@ def test_parity_command_passes_and_writes_json(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_parity_command_fails_on_a_wrong_backend(capsys: pytest.CaptureFixture[str]) -> None:
-    from kernels import registry
+    from modelkernels.kernels import registry
 
     registry.register_kernel("insertion_sort", "broken", devices=("cpu",), dtypes=("float64",))(
         lambda values, first=0, last=None, **kw: values)  # forgets to sort

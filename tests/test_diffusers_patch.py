@@ -9,11 +9,10 @@ from typing import Any
 import pytest
 import torch
 
-import kernels
-import kernels.nn
+from modelkernels import kernels
 
 diffusers = pytest.importorskip("diffusers")
-dp = pytest.importorskip("kernels.diffusion.diffusers_patch")
+dp = pytest.importorskip("modelkernels.kernels.diffusion.diffusers_patch")
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0  # noqa: E402
 from diffusers.models.resnet import ResnetBlock2D  # noqa: E402
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import kernels.nn
-from kernels.diffusion.scheduler import DDIMScheduler, DDPMScheduler
+from modelkernels import kernels
+from modelkernels.kernels.diffusion.scheduler import DDIMScheduler, DDPMScheduler
 
 diffusers = pytest.importorskip("diffusers")
 

@@ -14,9 +14,8 @@ from typing import Any
 import pytest
 import torch
 
-import kernels
-import kernels.diffusion
-from kernels.diffusion.scheduler import DDIMScheduler, DDPMScheduler
+from modelkernels import kernels
+from modelkernels.kernels.diffusion.scheduler import DDIMScheduler, DDPMScheduler
 
 diffusers = pytest.importorskip("diffusers")
 BACKENDS = ["reference", "triton"]

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import torch
 
-import kernels
-from kernels.diffusion.sampler import cfg_model_output, sample, sampling_timesteps, save_grid
-from kernels.diffusion.scheduler import DDIMScheduler, DDPMScheduler
-from pyimpl import diffusion as ref
-from pyimpl.unet import UNet, UNetConditional
+from modelkernels import kernels
+from modelkernels.kernels.diffusion.sampler import cfg_model_output, sample, sampling_timesteps, save_grid
+from modelkernels.kernels.diffusion.scheduler import DDIMScheduler, DDPMScheduler
+from modelkernels.pyimpl import diffusion as ref
+from modelkernels.pyimpl.unet import UNet, UNetConditional
 
 diffusers = pytest.importorskip("diffusers")
 BACKENDS = ["reference", "triton"]
@@ -340,7 +340,7 @@ def test_sampler_graph_replay_equals_the_plain_loop_on_gpu(graph: bool) -> None:
 
 
 def test_cpu_demo_runs_tiny(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from kernels.diffusion.demo import load_digits_tensor, main
+    from modelkernels.kernels.diffusion.demo import load_digits_tensor, main
 
     x, y = load_digits_tensor()
     assert x.shape == (1797, 1, 8, 8) and float(x.min()) == -1.0 and float(x.max()) == 1.0 and int(y.max()) == 9

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from kernels.diffusion.distributed import distributed_sample, shard_bounds
-from kernels.diffusion.sampler import sample
+from modelkernels.kernels.diffusion.distributed import distributed_sample, shard_bounds
+from modelkernels.kernels.diffusion.sampler import sample
 from tests.distributed_worker import CASES, case_kwargs, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]

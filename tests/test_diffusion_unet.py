@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pyimpl.unet import EMA, UNet, UNetConditional, pos_encoding, train_step
+from modelkernels.pyimpl.unet import EMA, UNet, UNetConditional, pos_encoding, train_step
 
 
 def test_seed_size_has_the_seeds_parameters_and_attention_sizes() -> None:

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import kernels
-from kernels.forest import RandomForestClassifier
-from kernels.forest.estimator import _spark_subset
-from kernels.native import native_unavailable
+from modelkernels import kernels
+from modelkernels.kernels.forest import RandomForestClassifier
+from modelkernels.kernels.forest.estimator import _spark_subset
+from modelkernels.kernels.native import native_unavailable
 
 sklearn = pytest.importorskip("sklearn")
 from sklearn.base import clone  # noqa: E402
@@ -311,7 +311,7 @@ def test_import_and_fit_without_scikit_learn() -> None:
     code = (
         "import sys; sys.modules['sklearn'] = None\n"
         "import numpy as np, kernels\n"
-        "from kernels.forest import RandomForestClassifier as R\n"
+        "from modelkernels.kernels.forest import RandomForestClassifier as R\n"
         "X = np.random.default_rng(0).standard_normal((80, 3)); y = (X[:, 0] > 0).astype(int)\n"
         "e = R(5, random_state=0).fit(X, y)\n"
         "assert e.score(X, y) > 0.9 and e.get_params()['n_estimators'] == 5\n"

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kernels.forest import RandomForestClassifier
-from kernels.native import native_unavailable
+from modelkernels.kernels.forest import RandomForestClassifier
+from modelkernels.kernels.native import native_unavailable
 
 needs_native = pytest.mark.skipif(native_unavailable() is not None, reason=str(native_unavailable()))
 RNG = np.random.default_rng(0)
@@ -24,7 +24,7 @@ Y = (X[:, 0] + 0.3 * RNG.standard_normal(60) > 0).astype(int)
 
 SETUP = """
 import numpy as np
-from kernels.forest import RandomForestClassifier, ops
+from modelkernels.kernels.forest import RandomForestClassifier, ops
 rng = np.random.default_rng(0)
 X = rng.standard_normal((60, 4)); y = (X[:, 0] > 0).astype(int)
 """
@@ -60,7 +60,7 @@ def test_crash_reproducers_raise_in_a_fresh_process() -> None:
             except ValueError as e:
                 print(e)""" for edit, _ in EDITS)
     out = _run(edits + """
-        from kernels.native import native
+        from modelkernels.kernels.native import native
         d = ops._forest_inputs(60, 4, 2, 2, 0)
         hist = ops.binned(d["X_cols"], 4)
         hist["bins"][1, 5] = 200
@@ -89,7 +89,7 @@ def test_a_failed_thread_start_is_an_exception() -> None:
     cannot be mapped, and the build reports that as an error instead of calling std::terminate."""
     out = _run("""
         import resource
-        from kernels.native import native
+        from modelkernels.kernels.native import native
         d = ops._forest_inputs(50, 3, 2, 4, 0)
         args = (d["X_cols"], d["y"], d["sample_weight"], d["counts"], d["class_weight"], d["seeds"],
                 2, 0, -1, 2, 1, 0.0, 0.0, 0.0, 1, 2)

@@ -10,11 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import kernels
-from kernels.forest import ops
-from kernels.native import native_unavailable
-from pyimpl import forest as ref
-from pyimpl import sort as sort_ref
+from modelkernels import kernels
+from modelkernels.kernels.forest import ops
+from modelkernels.kernels.native import native_unavailable
+from modelkernels.pyimpl import forest as ref
+from modelkernels.pyimpl import sort as sort_ref
 
 needs_native = pytest.mark.skipif(native_unavailable() is not None, reason=str(native_unavailable()))
 BACKENDS = ["reference", pytest.param("native", marks=needs_native)]
@@ -42,7 +42,7 @@ def test_hybrid_sort_matches_numpy(backend: str, values: np.ndarray) -> None:
 @pytest.mark.parametrize("kind", ["random", "few", "equal", "sorted", "reversed"])
 def test_hybrid_sort_layers(n: int, kind: str) -> None:
     """Every layer (insertion, introsort, 8-bit and 11-bit radix) and their boundaries."""
-    from kernels.sort.ops import _values
+    from modelkernels.kernels.sort.ops import _values
 
     base = _values(n, "float32", kind, seed=n)
     base[::97] = -base[::97]  # negative values through the radix key map

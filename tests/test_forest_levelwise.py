@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-import kernels
-from kernels.forest.levelwise import GrowthParams, LocalEngine, bag_counts, grow_forest, quantile_splits
+from modelkernels import kernels
+from modelkernels.kernels.forest.levelwise import GrowthParams, LocalEngine, bag_counts, grow_forest, quantile_splits
 
 
 def _data(n: int, n_features: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -36,7 +36,7 @@ def test_levelwise_native_equals_reference() -> None:
 
 
 def test_levelwise_forest_predicts_and_respects_depth() -> None:
-    from kernels.forest.spark.convert import fitted_estimator
+    from modelkernels.kernels.forest.spark.convert import fitted_estimator
 
     model = _grow_local("native", max_depth=4)
     est = fitted_estimator(model, 5, 3, {"numTrees": 3, "maxDepth": 4})

@@ -60,7 +60,7 @@ def _pipeline(estimator: Any) -> Any:
 def test_seed_pipeline_end_to_end(frame: Any) -> None:
     from pyspark.ml.evaluation import MulticlassClassificationEvaluator
 
-    from kernels.forest.spark import RandomForestClassifier
+    from modelkernels.kernels.forest.spark import RandomForestClassifier
 
     train, test = frame.randomSplit([0.7, 0.3], seed=42)
     model = _pipeline(RandomForestClassifier(labelCol="label", featuresCol="features", numTrees=6, maxDepth=5,
@@ -84,7 +84,7 @@ def test_seed_pipeline_end_to_end(frame: Any) -> None:
 def test_spark_saved_model_predicts_as_spark(frame: Any, tmp_path: Path) -> None:
     from pyspark.ml.classification import RandomForestClassifier as SparkForest
 
-    from kernels.forest.spark import read_spark_model
+    from modelkernels.kernels.forest.spark import read_spark_model
 
     model = _pipeline(SparkForest(numTrees=5, maxDepth=6, seed=3)).fit(frame)
     spark_forest = model.stages[-1]
@@ -101,7 +101,7 @@ def test_spark_saved_model_predicts_as_spark(frame: Any, tmp_path: Path) -> None
 def test_weights_write_load_and_estimator_round_trip(frame: Any, tmp_path: Path) -> None:
     from pyspark.sql import functions as sf
 
-    from kernels.forest.spark import RandomForestClassificationModel, RandomForestClassifier
+    from modelkernels.kernels.forest.spark import RandomForestClassificationModel, RandomForestClassifier
 
     weighted = frame.withColumn("w", sf.when(sf.col("species") == "virginica", 0.0).otherwise(1.0))
     data = _pipeline(RandomForestClassifier(numTrees=3, maxDepth=3, seed=1, weightCol="w")).fit(weighted)
@@ -128,7 +128,7 @@ def test_weights_write_load_and_estimator_round_trip(frame: Any, tmp_path: Path)
 def test_params_and_defaults_match_spark() -> None:
     from pyspark.ml.classification import RandomForestClassifier as SparkForest
 
-    from kernels.forest.spark import RandomForestClassifier
+    from modelkernels.kernels.forest.spark import RandomForestClassifier
 
     ours, theirs = RandomForestClassifier(), SparkForest()
     for name in ("featuresCol", "labelCol", "predictionCol", "probabilityCol", "rawPredictionCol", "numTrees",
@@ -147,7 +147,7 @@ def test_params_and_defaults_match_spark() -> None:
     (dict(featureSubsetStrategy="most"), "featureSubsetStrategy='most'"),
 ])
 def test_bad_params_name_the_param(frame: Any, params: dict[str, Any], match: str) -> None:
-    from kernels.forest.spark import RandomForestClassifier
+    from modelkernels.kernels.forest.spark import RandomForestClassifier
 
     with pytest.raises(ValueError, match=match.replace("[", r"\[").replace("]", r"\]")):
         _pipeline(RandomForestClassifier(**params)).fit(frame)
@@ -156,7 +156,7 @@ def test_bad_params_name_the_param(frame: Any, params: dict[str, Any], match: st
 def test_bad_labels_and_columns(spark: Any) -> None:
     from pyspark.ml.linalg import Vectors
 
-    from kernels.forest.spark import RandomForestClassifier
+    from modelkernels.kernels.forest.spark import RandomForestClassifier
 
     df = spark.createDataFrame([(Vectors.dense([0.0, 1.0]), 0.5), (Vectors.dense([1.0, 0.0]), 1.0)],
                                ["features", "label"])

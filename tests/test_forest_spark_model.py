@@ -14,7 +14,7 @@ import pytest
 pa = pytest.importorskip("pyarrow", reason="pyarrow is not installed (pip install 'modelkernels[spark]')")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from kernels.forest.spark import read_spark_model  # noqa: E402
+from modelkernels.kernels.forest.spark import read_spark_model  # noqa: E402
 
 _CLASS = "org.apache.spark.ml.classification.RandomForestClassificationModel"
 

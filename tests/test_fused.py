@@ -12,19 +12,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels
-import kernels.nn
-from kernels.fused import group_norm_triton
-from kernels.fused.modules import (
+from modelkernels import kernels
+from modelkernels.kernels.fused import group_norm_triton
+from modelkernels.kernels.fused.modules import (
     FusedDoubleConv,
     FusedDown,
     FusedSelfAttention,
     FusedUp,
     double_conv_reasons,
 )
-from kernels.registry import triton_interpret
-from pyimpl import fused as ref
-from pyimpl.unet import DoubleConv, SelfAttention, UNet, Up
+from modelkernels.kernels.registry import triton_interpret
+from modelkernels.pyimpl import fused as ref
+from modelkernels.pyimpl.unet import DoubleConv, SelfAttention, UNet, Up
 
 needs_triton = pytest.mark.skipif(not (torch.cuda.is_available() or triton_interpret()),
                                   reason="Triton needs CUDA or TRITON_INTERPRET=1")
@@ -112,14 +111,14 @@ def test_patch_swaps_every_block_and_unpatch_restores_them() -> None:
     keys, names = list(model.state_dict()), [n for n, _ in model.named_modules()]
     originals = {n: type(m) for n, m in model.named_modules()}
     report = _patch(model)
-    fused = {path for path, _, new in report.replaced if new.startswith("kernels.fused.")}
+    fused = {path for path, _, new in report.replaced if new.startswith("modelkernels.kernels.fused.")}
     blocks = {"inc", "down1", "down2", "down3", "sa1", "sa2", "sa3", "sa4", "sa5", "sa6", "bot1", "bot2", "bot3",
               "up1", "up2", "up3"}
     inner = {f"down{i}.maxpool_conv.{j}" for i in (1, 2, 3) for j in (1, 2)} | {
         f"up{i}.conv.{j}" for i in (1, 2, 3) for j in (0, 1)}
     assert fused == blocks | inner
-    assert {path for path, _, new in report.replaced if new == "kernels.attention.modules.MultiheadAttention"} == {
-        f"sa{i}.mha" for i in range(1, 7)}
+    mha = "modelkernels.kernels.attention.modules.MultiheadAttention"
+    assert {path for path, _, new in report.replaced if new == mha} == {f"sa{i}.mha" for i in range(1, 7)}
     assert list(model.state_dict()) == keys
     assert isinstance(model.up1, FusedUp) and isinstance(model.up1.conv[0], FusedDoubleConv)
     assert isinstance(model.down2, FusedDown) and isinstance(model.down2.maxpool_conv[2], FusedDoubleConv)
@@ -188,7 +187,7 @@ def _digits(n: int) -> torch.Tensor:
 
 
 def _train(model: nn.Module, images: torch.Tensor, steps: int, seed: int, batch: int = 16) -> list[float]:
-    from pyimpl.unet import train_step
+    from modelkernels.pyimpl.unet import train_step
 
     alpha_hat = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000), 0)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -231,8 +230,8 @@ def test_patched_training_steps_on_triton() -> None:
 def test_register_seed_blocks_fuses_a_users_own_copy_of_the_seed() -> None:
     """A user's own seed classes (here: subclasses, which patch otherwise leaves alone) are fused
     after ``register_seed_blocks`` on their module."""
-    from kernels.fused.drop_ins import register_seed_blocks
-    from pyimpl import unet
+    from modelkernels.kernels.fused.drop_ins import register_seed_blocks
+    from modelkernels.pyimpl import unet
 
     class UserModules:
         class DoubleConv(unet.DoubleConv):
@@ -333,7 +332,7 @@ def test_feed_forward_reference_rounds_weights_and_promotes_like_autocast() -> N
 def test_fused_self_attention_runs_feed_forward_only_for_plain_linears(monkeypatch: pytest.MonkeyPatch) -> None:
     """Plain ``nn.Linear`` layers go through ``feed_forward``; a subclass (its own forward) keeps the
     modules; both match the seed's block."""
-    from kernels.fused import modules
+    from modelkernels.kernels.fused import modules
 
     calls = []
     real = modules.feed_forward
@@ -399,7 +398,7 @@ def test_feed_forward_triton_gradients_of_the_inputs_asked_for(dtype: torch.dtyp
 def test_feed_forward_triton_tile_configurations_agree() -> None:
     """Several tile shapes (rows per program, hidden units per step) give the reference's output,
     and the fallback ladder for a GPU that lacks the resources steps down to 16 x 16 tiles."""
-    from kernels.fused import feed_forward_triton as fft
+    from modelkernels.kernels.fused import feed_forward_triton as fft
 
     g = _gen(14)
     h, s = torch.randn(45, 40, generator=g).to(DEV), torch.randn(45, 40, generator=g).to(DEV)

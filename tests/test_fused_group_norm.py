@@ -11,10 +11,10 @@ import itertools
 import pytest
 import torch
 
-import kernels
-from kernels.fused import group_norm_triton as gnt
-from kernels.registry import triton_interpret
-from pyimpl import fused as ref
+from modelkernels import kernels
+from modelkernels.kernels.fused import group_norm_triton as gnt
+from modelkernels.kernels.registry import triton_interpret
+from modelkernels.pyimpl import fused as ref
 
 needs_triton = pytest.mark.skipif(not (torch.cuda.is_available() or triton_interpret()),
                                   reason="Triton needs CUDA or TRITON_INTERPRET=1")

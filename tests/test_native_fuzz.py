@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kernels.forest import ops
-from kernels.native import native, native_unavailable
-from pyimpl import forest as ref
+from modelkernels.kernels.forest import ops
+from modelkernels.kernels.native import native, native_unavailable
+from modelkernels.pyimpl import forest as ref
 
 pytestmark = pytest.mark.skipif(native_unavailable() is not None, reason=str(native_unavailable()))
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-import kernels
-import kernels.nn as knn
-from kernels.attention import modules as attention_modules
-from kernels.registry import triton_interpret
-from pyimpl.unet import UNet
+import modelkernels.kernels.nn as knn
+from modelkernels import kernels
+from modelkernels.kernels.attention import modules as attention_modules
+from modelkernels.kernels.registry import triton_interpret
+from modelkernels.pyimpl.unet import UNet
 
 
 def _pair(**kw: object) -> tuple[nn.MultiheadAttention, knn.MultiheadAttention]:

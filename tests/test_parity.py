@@ -4,8 +4,8 @@ Registering a backend adds its tests; ``--kernels-op``, ``--kernels-device`` etc
 
 from __future__ import annotations
 
-import kernels
-from kernels.testing import parity_tests
+from modelkernels import kernels
+from modelkernels.kernels.testing import parity_tests
 
 test_parity, test_error_inputs = parity_tests("*")
 

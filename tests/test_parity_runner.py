@@ -1,4 +1,4 @@
-"""`python -m kernels parity` as a CI step: exit codes, the failure table and JUnit XML with a
+"""`python -m modelkernels.kernels parity` as a CI step: exit codes, the failure table and JUnit XML with a
 deliberately broken backend, and the record / against round trip through an npz file."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import goldens, parity, registry
-from kernels.__main__ import main
-from kernels.registry import ErrorSample, Sample, Tolerance
+from modelkernels.kernels import goldens, parity, registry
+from modelkernels.kernels.__main__ import main
+from modelkernels.kernels.registry import ErrorSample, Sample, Tolerance
 
 
 def _x(device: str, dtype: str) -> torch.Tensor:

@@ -17,8 +17,8 @@ WRONG = '''
 import torch
 
 import tiny_ops
-from kernels.registry import register_kernel
-from kernels.testing import parity_tests
+from modelkernels.kernels.registry import register_kernel
+from modelkernels.kernels.testing import parity_tests
 
 
 @register_kernel("tiny_softplus", "relu", devices=("cpu",), dtypes=("float32", "float64"))

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-import kernels
-from kernels import registry
-from kernels.registry import Sample
+from modelkernels import kernels
+from modelkernels.kernels import registry
+from modelkernels.kernels.registry import Sample
 
 
 @pytest.fixture
@@ -181,7 +181,7 @@ def test_triton_style_interpret_device_only_when_forced(toy, monkeypatch) -> Non
 
 
 def test_parity_harness_catches_a_wrong_backend(toy) -> None:
-    from kernels import parity
+    from modelkernels.kernels import parity
 
     registry.register_kernel("toy_scale", "wrong", devices=("cpu",), dtypes=("float32",))(
         lambda x, factor=2.0: x * factor + 1e-3)
@@ -193,8 +193,8 @@ def test_parity_harness_catches_a_wrong_backend(toy) -> None:
 
 
 def test_compare_handles_nan_inf_and_shapes() -> None:
-    from kernels.parity import compare
-    from kernels.registry import Tolerance
+    from modelkernels.kernels.parity import compare
+    from modelkernels.kernels.registry import Tolerance
 
     tol = Tolerance(1e-6, 0)
     a = np.array([1.0, np.nan, np.inf])
@@ -206,8 +206,8 @@ def test_compare_handles_nan_inf_and_shapes() -> None:
 
 
 def test_compare_reports_error_to_tolerance_ratio() -> None:
-    from kernels.parity import compare
-    from kernels.registry import Tolerance
+    from modelkernels.kernels.parity import compare
+    from modelkernels.kernels.registry import Tolerance
 
     c = compare(np.array([1.0 + 5e-7, 2.0]), np.array([1.0, 2.0]), Tolerance(1e-6, 0))
     assert c.ok and abs(c.ratio - 0.5) < 1e-6 and abs(c.max_error - 5e-7) < 1e-12
@@ -239,7 +239,7 @@ def test_cached_triton_launch_reuses_the_compiled_kernel_per_specialisation(monk
     arguments and then the constexprs (defaults included) in signature order; another dtype, alignment,
     integer, constexpr or warp count compiles again; the interpreter always takes Triton's path."""
     pytest.importorskip("triton")
-    from kernels import triton_launch
+    from modelkernels.kernels import triton_launch
 
     compiles: list[tuple[int, ...]] = []
     runs: list[tuple[object, ...]] = []
@@ -364,7 +364,7 @@ def test_launch_layer_steps_down_a_tile_and_keeps_plain_integers_unspecialised(m
     pytest.importorskip("triton")
     from triton.runtime.errors import OutOfResources
 
-    from kernels import triton_launch
+    from modelkernels.kernels import triton_launch
 
     tried: list[tuple[object, ...]] = []
     runs: list[tuple[object, ...]] = []

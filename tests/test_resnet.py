@@ -13,12 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-import kernels
-import kernels.nn as knn
-from kernels.resnet import drop_ins
-from kernels.resnet.folding import FoldedConv
-from kernels.resnet.modules import FusedBasicBlock, FusedBottleneck
-from pyimpl import resnet as ref
+import modelkernels.kernels.nn as knn
+from modelkernels import kernels
+from modelkernels.kernels.resnet import drop_ins
+from modelkernels.kernels.resnet.folding import FoldedConv
+from modelkernels.kernels.resnet.modules import FusedBasicBlock, FusedBottleneck
+from modelkernels.pyimpl import resnet as ref
 
 
 def _randomise_batch_norms(model: nn.Module, seed: int) -> nn.Module:
@@ -221,8 +221,9 @@ def test_blocks_of_timms_structure_are_fused_and_others_kept_with_the_reason() -
 
 
 def test_blocks_are_registered_when_their_module_is_imported_later(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    source = "from pyimpl.resnet import ResNet\n\nclass BasicBlock(__import__('pyimpl.resnet').resnet.BasicBlock):\n" \
-             "    pass\n\nclass Bottleneck(__import__('pyimpl.resnet').resnet.Bottleneck):\n    pass\n"
+    source = ("from modelkernels.pyimpl.resnet import ResNet\n\n"
+              "class BasicBlock(__import__('modelkernels.pyimpl.resnet').pyimpl.resnet.BasicBlock):\n    pass\n\n"
+              "class Bottleneck(__import__('modelkernels.pyimpl.resnet').pyimpl.resnet.Bottleneck):\n    pass\n")
     (tmp_path / "late_resnet_for_test.py").write_text(source)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))

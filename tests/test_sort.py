@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import kernels
-from kernels.native import native_unavailable
-from pyimpl import sort as ref
+from modelkernels import kernels
+from modelkernels.kernels.native import native_unavailable
+from modelkernels.pyimpl import sort as ref
 
 BACKENDS = ["reference", pytest.param("native", marks=pytest.mark.skipif(
     native_unavailable() is not None, reason=str(native_unavailable())))]

@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 import torch
 
-import kernels
-import kernels.nn
-from kernels.torch_ops import memory_format
-from pyimpl.unet import UNet
+from modelkernels import kernels
+from modelkernels.kernels.torch_ops import memory_format
+from modelkernels.pyimpl.unet import UNet
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 OPS = torch.ops.modelkernels

@@ -7,10 +7,10 @@
 reference. See docs/amcl.md.
 """
 
-from kernels.amcl.bin_ops import amcl_bin_clusters, amcl_kld_bins
-from kernels.amcl.filter import ParticleFilter
-from kernels.amcl.map_io import load_map, save_map
-from kernels.amcl.ops import (
+from modelkernels.kernels.amcl.bin_ops import amcl_bin_clusters, amcl_kld_bins
+from modelkernels.kernels.amcl.filter import ParticleFilter
+from modelkernels.kernels.amcl.map_io import load_map, save_map
+from modelkernels.kernels.amcl.ops import (
     amcl_beam_model,
     amcl_cluster_stats,
     amcl_distance_map,
@@ -22,9 +22,9 @@ from kernels.amcl.ops import (
     get_threads,
     set_threads,
 )
-from pyimpl.amcl.filter import Estimate, Scan
-from pyimpl.amcl.maps import OccupancyMap
-from pyimpl.amcl.params import AmclParameters
+from modelkernels.pyimpl.amcl.filter import Estimate, Scan
+from modelkernels.pyimpl.amcl.maps import OccupancyMap
+from modelkernels.pyimpl.amcl.params import AmclParameters
 
 __all__ = [
     "AmclParameters",

@@ -20,22 +20,22 @@ from typing import Any
 
 import numpy as np
 
-from kernels.amcl import ops
-from kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
-from pyimpl.amcl import kld
+from modelkernels.kernels.amcl import ops
+from modelkernels.kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
+from modelkernels.pyimpl.amcl import kld
 
 F64 = ("float64",)
 KD_PRIORITY = 5  # below the hash table's 10: the hash table is the measured winner
 
 
 def _tree() -> ModuleType:
-    from kernels.amcl import numba_kdtree
+    from modelkernels.kernels.amcl import numba_kdtree
 
     return numba_kdtree
 
 
 def _hash() -> ModuleType:
-    from kernels.amcl import numba_kld
+    from modelkernels.kernels.amcl import numba_kld
 
     return numba_kld
 

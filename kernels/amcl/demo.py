@@ -1,8 +1,8 @@
 """Run the filter on a simulated robot and write an animated GIF (and optionally a PNG per frame).
 
-    python -m kernels.amcl.demo --out run.gif                 # tracking on a generated floor
-    python -m kernels.amcl.demo --out run.gif --global        # global localization
-    python -m kernels.amcl.demo --map my_map.yaml --out run.gif --steps 300 --particles 5000
+    python -m modelkernels.kernels.amcl.demo --out run.gif                 # tracking on a generated floor
+    python -m modelkernels.kernels.amcl.demo --out run.gif --global        # global localization
+    python -m modelkernels.kernels.amcl.demo --map my_map.yaml --out run.gif --steps 300 --particles 5000
 
 Prints the tracking error and the time per filter update at the end.
 """
@@ -16,15 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels.amcl.draw import render, save_gif
-from kernels.amcl.filter import ParticleFilter
-from kernels.amcl.map_io import load_map
-from kernels.amcl.simulator import generate_map, simulate
-from kernels.progress import progress_bar
+from modelkernels.kernels.amcl.draw import render, save_gif
+from modelkernels.kernels.amcl.filter import ParticleFilter
+from modelkernels.kernels.amcl.map_io import load_map
+from modelkernels.kernels.amcl.simulator import generate_map, simulate
+from modelkernels.kernels.progress import progress_bar
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m kernels.amcl.demo", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m modelkernels.kernels.amcl.demo", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="amcl_run.gif", help="GIF to write (default amcl_run.gif)")
     ap.add_argument("--map", help="ROS map YAML (default: a generated floor plan)")
     ap.add_argument("--steps", type=int, default=200, help="simulation steps of 0.1 s (default 200)")

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pyimpl.amcl.filter import ParticleFilter, Scan
-from pyimpl.amcl.maps import FREE, OCCUPIED, UNKNOWN, OccupancyMap
+from modelkernels.pyimpl.amcl.filter import ParticleFilter, Scan
+from modelkernels.pyimpl.amcl.maps import FREE, OCCUPIED, UNKNOWN, OccupancyMap
 
 COLORS = dict(particle=(40, 90, 230), estimate=(220, 30, 30), truth=(20, 160, 60), scan=(255, 140, 0))
 

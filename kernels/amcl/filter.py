@@ -14,10 +14,10 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from kernels.amcl import ops
-from kernels.registry import forced_backend
-from pyimpl.amcl import filter as reference_filter
-from pyimpl.amcl.maps import OccupancyMap
+from modelkernels.kernels.amcl import ops
+from modelkernels.kernels.registry import forced_backend
+from modelkernels.pyimpl.amcl import filter as reference_filter
+from modelkernels.pyimpl.amcl.maps import OccupancyMap
 
 KLD_BINS = {"hash": "numba", "kdtree": "numba_kdtree"}  # structure -> its backend of the bin ops
 

@@ -26,7 +26,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from pyimpl.amcl.maps import FREE, OCCUPIED, OccupancyMap
+from modelkernels.pyimpl.amcl.maps import FREE, OCCUPIED, OccupancyMap
 
 MODES = ("trinary", "scale", "raw")
 # A decimal number, exponent allowed without a dot ("1e-300"), as yaml-cpp reads it.

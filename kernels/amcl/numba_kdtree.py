@@ -26,7 +26,7 @@ import math
 import numpy as np
 from numba import njit
 
-from kernels.amcl.numba_kld import _cdf, _draw, _key, _limit, cluster_stats_of_labels
+from modelkernels.kernels.amcl.numba_kld import _cdf, _draw, _key, _limit, cluster_stats_of_labels
 
 _DIM, _LEFT, _RIGHT, _MOVED, _PIVOT2 = 3, 4, 5, 6, 7
 

@@ -19,7 +19,7 @@ import math
 import numpy as np
 from numba import njit
 
-from kernels.amcl.numba_maps import calc_range
+from modelkernels.kernels.amcl.numba_maps import calc_range
 
 
 @njit(cache=True)

@@ -1,7 +1,7 @@
 """The AMCL ops: each with its reference (``pyimpl.amcl``), samples, error samples and the Numba
 backend. ``tests/test_parity.py`` compares every backend with its reference on every sample.
 
-The Numba modules are imported on first use, so ``import kernels`` stays cheap; compiled code is
+The Numba modules are imported on first use, so ``import modelkernels.kernels`` stays cheap; compiled code is
 cached on disk (``cache=True``), so a second process starts without compiling. The sensor models
 and ray casting split big calls over a pool of ``set_threads(n)`` threads (``nogil`` kernels
 writing disjoint rows); small calls run on the caller's thread.
@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from kernels.availability import numba_unavailable
-from kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
-from pyimpl.amcl import kld, maps, motion, sensors
+from modelkernels.kernels.availability import numba_unavailable
+from modelkernels.kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
+from modelkernels.pyimpl.amcl import kld, maps, motion, sensors
 
 F64 = ("float64",)
 GRID = ("int8",)
@@ -79,7 +79,7 @@ def _launch(kernel: Callable[..., None], n: int, work: int, force_parallel: bool
 
 @cache
 def _numba(module: str) -> ModuleType:
-    return importlib.import_module(f"kernels.amcl.numba_{module}")
+    return importlib.import_module(f"modelkernels.kernels.amcl.numba_{module}")
 
 
 def _f64(a: Any) -> np.ndarray:

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kernels.amcl.ops import amcl_distance_map, amcl_ray_cast
-from pyimpl.amcl.filter import Scan
-from pyimpl.amcl.maps import FREE, OCCUPIED, UNKNOWN, OccupancyMap
+from modelkernels.kernels.amcl.ops import amcl_distance_map, amcl_ray_cast
+from modelkernels.pyimpl.amcl.filter import Scan
+from modelkernels.pyimpl.amcl.maps import FREE, OCCUPIED, UNKNOWN, OccupancyMap
 
 
 def generate_map(seed: int = 0, width_m: float = 12.0, height_m: float = 9.0, resolution: float = 0.05,

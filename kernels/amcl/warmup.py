@@ -1,6 +1,6 @@
 """Compile (or load from the on-disk cache) every AMCL Numba kernel, and say how long each took.
 
-    python -m kernels.amcl.warmup
+    python -m modelkernels.kernels.amcl.warmup
 
 The first process on a machine compiles (seconds per kernel) and writes Numba's cache next to
 the modules (or under ``NUMBA_CACHE_DIR``); later processes load the machine code from it.
@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from kernels.amcl import bin_ops, ops
-from pyimpl.amcl import kld
+from modelkernels.kernels.amcl import bin_ops, ops
+from modelkernels.pyimpl.amcl import kld
 
 
 def compile_all() -> dict[str, float]:

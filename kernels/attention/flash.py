@@ -13,9 +13,9 @@ from typing import Any, NamedTuple
 import torch
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from kernels.attention import flash_triton as kt
-from kernels.registry import triton_interpret
-from kernels.triton_launch import fast
+from modelkernels.kernels.attention import flash_triton as kt
+from modelkernels.kernels.registry import triton_interpret
+from modelkernels.kernels.triton_launch import fast
 
 LOG2E = 1.4426950408889634
 FP32_PRECISION = "tf32"

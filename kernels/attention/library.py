@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kernels.attention import ops
-from kernels.torch_ops import (
+from modelkernels.kernels.attention import ops
+from modelkernels.kernels.torch_ops import (
     Tensor,
     autograd,
     define,

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.attention.ops import attention
-from kernels.nn import register_drop_in
-from pyimpl import attention as ref
+from modelkernels.kernels.attention.ops import attention
+from modelkernels.kernels.nn import register_drop_in
+from modelkernels.pyimpl import attention as ref
 
 __all__ = ["MultiheadAttention", "multihead_attention_drop_in"]
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from kernels.autograd import needs_autograd
-from kernels.availability import triton_unavailable
-from kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
-from pyimpl import attention as ref
+from modelkernels.kernels.autograd import needs_autograd
+from modelkernels.kernels.availability import triton_unavailable
+from modelkernels.kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
+from modelkernels.pyimpl import attention as ref
 
 TRITON_DTYPES = ("float16", "bfloat16", "float32")
 OFFSET_LIMIT = 2**31 - 1  # the Triton kernels index inside one (batch, head) slice with int32
@@ -203,7 +203,7 @@ def _triton_reasons(q: Any, k: Any, v: Any, *, causal: bool = False, scale: floa
     if q.is_cuda and q.dtype == torch.bfloat16 and _capability(q.device.index) < (8, 0):
         out.append("dtype=bfloat16: needs a GPU of compute capability 8.0 or newer")
     if q.numel() >= OFFSET_LIMIT or k.numel() >= OFFSET_LIMIT or v.numel() >= OFFSET_LIMIT:
-        from kernels.attention.flash import max_offset
+        from modelkernels.kernels.attention.flash import max_offset
 
         if max(max_offset(x) for x in _as_bhnd(layout, q, k, v)) >= OFFSET_LIMIT:
             out.append("one (batch, head) slice spans 2**31 elements or more: the kernel indexes it with int32")
@@ -232,7 +232,7 @@ def attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causa
                      scale: float | None = None, key_padding_mask: torch.Tensor | None = None, layout: str = "bhnd",
                      deterministic: bool = False) -> torch.Tensor:
     """Triton flash attention (kernels/attention/flash_triton.py): O(N) memory, backward through autograd."""
-    from kernels.attention.flash import FlashAttention, flash_forward
+    from modelkernels.kernels.attention.flash import FlashAttention, flash_forward
 
     _, _, _, nk, d = ref.check_attention_args(q, k, v, key_padding_mask, layout, scale)
     ref.check_causal(causal)

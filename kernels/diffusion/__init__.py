@@ -3,7 +3,7 @@
 References: ``pyimpl.diffusion`` (schedules, steps) and ``pyimpl.unet`` (the seed's UNet).
 """
 
-from kernels.diffusion.ops import ddim_step, ddpm_seed_step, ddpm_step, q_sample
-from pyimpl.diffusion import Schedule, make_schedule, set_philox_rounds
+from modelkernels.kernels.diffusion.ops import ddim_step, ddpm_seed_step, ddpm_step, q_sample
+from modelkernels.pyimpl.diffusion import Schedule, make_schedule, set_philox_rounds
 
 __all__ = ["Schedule", "ddim_step", "ddpm_seed_step", "ddpm_step", "make_schedule", "q_sample", "set_philox_rounds"]

@@ -1,6 +1,6 @@
 """CPU demo: train the seed's (small) conditional UNet on scikit-learn's digits, then sample a grid.
 
-    python -m kernels.diffusion.demo --minutes 3 --out digits.png
+    python -m modelkernels.kernels.diffusion.demo --minutes 3 --out digits.png
 
 The 8x8 digits (0..16) are scaled to [-1, 1] (``--image-size 16`` resizes them); the model is the
 seed's UNet_conditional at width 16 (``pyimpl.unet.UNetConditional``), trained as the seed trains
@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import kernels
-from kernels.diffusion.sampler import sample, save_grid
-from kernels.progress import progress_bar
-from pyimpl.diffusion import make_schedule
-from pyimpl.unet import EMA, UNetConditional, train_step
+from modelkernels import kernels
+from modelkernels.kernels.diffusion.sampler import sample, save_grid
+from modelkernels.kernels.progress import progress_bar
+from modelkernels.pyimpl.diffusion import make_schedule
+from modelkernels.pyimpl.unet import EMA, UNetConditional, train_step
 
 
 def load_digits_tensor(image_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:

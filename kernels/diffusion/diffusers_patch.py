@@ -1,7 +1,8 @@
 """``kernels.nn.patch`` for diffusers' UNets (``UNet2DModel``, ``UNet2DConditionModel``): drop-ins for
 the blocks they are built from. Importing this module registers them (it needs diffusers)::
 
-    import kernels.nn, kernels.diffusion.diffusers_patch
+    from modelkernels import kernels
+    import modelkernels.kernels.diffusion.diffusers_patch
     report = kernels.nn.patch(pipe.unet)      # ResnetBlock2D and Attention swapped; the report says which
     kernels.nn.unpatch(pipe.unet)
 
@@ -36,10 +37,10 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from kernels import nn as knn
-from kernels.attention.ops import attention
-from kernels.fused.modules import _BlockView
-from kernels.fused.ops import group_norm_act
+from modelkernels.kernels import nn as knn
+from modelkernels.kernels.attention.ops import attention
+from modelkernels.kernels.fused.modules import _BlockView
+from modelkernels.kernels.fused.ops import group_norm_act
 
 try:
     from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from kernels.diffusion.sampler import sample
+from modelkernels.kernels.diffusion.sampler import sample
 
 __all__ = ["WRITE_MODES", "distributed_sample", "init_from_env", "shard_bounds"]
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from kernels.availability import triton_unavailable
-from kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
-from pyimpl.diffusion import schedule as sched
-from pyimpl.diffusion import steps as ref
+from modelkernels.kernels.availability import triton_unavailable
+from modelkernels.kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
+from modelkernels.pyimpl.diffusion import schedule as sched
+from modelkernels.pyimpl.diffusion import steps as ref
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 TRITON_DTYPES = ("float32", "float16", "bfloat16")
@@ -265,7 +265,7 @@ def _register() -> None:
 
 
 def _on_first_call(name: str) -> Callable[..., Any]:
-    """``step_triton.<name>``, imported when first called: ``import kernels`` imports no Triton, so
+    """``step_triton.<name>``, imported when first called: ``import modelkernels.kernels`` imports no Triton, so
     a TRITON_INTERPRET=1 set after it (a test's conftest, after the pytest plugin has imported
     kernels) still selects Triton's interpreter."""
     fn: Callable[..., Any] | None = None
@@ -273,7 +273,7 @@ def _on_first_call(name: str) -> Callable[..., Any]:
     def run(*args: Any, **kwargs: Any) -> Any:
         nonlocal fn
         if fn is None:
-            from kernels.diffusion import step_triton
+            from modelkernels.kernels.diffusion import step_triton
 
             fn = getattr(step_triton, name)
         return fn(*args, **kwargs)

@@ -30,10 +30,10 @@ from typing import Any
 
 import torch
 
-from kernels.diffusion import ops
-from kernels.progress import progress_bar
-from pyimpl.diffusion.philox import noise_counters
-from pyimpl.diffusion.schedule import Schedule, make_schedule
+from modelkernels.kernels.diffusion import ops
+from modelkernels.kernels.progress import progress_bar
+from modelkernels.pyimpl.diffusion.philox import noise_counters
+from modelkernels.pyimpl.diffusion.schedule import Schedule, make_schedule
 
 __all__ = ["METHODS", "cfg_model_output", "sample", "sampling_timesteps", "save_grid"]
 

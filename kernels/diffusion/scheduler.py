@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from kernels.diffusion import ops
-from kernels.diffusion.scheduler_config import ConfigMixin
-from pyimpl.diffusion.philox import counters_used
-from pyimpl.diffusion.schedule import make_schedule
-from pyimpl.diffusion.steps import PREDICTION_TYPES, VARIANCE_TYPES, velocity
+from modelkernels.kernels.diffusion import ops
+from modelkernels.kernels.diffusion.scheduler_config import ConfigMixin
+from modelkernels.pyimpl.diffusion.philox import counters_used
+from modelkernels.pyimpl.diffusion.schedule import make_schedule
+from modelkernels.pyimpl.diffusion.steps import PREDICTION_TYPES, VARIANCE_TYPES, velocity
 
 __all__ = ["DDIMScheduler", "DDPMScheduler", "SchedulerOutput"]
 

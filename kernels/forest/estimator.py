@@ -9,7 +9,7 @@ unless the reference backend is forced, e.g. ``kernels.use_backend("reference")`
 
 With scikit-learn installed the class derives from ``BaseEstimator`` and ``ClassifierMixin``
 (clone, pipelines, grid search, tags); without it a small base gives ``get_params`` /
-``set_params`` / ``score``, and ``import kernels`` never needs scikit-learn.
+``set_params`` / ``score``, and ``import modelkernels.kernels`` never needs scikit-learn.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from kernels.forest import ops
-from kernels.forest.validation import (
+from modelkernels.kernels.forest import ops
+from modelkernels.kernels.forest.validation import (
     NotFittedError,
     check_class_weight_values,
     check_int,
@@ -39,7 +39,7 @@ from kernels.forest.validation import (
     param_error,
     scale_weights,
 )
-from pyimpl.forest import check_trees
+from modelkernels.pyimpl.forest import check_trees
 
 try:
     from sklearn.base import BaseEstimator as _Base

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from kernels.native import native, native_unavailable
-from kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
-from pyimpl import forest_level as ref
+from modelkernels.kernels.native import native, native_unavailable
+from modelkernels.kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
+from modelkernels.pyimpl import forest_level as ref
 
 _TOL = {"*": Tolerance(atol=1e-9, rtol=1e-12)}
 _F64 = lambda dt: "float64"  # the float arrays stay float64 on both sides

@@ -20,8 +20,8 @@ from typing import Protocol
 
 import numpy as np
 
-from kernels.forest.level import level_best_splits, level_histograms
-from kernels.forest.ops import find_splits
+from modelkernels.kernels.forest.level import level_best_splits, level_histograms
+from modelkernels.kernels.forest.ops import find_splits
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from kernels.native import native, native_unavailable
-from kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
-from pyimpl import forest as ref
+from modelkernels.kernels.native import native, native_unavailable
+from modelkernels.kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
+from modelkernels.pyimpl import forest as ref
 
 CRITERIA = ref.CRITERIA
 # Proxies and importances are sums in the same order on both sides; the slack only covers a

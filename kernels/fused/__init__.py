@@ -5,9 +5,15 @@ Ops (``kernels.fused.ops``): ``group_norm_act``, ``tokens_layer_norm``, ``add_la
 Drop-ins for the seed UNet's blocks (``kernels.fused.modules``) are registered with ``kernels.nn.patch``.
 """
 
-from kernels.fused import library
-from kernels.fused.drop_ins import register_seed_blocks
-from kernels.fused.ops import add_layer_norm, feed_forward, group_norm_act, tokens_layer_norm, upsample_concat
+from modelkernels.kernels.fused import library
+from modelkernels.kernels.fused.drop_ins import register_seed_blocks
+from modelkernels.kernels.fused.ops import (
+    add_layer_norm,
+    feed_forward,
+    group_norm_act,
+    tokens_layer_norm,
+    upsample_concat,
+)
 
 __all__ = ["add_layer_norm", "feed_forward", "group_norm_act", "library", "register_seed_blocks",
            "tokens_layer_norm", "upsample_concat"]

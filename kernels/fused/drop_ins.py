@@ -12,9 +12,9 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from kernels.block_views import register_blocks
-from kernels.fused.modules import FusedDoubleConv, FusedDown, FusedSelfAttention, FusedUp
-from pyimpl import unet
+from modelkernels.kernels.block_views import register_blocks
+from modelkernels.kernels.fused.modules import FusedDoubleConv, FusedDown, FusedSelfAttention, FusedUp
+from modelkernels.pyimpl import unet
 
 # class name in the seed -> (drop-in name, fused class; its ``reasons`` says why a block does not fit)
 SEED_BLOCKS: dict[str, tuple[str, Any]] = {

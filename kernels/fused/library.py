@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from kernels.fused import ops
-from kernels.torch_ops import (
+from modelkernels.kernels.fused import ops
+from modelkernels.kernels.torch_ops import (
     Tensor,
     autograd,
     define,

@@ -29,9 +29,15 @@ from typing import Any, TypeVar, cast
 import torch
 from torch import nn
 
-from kernels.autograd import needs_autograd
-from kernels.block_views import view_of
-from kernels.fused.ops import add_layer_norm, feed_forward, group_norm_act, tokens_layer_norm, upsample_concat
+from modelkernels.kernels.autograd import needs_autograd
+from modelkernels.kernels.block_views import view_of
+from modelkernels.kernels.fused.ops import (
+    add_layer_norm,
+    feed_forward,
+    group_norm_act,
+    tokens_layer_norm,
+    upsample_concat,
+)
 
 __all__ = [
     "FusedDoubleConv",

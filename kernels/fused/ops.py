@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from kernels.availability import triton_unavailable
-from kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
-from pyimpl import fused as ref
+from modelkernels.kernels.availability import triton_unavailable
+from modelkernels.kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
+from modelkernels.pyimpl import fused as ref
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 TRITON_DTYPES = ("float16", "bfloat16", "float32")
@@ -150,7 +150,7 @@ def group_norm_act_triton(x: torch.Tensor, num_groups: int, weight: torch.Tensor
                           residual: torch.Tensor | None = None, emb: torch.Tensor | None = None,
                           activation: str = "none") -> torch.Tensor:
     """Triton: chunked fp32 statistics over the GPU, one fused normalize/GELU/residual/emb pass."""
-    from kernels.fused import group_norm_triton
+    from modelkernels.kernels.fused import group_norm_triton
 
     return group_norm_triton.group_norm_act(x, num_groups, weight, bias, eps, residual=residual, emb=emb,
                                             activation=activation)
@@ -239,7 +239,7 @@ def _tln_reasons(x: Any, *args: Any, **kwargs: Any) -> list[str]:
 def tokens_layer_norm_triton(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
                              eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton: the transposed tile read once through the image's strides, tokens and LayerNorm written."""
-    from kernels.fused import layer_norm_triton
+    from modelkernels.kernels.fused import layer_norm_triton
 
     return layer_norm_triton.tokens_layer_norm(x, weight, bias, eps)
 
@@ -310,7 +310,7 @@ def _aln_reasons(x: Any, *args: Any, **kwargs: Any) -> list[str]:
 def add_layer_norm_triton(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None = None,
                           bias: torch.Tensor | None = None, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton: the sum and its LayerNorm from one read of both inputs."""
-    from kernels.fused import layer_norm_triton
+    from modelkernels.kernels.fused import layer_norm_triton
 
     return layer_norm_triton.add_layer_norm(x, residual, weight, bias, eps)
 
@@ -382,7 +382,7 @@ define_op(
                  priority=10, available=triton_unavailable, tolerances=TOLERANCES)
 def upsample_concat_triton(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
     """Triton: one launch writes the concatenated tensor (skip copied, x interpolated)."""
-    from kernels.fused import upsample_triton
+    from modelkernels.kernels.fused import upsample_triton
 
     return upsample_triton.upsample_concat(x, skip)
 
@@ -502,7 +502,7 @@ def _ff_reasons(h: Any, *args: Any, **kwargs: Any) -> list[str]:
 def feed_forward_triton(h: torch.Tensor, s: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None,
                         w2: torch.Tensor, b2: torch.Tensor | None) -> torch.Tensor:
     """Triton: per block of rows, both products and the GELU on chip, bias and residual in the epilogue."""
-    from kernels.fused import feed_forward_triton as fft
+    from modelkernels.kernels.fused import feed_forward_triton as fft
 
     return fft.feed_forward(h, s, w1, b1, w2, b2)
 

@@ -7,8 +7,8 @@ for the ``BasicBlock`` / ``Bottleneck`` of ``pyimpl.resnet``, torchvision and ti
 ``kernels.nn.patch`` (``drop_ins.py``).
 """
 
-from kernels.resnet import library
-from kernels.resnet.drop_ins import register_resnet_blocks
-from kernels.resnet.ops import conv_epilogue
+from modelkernels.kernels.resnet import library
+from modelkernels.kernels.resnet.drop_ins import register_resnet_blocks
+from modelkernels.kernels.resnet.ops import conv_epilogue
 
 __all__ = ["conv_epilogue", "library", "register_resnet_blocks"]

@@ -19,9 +19,9 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
-from kernels.block_views import register_blocks
-from kernels.resnet.modules import FusedBasicBlock, FusedBottleneck
-from pyimpl import resnet
+from modelkernels.kernels.block_views import register_blocks
+from modelkernels.kernels.resnet.modules import FusedBasicBlock, FusedBottleneck
+from modelkernels.pyimpl import resnet
 
 __all__ = ["WATCHED", "register_resnet_blocks"]
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pyimpl.resnet import fold_batch_norm
+from modelkernels.pyimpl.resnet import fold_batch_norm
 
 __all__ = ["FoldedConv"]
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels.registry import call
-from kernels.torch_ops import Tensor, define, fake, memory_format, owned
+from modelkernels.kernels.registry import call
+from modelkernels.kernels.torch_ops import Tensor, define, fake, memory_format, owned
 
 
 @define("conv_epilogue")

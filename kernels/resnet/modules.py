@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.block_views import view_of
-from kernels.resnet.folding import FoldedConv
-from kernels.resnet.ops import conv_epilogue
+from modelkernels.kernels.block_views import view_of
+from modelkernels.kernels.resnet.folding import FoldedConv
+from modelkernels.kernels.resnet.ops import conv_epilogue
 
 __all__ = ["FusedBasicBlock", "FusedBottleneck", "block_reasons"]
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from kernels.availability import triton_unavailable
-from kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
-from pyimpl import resnet as ref
+from modelkernels.kernels.availability import triton_unavailable
+from modelkernels.kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
+from modelkernels.pyimpl import resnet as ref
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 TRITON_DTYPES = ("float16", "bfloat16", "float32")
@@ -141,7 +141,7 @@ def _triton_reasons(x: Any, bias: Any = None, residual: Any = None, residual_bia
 def conv_epilogue_triton(x: torch.Tensor, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
                          residual_bias: torch.Tensor | None = None, relu: bool = True) -> torch.Tensor:
     """Triton: one read of x and the residual, one write, float32 biases and arithmetic."""
-    from kernels.resnet import epilogue_triton
+    from modelkernels.kernels.resnet import epilogue_triton
 
     return epilogue_triton.conv_epilogue(x, bias, residual, residual_bias, relu)
 

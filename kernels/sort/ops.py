@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from kernels.native import native, native_unavailable
-from kernels.registry import ErrorSample, Sample, call, define_op, register_kernel
-from pyimpl import sort as ref
+from modelkernels.kernels.native import native, native_unavailable
+from modelkernels.kernels.registry import ErrorSample, Sample, call, define_op, register_kernel
+from modelkernels.pyimpl import sort as ref
 
 DTYPES = ref.SORT_DTYPES
 

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from pyimpl.amcl import kld, maps, motion, sensors
-from pyimpl.amcl.params import AmclParameters
-from pyimpl.amcl.poses import angle_diff
+from modelkernels.pyimpl.amcl import kld, maps, motion, sensors
+from modelkernels.pyimpl.amcl.params import AmclParameters
+from modelkernels.pyimpl.amcl.poses import angle_diff
 
 REFERENCE_KERNELS: dict[str, Callable[..., Any]] = {
     "motion": motion.motion,

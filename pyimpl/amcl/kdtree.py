@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pyimpl.amcl.kld import BIN_SIZE, bin_keys, theta_bins
+from modelkernels.pyimpl.amcl.kld import BIN_SIZE, bin_keys, theta_bins
 
 Key = tuple[int, int, int]
 

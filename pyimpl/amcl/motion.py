@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pyimpl.amcl.poses import angle_diff, angle_diff_array
+from modelkernels.pyimpl.amcl.poses import angle_diff, angle_diff_array
 
 MOTION_MODELS = ("differential", "omni")
 

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass
 from statistics import NormalDist
 from typing import Any
 
-from pyimpl.amcl.motion import MOTION_MODELS
-from pyimpl.amcl.sensors import LASER_MODELS, check_sigma_hit
+from modelkernels.pyimpl.amcl.motion import MOTION_MODELS
+from modelkernels.pyimpl.amcl.sensors import LASER_MODELS, check_sigma_hit
 
 ROBOT_MODEL_ALIASES = {
     "differential": "differential",

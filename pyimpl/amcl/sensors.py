@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from pyimpl.amcl.maps import distance_map as distance_map  # re-exported for the sensor's users
-from pyimpl.amcl.maps import ray_cast, world_to_cell
-from pyimpl.amcl.poses import coord_add
+from modelkernels.pyimpl.amcl.maps import distance_map as distance_map  # re-exported for the sensor's users
+from modelkernels.pyimpl.amcl.maps import ray_cast, world_to_cell
+from modelkernels.pyimpl.amcl.poses import coord_add
 
 LASER_MODELS = ("likelihood_field", "likelihood_field_prob", "beam")
 

@@ -1,8 +1,14 @@
 """DDPM / DDIM references: schedules, forward noising, the seed's and diffusers' reverse steps,
 classifier-free guidance, and the Philox noise the kernels draw. The seed's UNet is ``pyimpl.unet``."""
 
-from pyimpl.diffusion.philox import NOISE_BLOCK, NOISE_QUARTER, noise_counters, philox_normal, set_philox_rounds
-from pyimpl.diffusion.schedule import (
+from modelkernels.pyimpl.diffusion.philox import (
+    NOISE_BLOCK,
+    NOISE_QUARTER,
+    noise_counters,
+    philox_normal,
+    set_philox_rounds,
+)
+from modelkernels.pyimpl.diffusion.schedule import (
     BETA_SCHEDULES,
     Schedule,
     make_betas,
@@ -10,7 +16,7 @@ from pyimpl.diffusion.schedule import (
     rescale_zero_terminal_snr,
     sample_timesteps,
 )
-from pyimpl.diffusion.steps import (
+from modelkernels.pyimpl.diffusion.steps import (
     PREDICTION_TYPES,
     VARIANCE_TYPES,
     check_step_args,

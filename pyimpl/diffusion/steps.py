@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from pyimpl.diffusion.philox import philox_normal
-from pyimpl.diffusion.schedule import SCHEDULE_DTYPES, Schedule
+from modelkernels.pyimpl.diffusion.philox import philox_normal
+from modelkernels.pyimpl.diffusion.schedule import SCHEDULE_DTYPES, Schedule
 
 __all__ = [
     "PREDICTION_TYPES",

@@ -3,6 +3,6 @@ the ``kernels.testing`` plugin (installed with ModelKernels)."""
 
 import tiny_ops  # noqa: F401  (registers the op and its backends)
 
-from kernels.testing import parity_tests
+from modelkernels.kernels.testing import parity_tests
 
 test_parity, test_error_inputs = parity_tests("tiny_*")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kernels.registry import ErrorSample, Sample, Tolerance, define_op, register_kernel
+from modelkernels.kernels.registry import ErrorSample, Sample, Tolerance, define_op, register_kernel
 
 
 def _check(x: torch.Tensor) -> None:

@@ -4,12 +4,12 @@
 library's C++; and ``read_spark_model``, which loads a model saved by Spark ML's own
 ``RandomForestClassificationModel.save`` into the library's in-memory estimator (pyarrow only, no
 JVM). Needs the ``spark`` extra (pyspark, pyarrow; Java 17 for Spark itself). Imported on first
-use, so ``import kernels.forest.spark`` works without pyspark and says what is missing when a
+use, so ``import modelkernels.kernels.forest.spark`` works without pyspark and says what is missing when a
 Spark class is asked for."""
 
 from typing import Any
 
-from kernels.forest.spark.spark_model import read_spark_model
+from modelkernels.kernels.forest.spark.spark_model import read_spark_model
 
 _SPARK_CLASSES = ("RandomForestClassifier", "RandomForestClassificationModel")
 
@@ -29,7 +29,7 @@ def __getattr__(name: str) -> Any:
         why = spark_unavailable()
         if why:
             raise ImportError(why)
-        from kernels.forest.spark import estimator
+        from modelkernels.kernels.forest.spark import estimator
 
         return getattr(estimator, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from kernels.forest.estimator import RandomForestClassifier, check_model
-from kernels.forest.levelwise import spark_importances
+from modelkernels.kernels.forest.estimator import RandomForestClassifier, check_model
+from modelkernels.kernels.forest.levelwise import spark_importances
 
 _LIBRARY_NAMES = ("numTrees", "maxDepth", "maxBins", "impurity", "featureSubsetStrategy", "subsamplingRate",
                   "minInstancesPerNode", "minInfoGain", "seed")

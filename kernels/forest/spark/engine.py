@@ -23,8 +23,8 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as sf
 
-from kernels.forest.level import level_histograms
-from kernels.forest.levelwise import LevelPlan, bag_counts
+from modelkernels.kernels.forest.level import level_histograms
+from modelkernels.kernels.forest.levelwise import LevelPlan, bag_counts
 
 BINNED_SCHEMA = "bins binary, bag binary, y int, w double"
 

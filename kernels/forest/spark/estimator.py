@@ -37,11 +37,11 @@ from pyspark.ml.util import (
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as sf
 
-from kernels.forest import estimator as library
-from kernels.forest.levelwise import GrowthParams, grow_forest, quantile_splits
-from kernels.forest.ops import forest_predict_proba
-from kernels.forest.spark.convert import fitted_estimator
-from kernels.forest.spark.engine import (
+from modelkernels.kernels.forest import estimator as library
+from modelkernels.kernels.forest.levelwise import GrowthParams, grow_forest, quantile_splits
+from modelkernels.kernels.forest.ops import forest_predict_proba
+from modelkernels.kernels.forest.spark.convert import fitted_estimator
+from modelkernels.kernels.forest.spark.engine import (
     SparkEngine,
     bin_rows,
     list_matrix,
@@ -49,7 +49,7 @@ from kernels.forest.spark.engine import (
     spark_seed,
     training_columns,
 )
-from kernels.forest.spark.params import ForestParams
+from modelkernels.kernels.forest.spark.params import ForestParams
 
 _OUT = "__kernels_forest_out"
 

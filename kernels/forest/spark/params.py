@@ -18,7 +18,7 @@ from pyspark.ml.param.shared import (
     HasWeightCol,
 )
 
-from kernels.forest.estimator import _spark_subset
+from modelkernels.kernels.forest.estimator import _spark_subset
 
 DEFAULTS: dict[str, Any] = dict(numTrees=20, maxDepth=5, maxBins=32, impurity="gini", featureSubsetStrategy="auto",
                                 subsamplingRate=1.0, minInstancesPerNode=1, minInfoGain=0.0,

@@ -89,7 +89,7 @@ def read_spark_model(path: str | os.PathLike[str]) -> Any:
     Spark's ``probability`` and ``predict`` Spark's ``prediction`` (classes are the label indices)."""
     import pyarrow.parquet as pq
 
-    from kernels.forest.spark.convert import fitted_estimator
+    from modelkernels.kernels.forest.spark.convert import fitted_estimator
 
     root = Path(path)
     meta = _metadata(root)

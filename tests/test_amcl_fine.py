@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kernels.amcl import evaluate, nav2_source_peer
-from kernels.amcl.simulator import generate_aisles, simulate
-from pyimpl.amcl.maps import FREE, OCCUPIED
+from modelkernels.kernels.amcl import evaluate, nav2_source_peer
+from modelkernels.kernels.amcl.simulator import generate_aisles, simulate
+from modelkernels.pyimpl.amcl.maps import FREE, OCCUPIED
 
 
 def test_aisles_repeat_along_x() -> None:

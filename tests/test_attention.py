@@ -10,9 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import kernels
-from kernels.registry import triton_interpret
-from pyimpl import attention as ref
+from modelkernels import kernels
+from modelkernels.kernels.registry import triton_interpret
+from modelkernels.pyimpl import attention as ref
 
 TRITON_CPU = pytest.mark.skipif(not triton_interpret() and not torch.cuda.is_available(),
                                 reason="Triton runs on the CPU only under TRITON_INTERPRET=1")
@@ -187,7 +187,7 @@ def test_tile_table_and_the_shared_memory_fallback() -> None:
     pytest.importorskip("triton")
     import triton.runtime.errors
 
-    from kernels.attention import flash
+    from modelkernels.kernels.attention import flash
 
     assert flash.forward_config(64, torch.float16, 4096) == flash.FlashConfig(64, 64, 4, 3)
     assert flash.forward_config(128, torch.bfloat16, 4096).variant == "tma"
@@ -219,7 +219,7 @@ def test_tile_table_and_the_shared_memory_fallback() -> None:
 def test_forward_variants_match_the_reference(variant: str) -> None:
     """Pointer loads, K rows + tl.trans, and the 4-D tensor-descriptor kernel (the interpreter runs it
     too) on odd shapes: masks with dead rows, causal, (B, N, H, D) views, Nq != Nk, partial tiles."""
-    from kernels.attention import flash
+    from modelkernels.kernels.attention import flash
 
     g = torch.Generator().manual_seed(21)
     for b, h, nq, nk, d, causal, masked, bnhd in ((2, 3, 37, 29, 16, False, False, False),
@@ -243,7 +243,7 @@ def test_forward_variants_match_the_reference(variant: str) -> None:
 
 def test_launch_cache_key_tells_apart_pointer_alignment() -> None:
     pytest.importorskip("triton")
-    from kernels.triton_launch import specialisation
+    from modelkernels.kernels.triton_launch import specialisation
 
     x = torch.zeros(64, dtype=torch.float16)
     aligned, misaligned = (torch.float16, True), (torch.float16, False)
@@ -257,7 +257,7 @@ def test_cached_launch_reuses_the_compiled_kernel_and_recompiles_on_a_new_specia
     later calls with equal integers and alignment go straight to the compiled launcher with the
     arguments in signature order; other integers, alignment or tiles compile again."""
     pytest.importorskip("triton")
-    from kernels.attention import flash
+    from modelkernels.kernels.attention import flash
 
     compiles: list[tuple[int, ...]] = []
     runs: list[tuple[object, ...]] = []
@@ -277,7 +277,7 @@ def test_cached_launch_reuses_the_compiled_kernel_and_recompiles_on_a_new_specia
                 return Compiled()
             return compile_and_run
 
-    from kernels import triton_launch
+    from modelkernels.kernels import triton_launch
 
     monkeypatch.setattr(triton_launch, "triton_interpret", lambda: False)
     monkeypatch.setattr(triton_launch, "hooks_installed", lambda: False)
@@ -298,7 +298,7 @@ def test_cached_launch_reuses_the_compiled_kernel_and_recompiles_on_a_new_specia
 @pytest.mark.gpu
 def test_gpu_cached_launch_respecialises_on_strides_alignment_and_lengths() -> None:
     """The cached launch handles must not reuse a kernel compiled for other strides, alignment or N."""
-    from kernels.triton_launch import specialisation
+    from modelkernels.kernels.triton_launch import specialisation
 
     for nq, nk, offset, bnhd in ((64, 64, 0, False), (64, 64, 0, True), (37, 64, 0, False), (64, 64, 4, False),
                                  (64, 64, 0, False), (48, 33, 0, True)):

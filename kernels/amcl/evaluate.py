@@ -9,7 +9,7 @@ of the truth to the end of the run.
 
 ``fine_scenario``: fine maps (``resolution`` 0.02-0.03 m: generated floor plans and warehouses of
 long repeated aisles), dense scans (360 beams), every scan used by every filter, the peer in the
-same runs; per-filter medians over the runs with their spread (``python -m kernels.amcl.evaluate
+same runs; per-filter medians over the runs with their spread (``python -m modelkernels.kernels.amcl.evaluate
 --fine``).
 
 ``NavAmclPeer`` drives nav2's C core through the ``amcl`` package (GPL, a benchmark-only peer):
@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from kernels.amcl.simulator import SimulatedRun
-from pyimpl.amcl.filter import ParticleFilter, Scan
-from pyimpl.amcl.poses import angle_diff_array
+from modelkernels.kernels.amcl.simulator import SimulatedRun
+from modelkernels.pyimpl.amcl.filter import ParticleFilter, Scan
+from modelkernels.pyimpl.amcl.poses import angle_diff_array
 
 
 @dataclass
@@ -156,8 +156,8 @@ def track_peer(run: SimulatedRun, particles: int = 2000, init_cov: Any = (0.01, 
 
 
 def _maps(real: str | None, generated: int) -> list[tuple[str, Any]]:
-    from kernels.amcl.map_io import load_map
-    from kernels.amcl.simulator import generate_map
+    from modelkernels.kernels.amcl.map_io import load_map
+    from modelkernels.kernels.amcl.simulator import generate_map
 
     out: list[tuple[str, Any]] = [(f"generated-{k}", generate_map(k)) for k in range(generated)]
     if real:
@@ -169,7 +169,7 @@ def _maps(real: str | None, generated: int) -> list[tuple[str, Any]]:
 
 
 def _track_all(m: Any, run: SimulatedRun, seed: int, reference: bool, peer: bool) -> dict[str, TrackingResult]:
-    from kernels.amcl.filter import ParticleFilter
+    from modelkernels.kernels.amcl.filter import ParticleFilter
 
     every: dict[str, Any] = dict(update_min_d=0.0, update_min_a=0.0, min_particles=2000)
     out = {
@@ -196,7 +196,7 @@ FINE_FILTERS: dict[str, dict[str, Any]] = {
 
 def fine_maps(resolution: float, floors: int, warehouses: int) -> list[tuple[str, Any]]:
     """Generated floor plans and aisle warehouses at ``resolution``."""
-    from kernels.amcl.simulator import generate_aisles, generate_map
+    from modelkernels.kernels.amcl.simulator import generate_aisles, generate_map
 
     return ([(f"floor-{k}", generate_map(k, resolution=resolution)) for k in range(floors)]
             + [(f"aisles-{k}", generate_aisles(k, resolution=resolution)) for k in range(warehouses)])
@@ -218,9 +218,9 @@ def fine_scenario(resolution: float = 0.025, floors: int = 1, warehouses: int = 
     filter (and the peer) updates on every scan with ``particles`` particles. ``nav2_library``: nav2's
     core built from the ``amcl`` package's sources (``nav2_source_peer.build``), run in the same runs
     with each of ``nav2_models``."""
-    from kernels.amcl.filter import ParticleFilter
-    from kernels.amcl.nav2_source_peer import Nav2SourcePeer
-    from kernels.amcl.simulator import simulate
+    from modelkernels.kernels.amcl.filter import ParticleFilter
+    from modelkernels.kernels.amcl.nav2_source_peer import Nav2SourcePeer
+    from modelkernels.kernels.amcl.simulator import simulate
 
     unknown = [mo for mo in nav2_models if mo not in NAV2_SOURCE_MODELS]
     if unknown:
@@ -267,10 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     """Accuracy table: tracking error and global-localization convergence over maps and seeds."""
     import argparse
 
-    from kernels.amcl.filter import ParticleFilter
-    from kernels.amcl.simulator import simulate
+    from modelkernels.kernels.amcl.filter import ParticleFilter
+    from modelkernels.kernels.amcl.simulator import simulate
 
-    ap = argparse.ArgumentParser(prog="python -m kernels.amcl.evaluate", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m modelkernels.kernels.amcl.evaluate", description=main.__doc__)
     ap.add_argument("--generated", type=int, default=3, help="generated floor plans (default 3)")
     ap.add_argument("--real-maps", help="folder with tb3_sandbox.yaml / depot.yaml to add")
     ap.add_argument("--seeds", type=int, help="seeds per map (default 3; --fine: 10)")
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fine:
         library = None
         if args.nav2_source:
-            from kernels.amcl.nav2_source_peer import build, find_source
+            from modelkernels.kernels.amcl.nav2_source_peer import build, find_source
 
             library = build(find_source(args.nav2_source))
         fine = fine_scenario(args.resolution, args.floors, args.warehouses,

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from pyimpl.amcl.filter import Scan
+from modelkernels.pyimpl.amcl.filter import Scan
 
 MODELS = ("beam", "likelihood_field", "likelihood_field_prob")
 

@@ -34,11 +34,11 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from kernels.triton_launch import cdiv, fast
-from pyimpl.diffusion import philox
-from pyimpl.diffusion.philox import NOISE_BLOCK, NOISE_QUARTER
-from pyimpl.diffusion.schedule import Schedule
-from pyimpl.diffusion.steps import PREDICTION_TYPES, VARIANCE_TYPES, check_step_args, threshold_scale
+from modelkernels.kernels.triton_launch import cdiv, fast
+from modelkernels.pyimpl.diffusion import philox
+from modelkernels.pyimpl.diffusion.philox import NOISE_BLOCK, NOISE_QUARTER
+from modelkernels.pyimpl.diffusion.schedule import Schedule
+from modelkernels.pyimpl.diffusion.steps import PREDICTION_TYPES, VARIANCE_TYPES, check_step_args, threshold_scale
 
 __all__ = ["ddim_step_triton", "ddpm_seed_step_triton", "ddpm_step_triton", "q_sample_triton"]
 
@@ -521,7 +521,7 @@ def ddpm_step_triton(
 
     ``pred_original_out``: a tensor shaped like sample that receives the (clipped) x0.
     """
-    from pyimpl.diffusion.steps import _check_options
+    from modelkernels.pyimpl.diffusion.steps import _check_options
 
     _check_options(prediction_type, variance_type, clip_sample_range, dynamic_thresholding_ratio, sample_max_value)
     learned = variance_type in ("learned", "learned_range")
@@ -591,7 +591,7 @@ def ddim_step_triton(
     pred_original_out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """diffusers' DDIMScheduler.step in one pass (two with dynamic thresholding); no noise read when eta = 0."""
-    from pyimpl.diffusion.steps import _check_options, check_eta
+    from modelkernels.pyimpl.diffusion.steps import _check_options, check_eta
 
     _check_options(prediction_type, None, clip_sample_range, dynamic_thresholding_ratio, sample_max_value)
     check_eta(eta)

@@ -40,10 +40,10 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 from triton.runtime.errors import OutOfResources
 
-from kernels.autograd import needs_autograd
-from kernels.registry import triton_interpret
-from kernels.triton_launch import cdiv, fast, next_power_of_2, sm_count
-from pyimpl.fused import check_feed_forward_args, feed_forward_dtype
+from modelkernels.kernels.autograd import needs_autograd
+from modelkernels.kernels.registry import triton_interpret
+from modelkernels.kernels.triton_launch import cdiv, fast, next_power_of_2, sm_count
+from modelkernels.pyimpl.fused import check_feed_forward_args, feed_forward_dtype
 
 
 @triton.jit

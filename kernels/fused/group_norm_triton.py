@@ -61,10 +61,10 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.autograd import needs_autograd
-from kernels.registry import triton_interpret
-from kernels.triton_launch import cdiv, fast, next_power_of_2, sm_count
-from pyimpl.fused import check_group_norm_args
+from modelkernels.kernels.autograd import needs_autograd
+from modelkernels.kernels.registry import triton_interpret
+from modelkernels.kernels.triton_launch import cdiv, fast, next_power_of_2, sm_count
+from modelkernels.pyimpl.fused import check_group_norm_args
 
 Tensor = torch.Tensor
 # (out, mean, rstd, x as read, residual as read, channels_last)

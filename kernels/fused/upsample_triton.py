@@ -25,9 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.autograd import needs_autograd
-from kernels.triton_launch import cdiv, fast, next_power_of_2
-from pyimpl.fused import check_upsample_concat_args
+from modelkernels.kernels.autograd import needs_autograd
+from modelkernels.kernels.triton_launch import cdiv, fast, next_power_of_2
+from modelkernels.pyimpl.fused import check_upsample_concat_args
 
 
 @triton.jit

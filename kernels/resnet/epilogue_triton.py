@@ -18,8 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_launch import cdiv, fast, next_power_of_2
-from pyimpl.resnet import check_conv_epilogue_args
+from modelkernels.kernels.triton_launch import cdiv, fast, next_power_of_2
+from modelkernels.pyimpl.resnet import check_conv_epilogue_args
 
 TILE = 4096  # elements per program
 MAX_COLS = 1024

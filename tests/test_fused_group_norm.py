@@ -149,6 +149,36 @@ TWO_PASS = [  # shape, groups, channels-last: whole chunks (no masks) and partia
 ]
 
 
+def test_two_pass_plan_is_kept_per_problem_and_config() -> None:
+    """The kept launch plan is reused for an equal problem and config, and never for a different shape,
+    layout, group count, element size, optional input, activation or config."""
+    cfg = gnt.CPU_FORWARD_CONFIG
+
+    def problem(shape: tuple[int, ...] = (2, 8, 4, 4), groups: int = 2, dtype: torch.dtype = torch.float32,
+                residual: bool = False, act: int = 1, channels_last: bool = False) -> gnt._Problem:
+        x = torch.zeros(shape, dtype=dtype)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        w = torch.ones(shape[1], dtype=dtype)
+        return gnt._problem(x, groups, w, w, 1e-5, torch.zeros_like(x) if residual else None, None, act)
+
+    plan = gnt.two_pass_plan(problem(), cfg)
+    assert gnt.two_pass_plan(problem(), cfg) is plan
+    others = [problem(shape=(2, 8, 4, 5)), problem(shape=(3, 8, 4, 4)), problem(groups=4),
+              problem(dtype=torch.float16), problem(residual=True), problem(act=0),
+              problem(groups=1, channels_last=True)]
+    for other in others:
+        assert gnt.two_pass_plan(other, cfg) is not plan
+    assert gnt.two_pass_plan(problem(groups=1, channels_last=True), cfg).apply["MODE"] != \
+        gnt.two_pass_plan(problem(groups=1), cfg).apply["MODE"]
+    wider = dataclasses.replace(cfg, block=cfg.block // 2, stats_block=cfg.stats_block // 2)
+    assert gnt.two_pass_plan(problem(shape=(2, 8, 64, 64)), wider) is not gnt.two_pass_plan(
+        problem(shape=(2, 8, 64, 64)), cfg)
+    assert gnt.two_pass_plan(problem(shape=(2, 8, 64, 64)), wider).apply["BLOCK"] == cfg.block // 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.block = 8  # type: ignore[misc]  # a config is never changed in place (plans are kept per config)
+
+
 @needs_triton
 @pytest.mark.parametrize("shape,groups,cl", TWO_PASS)
 @pytest.mark.parametrize("merge,keep", [(False, 0.0), (True, 0.0), (False, 0.001)])

@@ -579,7 +579,7 @@ def _bwd_tiles(c: int, hw: int, channels_last: bool, device: torch.device) -> tu
     return max(1, min(next_power_of_2(c), budget // bp)), bp
 
 
-@dataclass
+@dataclass(frozen=True)
 class ForwardConfig:
     """Launch parameters of the forward kernels.
 
@@ -777,41 +777,79 @@ class _Problem:
                     HAS_E=self.emb is not None, ACT=self.act)
 
 
-def two_pass_launches(p: _Problem, cfg: ForwardConfig) -> tuple[Any, Any]:
-    """The two launches of the two-pass forward as callables (statistics, apply), so that they can be
-    timed apart; the apply reads what the statistics wrote. Both walk the same chunks (``plan_chunks``);
-    with ``cfg.merge`` the statistics pass also writes the rows' mean and rstd."""
-    c, hw, rows, length = p.x.shape[1], p.hw, p.rows, p.length
+@dataclass(frozen=True)
+class TwoPassPlan:
+    """The two-pass forward's launch parameters for one problem shape (see ``two_pass_plan``): the grid
+    (rows, chunks), the chunking, the partial-statistics buffer's row length, how many leading chunks
+    are loaded without evict_last, and each kernel's constexprs and launch options."""
+
+    cfg: ForwardConfig
+    length: int
+    nchunk: int
+    keep: int
+    partial_cols: int
+    grid: tuple[int, int]
+    stats: dict[str, Any]
+    apply: dict[str, Any]
+
+
+_PLANS: dict[tuple[Any, ...], TwoPassPlan] = {}
+PLAN_LIMIT = 1024  # plans kept; the cache starts over past this
+
+
+def two_pass_plan(p: _Problem, cfg: ForwardConfig) -> TwoPassPlan:
+    """The launch parameters of ``two_pass_launches``, decided once per (config, shape, layout, groups,
+    element size, which optional inputs are present, activation, device, interpreter) and kept: every
+    value below is a function of those alone, so a repeated call skips the chunk planning and the
+    constexpr dictionaries (tens of µs of host time per call on the lent GPUs' hosts)."""
+    x = p.x
+    key = (id(cfg), x.shape, p.channels_last, p.num_groups, x.element_size(), x.device, p.weight is not None,
+           p.bias is not None, p.residual is not None, p.emb is not None, p.act, triton_interpret())
+    plan = _PLANS.get(key)
+    if plan is not None and plan.cfg is cfg:  # the plan holds cfg, so its id is not reused meanwhile
+        return plan
+    c, hw, rows, length = x.shape[1], p.hw, p.rows, p.length
     p2 = next_power_of_2(length)
     block = min(cfg.block, p2)
     if not p.channels_last and hw % block and hw & (hw - 1) == 0 and hw >= 256:
         block = hw  # tiles of one channel plane: scalar weights per tile (MODE_NCHW_PLANE)
     stats_block = min(cfg.stats_block, p2)
-    chunk, nchunk = plan_chunks(rows, length, max(block, stats_block),
-                                _target_programs(p.x.device) * cfg.per_sm)
+    chunk, nchunk = plan_chunks(rows, length, max(block, stats_block), _target_programs(x.device) * cfg.per_sm)
     even = length % chunk == 0
-    merge = cfg.merge
     nchunk_p2 = next_power_of_2(nchunk)
-    # per-chunk (mean, M2); both rows 16-byte aligned
-    mean_p = torch.empty(2, -(-rows * nchunk // 4) * 4, device=p.x.device, dtype=torch.float32)
-    cnt = _counters(p.x.device, rows) if merge else p.mean  # (unused without merge)
-    asm = cfg.asm and p.x.device.type == "cuda" and not triton_interpret()
+    asm = cfg.asm and x.device.type == "cuda" and not triton_interpret()
     # the last chunks of every row, up to cfg.l2_keep_mb in all, stay in L2 for the apply pass (evict_last)
-    keep = nchunk - min(nchunk, int(cfg.l2_keep_mb * 2**20) // (rows * chunk * p.x.element_size()))
-    grid = (rows, nchunk)
+    keep = nchunk - min(nchunk, int(cfg.l2_keep_mb * 2**20) // (rows * chunk * x.element_size()))
+    plan = TwoPassPlan(
+        cfg, length, nchunk, keep, -(-rows * nchunk // 4) * 4, (rows, nchunk),
+        dict(CHUNK=chunk, TILE=stats_block, EVEN=even, MERGE=cfg.merge, NCHUNK_P2=nchunk_p2,
+             num_warps=cfg.stats_warps),
+        dict(CHUNK=chunk, HW=hw, CPG=c // p.num_groups, C=c, MODE=_mode(p.channels_last, c, hw, block),
+             FAST_ERF=cfg.fast_erf, ASM=asm, MERGED=cfg.merge, EVEN=even, NCHUNK_P2=nchunk_p2, BLOCK=block,
+             num_warps=cfg.warps, **p.flags()))
+    if len(_PLANS) >= PLAN_LIMIT:
+        _PLANS.clear()
+    _PLANS[key] = plan
+    return plan
+
+
+def two_pass_launches(p: _Problem, cfg: ForwardConfig) -> tuple[Any, Any]:
+    """The two launches of the two-pass forward as callables (statistics, apply), so that they can be
+    timed apart; the apply reads what the statistics wrote. Both walk the same chunks (``plan_chunks``,
+    through the kept ``two_pass_plan``); with ``cfg.merge`` the statistics pass also writes the rows'
+    mean and rstd."""
+    plan = two_pass_plan(p, cfg)
+    # per-chunk (mean, M2); both rows 16-byte aligned
+    part_mean, part_m2 = torch.empty(2, plan.partial_cols, device=p.x.device, dtype=torch.float32).unbind(0)
+    cnt = _counters(p.x.device, p.rows) if cfg.merge else p.mean  # (unused without merge)
 
     def stats() -> None:
-        fast(_stats_kernel)[grid](p.x, mean_p[0], mean_p[1], cnt, p.mean, p.rstd, length, nchunk, keep, p.eps,
-                                  CHUNK=chunk, TILE=stats_block, EVEN=even, MERGE=merge, NCHUNK_P2=nchunk_p2,
-                                  num_warps=cfg.stats_warps)
+        fast(_stats_kernel)[plan.grid](p.x, part_mean, part_m2, cnt, p.mean, p.rstd, plan.length, plan.nchunk,
+                                       plan.keep, p.eps, **plan.stats)
 
     def apply() -> None:
-        fast(_apply_kernel)[grid](
-            *p.pointers(), mean_p[0], mean_p[1], p.mean, p.rstd, length, nchunk, p.num_groups, p.eps,
-            CHUNK=chunk, HW=hw, CPG=c // p.num_groups, C=c, MODE=_mode(p.channels_last, c, hw, block),
-            FAST_ERF=cfg.fast_erf, ASM=asm, MERGED=merge, EVEN=even, NCHUNK_P2=nchunk_p2, BLOCK=block,
-            num_warps=cfg.warps, **p.flags(),
-        )
+        fast(_apply_kernel)[plan.grid](*p.pointers(), part_mean, part_m2, p.mean, p.rstd, plan.length, plan.nchunk,
+                                       p.num_groups, p.eps, **plan.apply)
 
     return stats, apply
 

@@ -185,7 +185,8 @@ def _recorded_launches(fn: Callable[[], Any]) -> list[tuple[Callable[..., Any], 
     saved: list[tuple[dict[Any, Any], Any, Any]] = []
     # getattr: the script also runs on a checkout from before the one launch layer (for before/after figures)
     tables: list[dict[Any, Any]] = [t for c in triton_launch._CACHED.values()
-                                    for t in (c.handles, getattr(c, "fitted_handles", {}))]
+                                    for t in (c.handles, getattr(c, "fitted_handles", {}),
+                                              *(p.handles for p in getattr(c, "prepared", ())))]
     for table in tables:
         for key, entry in list(table.items()):
             saved.append((table, key, entry))

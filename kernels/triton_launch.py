@@ -23,6 +23,7 @@ the tile finally used, and constexprs given as callables of that tile (``EVEN_N`
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -104,9 +105,14 @@ class CachedKernel:
         self.fits: dict[tuple[Any, ...], Any] = {}  # (key, tile asked for) -> tile that launched
         self.defaults = {p.name: p.default for p in getattr(kernel, "params", ()) if p.has_default}
         self.plain = _plain_positions(kernel)
+        self.prepared: weakref.WeakSet[Prepared] = weakref.WeakSet()  # its prepared launches alive
 
     def __getitem__(self, grid: tuple[int, ...]) -> Callable[..., None]:
         return functools.partial(self.launch, grid)
+
+    def prepare(self, **constexprs: Any) -> Prepared:
+        """This kernel with ``constexprs`` (and launch options) fixed: see ``Prepared``."""
+        return Prepared(self, constexprs)
 
     def _tail(self, args: tuple[Any, ...], constexprs: dict[str, Any]) -> tuple[Any, ...]:
         """The constexprs' values in signature order after the runtime arguments (defaults filled in)."""
@@ -177,6 +183,40 @@ class CachedKernel:
                 self.fitted_handles.clear()
             self.fitted_handles[hkey] = (compiled, used, self._tail(args, values))
         return used
+
+
+class Prepared:
+    """``kernel`` with its constexprs and launch options fixed once (``fast(kernel).prepare(**constexprs)``):
+    ``prepared(grid, *args)`` is ``kernel[grid](*args, **constexprs)``, the compiled kernel kept per
+    specialisation of the runtime arguments and device only. For a launch plan kept per problem shape
+    (the GroupNorm's): it skips rebuilding and hashing the constexprs on every call."""
+
+    __slots__ = ("__weakref__", "cached", "constexprs", "handles")
+
+    def __init__(self, cached: CachedKernel, constexprs: dict[str, Any]) -> None:
+        self.cached, self.constexprs = cached, constexprs
+        self.handles: dict[tuple[Any, ...], tuple[Any, tuple[Any, ...]]] = {}
+        cached.prepared.add(self)
+
+    def __call__(self, grid: tuple[int, ...], *args: Any) -> None:
+        if triton_interpret() or hooks_installed():
+            self.cached.kernel[grid](*args, **self.constexprs)
+            return
+        get_device, get_stream = device_and_stream()
+        device = get_device()
+        key = (specialisation(args, self.cached.plain), device)
+        entry = self.handles.get(key)
+        if entry is None:
+            compiled = self.cached.kernel[grid](*args, **self.constexprs)
+            if compiled is not None:
+                if len(self.handles) >= HANDLE_LIMIT:
+                    self.handles.clear()
+                self.handles[key] = (compiled, self.cached._tail(args, self.constexprs))
+            return
+        compiled, tail = entry
+        g = (*grid, 1, 1)
+        compiled.run(g[0], g[1], g[2], get_stream(device), compiled.function, compiled.packed_metadata,
+                     None, None, None, *args, *tail)
 
 
 _CACHED: dict[int, CachedKernel] = {}

@@ -63,7 +63,7 @@ import triton.language as tl
 
 from modelkernels.kernels.autograd import needs_autograd
 from modelkernels.kernels.registry import triton_interpret
-from modelkernels.kernels.triton_launch import cdiv, fast, next_power_of_2, sm_count
+from modelkernels.kernels.triton_launch import Prepared, cdiv, fast, next_power_of_2, sm_count
 from modelkernels.pyimpl.fused import check_group_norm_args
 
 Tensor = torch.Tensor
@@ -789,8 +789,8 @@ class TwoPassPlan:
     keep: int
     partial_cols: int
     grid: tuple[int, int]
-    stats: dict[str, Any]
-    apply: dict[str, Any]
+    stats: Prepared
+    apply: Prepared
 
 
 _PLANS: dict[tuple[Any, ...], TwoPassPlan] = {}
@@ -822,11 +822,12 @@ def two_pass_plan(p: _Problem, cfg: ForwardConfig) -> TwoPassPlan:
     keep = nchunk - min(nchunk, int(cfg.l2_keep_mb * 2**20) // (rows * chunk * x.element_size()))
     plan = TwoPassPlan(
         cfg, length, nchunk, keep, -(-rows * nchunk // 4) * 4, (rows, nchunk),
-        dict(CHUNK=chunk, TILE=stats_block, EVEN=even, MERGE=cfg.merge, NCHUNK_P2=nchunk_p2,
-             num_warps=cfg.stats_warps),
-        dict(CHUNK=chunk, HW=hw, CPG=c // p.num_groups, C=c, MODE=_mode(p.channels_last, c, hw, block),
-             FAST_ERF=cfg.fast_erf, ASM=asm, MERGED=cfg.merge, EVEN=even, NCHUNK_P2=nchunk_p2, BLOCK=block,
-             num_warps=cfg.warps, **p.flags()))
+        fast(_stats_kernel).prepare(CHUNK=chunk, TILE=stats_block, EVEN=even, MERGE=cfg.merge,
+                                    NCHUNK_P2=nchunk_p2, num_warps=cfg.stats_warps),
+        fast(_apply_kernel).prepare(CHUNK=chunk, HW=hw, CPG=c // p.num_groups, C=c,
+                                    MODE=_mode(p.channels_last, c, hw, block), FAST_ERF=cfg.fast_erf, ASM=asm,
+                                    MERGED=cfg.merge, EVEN=even, NCHUNK_P2=nchunk_p2, BLOCK=block,
+                                    num_warps=cfg.warps, **p.flags()))
     if len(_PLANS) >= PLAN_LIMIT:
         _PLANS.clear()
     _PLANS[key] = plan
@@ -844,12 +845,12 @@ def two_pass_launches(p: _Problem, cfg: ForwardConfig) -> tuple[Any, Any]:
     cnt = _counters(p.x.device, p.rows) if cfg.merge else p.mean  # (unused without merge)
 
     def stats() -> None:
-        fast(_stats_kernel)[plan.grid](p.x, part_mean, part_m2, cnt, p.mean, p.rstd, plan.length, plan.nchunk,
-                                       plan.keep, p.eps, **plan.stats)
+        plan.stats(plan.grid, p.x, part_mean, part_m2, cnt, p.mean, p.rstd, plan.length, plan.nchunk, plan.keep,
+                   p.eps)
 
     def apply() -> None:
-        fast(_apply_kernel)[plan.grid](*p.pointers(), part_mean, part_m2, p.mean, p.rstd, plan.length, plan.nchunk,
-                                       p.num_groups, p.eps, **plan.apply)
+        plan.apply(plan.grid, *p.pointers(), part_mean, part_m2, p.mean, p.rstd, plan.length, plan.nchunk,
+                   p.num_groups, p.eps)
 
     return stats, apply
 

@@ -232,3 +232,20 @@ def test_prepared_launch_keeps_compiled_kernels_per_specialisation(monkeypatch: 
     hooks[0] = True
     prepared((3,), x, 100)
     assert len(compiles) == 5 and len(runs) == 1
+
+
+def test_host_path_script_times_every_fused_op() -> None:
+    """benchmarks/host_path.py in its quick mode: a positive host time for each fused op, launches stubbed
+    (run in a subprocess: the stand-in launcher must not leak into other tests)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json; from benchmarks import host_path; "
+            "print(json.dumps(host_path.main(['--quick'])))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the compiled path, stubbed
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True,
+                         env=env)
+    times = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(times) == 6 and all(0 < t < 1e5 for t in times.values())

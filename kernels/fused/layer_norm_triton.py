@@ -16,6 +16,7 @@ written through the input's strides (back to NCHW for the transpose); per-progra
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -23,7 +24,7 @@ import triton
 import triton.language as tl
 
 from modelkernels.kernels.autograd import needs_autograd
-from modelkernels.kernels.triton_launch import cdiv, fast, next_power_of_2
+from modelkernels.kernels.triton_launch import Prepared, cdiv, fast, next_power_of_2
 from modelkernels.pyimpl.fused import check_add_layer_norm_args, check_tokens_layer_norm_args
 
 
@@ -92,8 +93,14 @@ def _ln_bwd_kernel(S, DY, DS, W, MEAN, RSTD, DX, PW, PB, NTOK, C, sdb, sdn, sdc,
 
 
 def _tiles(ntok: int, c: int, device: torch.device) -> tuple[int, int, int]:
+    return _tiles_for(ntok, c, device.type == "cuda")
+
+
+@functools.lru_cache(maxsize=1024)
+def _tiles_for(ntok: int, c: int, cuda: bool) -> tuple[int, int, int]:
+    """(tokens per tile, channels per tile, warps), decided once per size."""
     bc = next_power_of_2(c)
-    budget = 4096 if device.type == "cuda" else 16384
+    budget = 4096 if cuda else 16384
     bn = max(1, min(next_power_of_2(max(ntok, 1)), budget // bc))
     warps = 8 if bn * bc >= 8192 else 4
     return bn, bc, warps
@@ -111,13 +118,17 @@ def _forward(x3: torch.Tensor, r3: torch.Tensor | None, weight: torch.Tensor | N
         return s, y, mean, rstd
     bn, bc, warps = _tiles(ntok, c, x3.device)
     rr = r3 if r3 is not None else x3
-    fast(_ln_fwd_kernel)[(cdiv(ntok, bn), nb)](
-        x3, rr, s, y, weight if weight is not None else x3, bias if bias is not None else x3, mean, rstd,
-        ntok, c, *x3.stride(), *rr.stride(), float(eps),
-        HAS_R=r3 is not None, HAS_W=weight is not None, HAS_B=bias is not None,
-        BLOCK_N=bn, BLOCK_C=bc, num_warps=warps,
-    )
+    _forward_launch(r3 is not None, weight is not None, bias is not None, bn, bc, warps)(
+        (cdiv(ntok, bn), nb), x3, rr, s, y, weight if weight is not None else x3,
+        bias if bias is not None else x3, mean, rstd, ntok, c, *x3.stride(), *rr.stride(), float(eps))
     return s, y, mean, rstd
+
+
+@functools.lru_cache(maxsize=256)
+def _forward_launch(has_r: bool, has_w: bool, has_b: bool, bn: int, bc: int, warps: int) -> Prepared:
+    """The forward kernel with its constexprs fixed, once per variant and tile."""
+    return fast(_ln_fwd_kernel).prepare(HAS_R=has_r, HAS_W=has_w, HAS_B=has_b, BLOCK_N=bn, BLOCK_C=bc,
+                                        num_warps=warps)
 
 
 def _backward(s: torch.Tensor, dy: torch.Tensor | None, ds: torch.Tensor | None, weight: torch.Tensor | None,

@@ -190,7 +190,7 @@ class SparkEngine:
         for h, c in outputs.collect():
             hist += h  # integer-valued without weights: float64 adds them exactly
             if c is not None:
-                counts += c
+                counts += c.astype(np.int64)
         if not weighted:
             counts += hist.sum(axis=-1).astype(np.int64)
         return hist, counts

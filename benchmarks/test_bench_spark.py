@@ -5,8 +5,10 @@ cluster around a vertex of a hypercube in the informative features, the rest noi
 features, split 80 / 20. Both estimators: 20 trees, maxDepth 10, maxBins 32, seed 0. Timed: fit
 (the whole ``fit``), transform (``transform`` of the test split written to Spark's ``noop``
 sink, every output column computed, after one untimed warm-up), and test accuracy by
-``MulticlassClassificationEvaluator``. Python workers are started (and import the library) before
-the timings, as in a session that has run a Python job before.
+``MulticlassClassificationEvaluator``. Each case runs ``--repeats`` rounds, ours and Spark ML's
+interleaved (the order alternating), and reports medians with [min-max]. Before the timings one
+small fit and transform of each forest starts the Python workers (each imports the library) and
+warms the JVM, as in a session that has run a job before.
 Before timing, the library's Spark predictions are checked against its in-memory C++ predictor.
 
 Full size (the issue's table, rows 100k / 300k / 1M, partitions = 2 x cores):
@@ -42,7 +44,8 @@ def session(cores: int, memory: str = "4g") -> Any:
     from pyspark.sql import SparkSession
 
     spark = (SparkSession.builder.master(f"local[{cores}]").appName("modelkernels-bench-spark")
-             .config("spark.ui.enabled", "false").config("spark.driver.memory", memory)
+             .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
+             .config("spark.driver.memory", memory)
              .config("spark.sql.shuffle.partitions", str(2 * cores)).getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
     return spark
@@ -79,15 +82,16 @@ def frame(spark: Any, n: int, partitions: int, seed: int = 0) -> Any:
 
 
 def warm_workers(df: Any) -> None:
-    """Start the Python workers and import the library in each (a long-running session's state),
-    so neither fit nor transform times a worker's start-up."""
-    def touch(batches: Any) -> Any:
-        import modelkernels.kernels.forest.level  # noqa: F401
+    """A long-running session's state before the timings: Python workers started (each imports the
+    library) and the JVM's code warm, by one small untimed fit and transform of each forest."""
+    from pyspark.ml.classification import RandomForestClassifier as SparkForest
 
-        for batch in batches:
-            yield batch.select(["label"])
+    from modelkernels.kernels.forest.spark import RandomForestClassifier
 
-    df.mapInArrow(touch, "label double").write.format("noop").mode("overwrite").save()
+    small = df.limit(5000).cache()
+    for est in (RandomForestClassifier(numTrees=2, maxDepth=3, seed=0), SparkForest(numTrees=2, maxDepth=3, seed=0)):
+        est.fit(small).transform(small).write.format("noop").mode("overwrite").save()
+    small.unpersist()
 
 
 def _timed(fn: Any) -> tuple[Any, float]:
@@ -96,8 +100,15 @@ def _timed(fn: Any) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-def run_case(spark: Any, n: int, partitions: int, trees: int = 20, depth: int = 10, bins: int = 32) -> dict[str, Any]:
-    """Fit, transform and score both forests on one DataFrame; returns seconds and accuracies."""
+def _spread(values: list[float]) -> dict[str, Any]:
+    return dict(median=float(np.median(values)), min=float(min(values)), max=float(max(values)), all=values)
+
+
+def run_case(spark: Any, n: int, partitions: int, trees: int = 20, depth: int = 10, bins: int = 32,
+             repeats: int = 3) -> dict[str, Any]:
+    """Fit, transform and score both forests on one DataFrame, ``repeats`` rounds interleaved (the
+    order alternates each round); returns medians with their spread, per-round ratios and
+    accuracies."""
     from pyspark.ml.classification import RandomForestClassifier as SparkForest
     from pyspark.ml.evaluation import MulticlassClassificationEvaluator
 
@@ -107,39 +118,54 @@ def run_case(spark: Any, n: int, partitions: int, trees: int = 20, depth: int = 
     train, test = train.cache(), test.cache()
     train.count(), test.count()
     warm_workers(train)
-    score = MulticlassClassificationEvaluator(metricName="accuracy")
-    result: dict[str, Any] = dict(rows=n, partitions=partitions, trees=trees, depth=depth, bins=bins)
-    for name, est in (("ours", RandomForestClassifier(numTrees=trees, maxDepth=depth, maxBins=bins, seed=0)),
-                      ("spark_ml", SparkForest(numTrees=trees, maxDepth=depth, maxBins=bins, seed=0))):
-        model, fit_s = _timed(lambda est=est: est.fit(train))
-        out = model.transform(test)
-        if name == "ours":
-            check = out.limit(2000).select("features", "probability").collect()
-            X = np.array([r["features"].toArray() for r in check], np.float32)
-            want = model.to_estimator().predict_proba(X)
-            got = np.array([r["probability"].toArray() for r in check])
-            if not np.allclose(got, want, rtol=0, atol=1e-12):
-                raise AssertionError("Spark transform disagrees with the in-memory C++ predictor")
+    makers = {"ours": lambda: RandomForestClassifier(numTrees=trees, maxDepth=depth, maxBins=bins, seed=0),
+              "spark_ml": lambda: SparkForest(numTrees=trees, maxDepth=depth, maxBins=bins, seed=0)}
+    names = list(makers)
+    fits: dict[str, list[float]] = {k: [] for k in names}
+    transforms: dict[str, list[float]] = {k: [] for k in names}
+    models: dict[str, Any] = {}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            models[name], seconds = _timed(lambda make=makers[name]: make().fit(train))
+            fits[name].append(seconds)
+    outs = {name: models[name].transform(test) for name in names}
+    check = outs["ours"].limit(2000).select("features", "probability").collect()
+    X = np.array([row["features"].toArray() for row in check], np.float32)
+    want = models["ours"].to_estimator().predict_proba(X)
+    if not np.allclose(np.array([row["probability"].toArray() for row in check]), want, rtol=0, atol=1e-12):
+        raise AssertionError("Spark transform disagrees with the in-memory C++ predictor")
+    for out in outs.values():
         out.write.format("noop").mode("overwrite").save()  # warm-up: JIT, workers
-        _, transform_s = _timed(lambda out=out: out.write.format("noop").mode("overwrite").save())
-        result[name] = dict(fit_s=fit_s, transform_s=transform_s, accuracy=score.evaluate(out))
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            _, seconds = _timed(lambda out=outs[name]: out.write.format("noop").mode("overwrite").save())
+            transforms[name].append(seconds)
+    score = MulticlassClassificationEvaluator(metricName="accuracy")
+    result: dict[str, Any] = dict(rows=n, partitions=partitions, trees=trees, depth=depth, bins=bins, repeats=repeats)
+    for name in names:
+        result[name] = dict(fit=_spread(fits[name]), transform=_spread(transforms[name]),
+                            accuracy=score.evaluate(outs[name]))
     train.unpersist(), test.unpersist()
-    result["fit_ratio"] = result["ours"]["fit_s"] / result["spark_ml"]["fit_s"]
-    result["transform_ratio"] = result["ours"]["transform_s"] / result["spark_ml"]["transform_s"]
+    for what, runs in (("fit", fits), ("transform", transforms)):
+        result[f"{what}_ratio"] = _spread([a / b for a, b in zip(runs["ours"], runs["spark_ml"])])
     result["accuracy_points"] = 100 * (result["ours"]["accuracy"] - result["spark_ml"]["accuracy"])
     return result
 
 
+def _cell(s: dict[str, Any], digits: int) -> str:
+    return f"{s['median']:.{digits}f} [{s['min']:.{digits}f}-{s['max']:.{digits}f}]"
+
+
 def table(results: list[dict[str, Any]]) -> str:
-    head = ("| rows | partitions | fit ours (s) | fit Spark ML (s) | ratio | transform ours (s) | transform Spark ML "
-            "(s) | ratio | accuracy ours | accuracy Spark ML |")
+    """Medians with [min-max] over the rounds; ratios are the median of the per-round ratios."""
+    head = ("| rows | partitions | fit ours (s) | fit Spark ML (s) | fit ratio | transform ours (s) | "
+            "transform Spark ML (s) | transform ratio | accuracy ours | accuracy Spark ML |")
     lines = [head, "|" + "---|" * 10]
     for r in results:
         o, s = r["ours"], r["spark_ml"]
-        lines.append(f"| {r['rows']:,} | {r['partitions']} | {o['fit_s']:.1f} | {s['fit_s']:.1f} | "
-                     f"{r['fit_ratio']:.2f} | {o['transform_s']:.2f} | {s['transform_s']:.2f} | "
-                     f"{r['transform_ratio']:.2f} | "
-                     f"{o['accuracy']:.4f} | {s['accuracy']:.4f} |")
+        lines.append(f"| {r['rows']:,} | {r['partitions']} | {_cell(o['fit'], 1)} | {_cell(s['fit'], 1)} | "
+                     f"{_cell(r['fit_ratio'], 2)} | {_cell(o['transform'], 2)} | {_cell(s['transform'], 2)} | "
+                     f"{_cell(r['transform_ratio'], 2)} | {o['accuracy']:.4f} | {s['accuracy']:.4f} |")
     return "\n".join(lines)
 
 
@@ -203,13 +229,14 @@ def main() -> int:
     parser.add_argument("--trees", type=int, default=20)
     parser.add_argument("--depth", type=int, default=10)
     parser.add_argument("--memory", default="16g", help="spark.driver.memory")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per case (medians reported)")
     parser.add_argument("--out", type=Path, default=Path("spark_bench.json"))
     args = parser.parse_args()
     spark = session(args.cores, args.memory)
     results = []
     for partitions in args.partitions or [2 * args.cores]:
         for n in args.rows:
-            results.append(run_case(spark, n, partitions, trees=args.trees, depth=args.depth))
+            results.append(run_case(spark, n, partitions, trees=args.trees, depth=args.depth, repeats=args.repeats))
             print(table(results[-1:]), flush=True)
     print(table(results))
     args.out.write_text(json.dumps(dict(machine=machine_info(), cores=args.cores, results=results), indent=1))

@@ -166,3 +166,67 @@ def test_bad_labels_and_columns(spark: Any) -> None:
         RandomForestClassifier(labelCol="y").fit(df)
     with pytest.raises(ValueError, match="no rows"):
         RandomForestClassifier().fit(df.limit(0))
+
+
+def test_packed_histograms_narrow_and_add_back() -> None:
+    from modelkernels.kernels.forest.spark.engine import add_packed, narrow, pack_histograms, unpack_histograms
+
+    assert narrow(np.array([0.0, 255.0])).dtype == np.uint8
+    assert narrow(np.array([256.0])).dtype == np.uint16
+    assert narrow(np.array([70000], np.int64)).dtype == np.uint32
+    assert narrow(np.zeros(0)).dtype == np.uint8
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 300, (2, 3, 4, 3)).astype(np.float64)
+    b = rng.integers(0, 70000, (2, 3, 4, 3)).astype(np.float64)
+    for weighted in (False, True):
+        counts_a, counts_b = a.sum(-1).astype(np.int64), b.sum(-1).astype(np.int64)
+        pa_, pb = pack_histograms(a, counts_a, weighted), pack_histograms(b, counts_b, weighted)
+        assert (pa_[1] is None) != weighted
+        hist, counts = unpack_histograms(add_packed(pa_, pb))
+        np.testing.assert_array_equal(hist, a + b)
+        np.testing.assert_array_equal(counts, counts_a + counts_b)
+        assert hist.dtype == np.float64 and counts.dtype == np.int64
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_spark_engine_sums_as_the_local_engine(spark: Any, monkeypatch: pytest.MonkeyPatch, weighted: bool) -> None:
+    """Small Arrow batches merged into blocks, partitions coalesced onto the cores, packed histograms
+    added on the driver (unweighted) or tree-reduced (weighted): the sums of the in-memory engine."""
+    from pyspark.ml.linalg import Vectors
+
+    from modelkernels.kernels.forest.levelwise import LevelPlan, LocalEngine, quantile_splits
+    from modelkernels.kernels.forest.spark import engine
+
+    monkeypatch.setattr(engine, "BLOCK_ROWS", 64)
+    monkeypatch.setattr(engine, "DRIVER_SUM_TASKS", 0 if weighted else 16)
+    X, y = _data(700, 5, 1)
+    w = np.random.default_rng(2).integers(0, 4, 700) * 0.75
+    df = spark.createDataFrame([(Vectors.dense(x.tolist()), float(c), float(v)) for x, c, v in zip(X, y, w)],
+                               ["features", "label", "w"]).repartition(5)
+    rows = engine.training_columns(df, "features", "label", "w" if weighted else None)
+    n_bins, split_values, offsets = quantile_splits(X, 8)
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "40")
+    try:
+        blocks = engine.bin_rows(rows, 5, 3, n_bins, split_values, offsets, 4, 1.0, True, seed=5)
+        eng = engine.SparkEngine(blocks, 5, 4, weighted)
+        parts = eng.blocks.glom().collect()
+        rng = np.random.default_rng(3)
+        plan = LevelPlan(np.full(4, -1, np.int32), np.zeros(4, np.int32), np.zeros(4, np.int32),
+                         np.arange(4, dtype=np.int32), np.arange(5, dtype=np.int64),
+                         np.stack([np.sort(rng.choice(5, 3, replace=False)) for _ in range(4)]).astype(np.int32),
+                         n_bins, int(n_bins.max()), 3)
+        hist, counts = eng.histograms(plan)
+    finally:
+        spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
+    eng.close()
+    assert eng.tasks.getNumPartitions() == 2 and len(parts) == 5
+    assert all(b[0].shape[0] >= 64 for p in parts for b in p[:-1])  # batches merged until BLOCK_ROWS
+    got = [b for p in parts for b in p]
+    bins, bag, yy = (np.concatenate([b[i] for b in got]) for i in range(3))
+    assert bins.shape == (700, 5) and sorted(yy.tolist()) == sorted(y.tolist())
+    ww = np.concatenate([b[3] for b in got]) if weighted else np.ones(700)
+    assert all((b[3] is None) != weighted for b in got)
+    want_hist, want_counts = LocalEngine(bins, yy, ww, bag).histograms(plan)
+    np.testing.assert_array_equal(counts, want_counts)
+    np.testing.assert_allclose(hist, want_hist, rtol=1e-12, atol=0)
+    assert counts.sum() == 3 * int(bag.sum())  # every bagged row in its tree's root, once per sampled feature

@@ -127,23 +127,24 @@ class RandomForestClassifier(Estimator, ForestParams, DefaultParamsReadable, Def
         if weight and weight not in dataset.columns:
             raise ValueError(f"weightCol={weight!r} is not in the DataFrame")
         rows = training_columns(dataset, self.getFeaturesCol(), self.getLabelCol(), weight)
-        stats = rows.agg(sf.count(sf.lit(1)).alias("n"), sf.max("label").alias("top"), sf.sum("weight").alias("w"),
-                         sf.min(sf.size("x")).alias("lo"), sf.max(sf.size("x")).alias("hi")).collect()[0]
+        totals = [sf.count(sf.lit(1)).alias("n"), sf.max("label").alias("top")]
+        stats = rows.agg(*totals, (sf.sum("weight") if weight else sf.count(sf.lit(1))).alias("w")).collect()[0]
         n = int(stats["n"])
         if n == 0:
             raise ValueError("the DataFrame has no rows to learn from")
-        if stats["lo"] != stats["hi"] or stats["lo"] is None or stats["lo"] < 1:
-            raise ValueError(f"featuresCol={self.getFeaturesCol()!r} holds vectors of sizes {stats['lo']}.."
-                             f"{stats['hi']}; they must all have one size >= 1")
-        n_features = int(stats["hi"])
         n_classes = _num_classes(dataset, self.getLabelCol(), stats["top"])
-        k = self.check_params(n_features)
         seed = spark_seed(self.getSeed())
-        n_bins, split_values, offsets = quantile_splits(sample_rows(rows, n, self.getMaxBins(), seed),
-                                                        self.getMaxBins())
+        # The sample's first vector gives the width; binning checks that every row has it.
+        sample = sample_rows(rows, n, self.getMaxBins(), seed)
+        n_features = sample.shape[1]
+        if n_features < 1:
+            raise ValueError(f"featuresCol={self.getFeaturesCol()!r} holds empty vectors; they need size >= 1")
+        k = self.check_params(n_features)
+        n_bins, split_values, offsets = quantile_splits(sample, self.getMaxBins())
         T = self.getNumTrees()
         engine = SparkEngine(bin_rows(rows, n_features, n_classes, n_bins, split_values, offsets, T,
-                                      self.getSubsamplingRate(), self.getBootstrap(), seed), n_features, T)
+                                      self.getSubsamplingRate(), self.getBootstrap(), seed), n_features, T,
+                             weighted=bool(weight))
         p = GrowthParams(n_trees=T, max_depth=self.getMaxDepth(), max_features=k,
                          criterion=0 if self.getImpurity().lower() == "gini" else 1,
                          min_instances=self.getMinInstancesPerNode(), min_info_gain=self.getMinInfoGain(),

@@ -199,9 +199,12 @@ def _recorded_launches(fn: Callable[[], Any]) -> list[tuple[Callable[..., Any], 
     return calls
 
 
-def _op_calls(dev: str, quick: bool) -> dict[str, Callable[[], Any]]:
-    """The public calls the patched seed UNet makes at batch 16 (64x64, width 64), bf16 on CUDA."""
-    b, c, s = (2, 8, 8) if quick else (16, 64, 64)
+def _op_calls(dev: str, quick: bool, ops: Any = kernels, size: tuple[int, int, int] | None = None
+              ) -> dict[str, Callable[[], Any]]:
+    """The public calls the patched seed UNet makes at batch 16 (64x64, width 64), bf16 on CUDA; ``ops``:
+    where the functions come from (``benchmarks/host_path.py`` passes the Triton implementations),
+    ``size``: (batch, channels, side) instead."""
+    b, c, s = size or ((2, 8, 8) if quick else (16, 64, 64))
     dtype = torch.bfloat16 if dev == "cuda" else torch.float32
     g = torch.Generator().manual_seed(0)
 
@@ -215,14 +218,14 @@ def _op_calls(dev: str, quick: bool) -> dict[str, Callable[[], Any]]:
     n = (s // 4) ** 2  # the attention of the 16x16 level: 256 tokens, 4 heads of C/4
     q, k, v = (rnd(b, n, 4, c // 4) for _ in range(3))
     return {
-        "group_norm_act (GN+GELU)": lambda: kernels.group_norm_act(x, 1, w, bias, activation="gelu"),
-        "group_norm_act (GN+residual+GELU+emb)": lambda: kernels.group_norm_act(x, 1, w, bias, residual=r, emb=e,
-                                                                                activation="gelu"),
-        "tokens_layer_norm": lambda: kernels.tokens_layer_norm(x, w, bias),
-        "add_layer_norm": lambda: kernels.add_layer_norm(att, tok, w, bias),
-        "upsample_concat": lambda: kernels.upsample_concat(xu, sk),
-        "feed_forward": lambda: kernels.feed_forward(att, tok, w1, bias, w2, bias),
-        "attention (B,N,H,D) view": lambda: kernels.attention(q, k, v, layout="bnhd"),
+        "group_norm_act (GN+GELU)": lambda: ops.group_norm_act(x, 1, w, bias, activation="gelu"),
+        "group_norm_act (GN+residual+GELU+emb)": lambda: ops.group_norm_act(x, 1, w, bias, residual=r, emb=e,
+                                                                            activation="gelu"),
+        "tokens_layer_norm": lambda: ops.tokens_layer_norm(x, w, bias),
+        "add_layer_norm": lambda: ops.add_layer_norm(att, tok, w, bias),
+        "upsample_concat": lambda: ops.upsample_concat(xu, sk),
+        "feed_forward": lambda: ops.feed_forward(att, tok, w1, bias, w2, bias),
+        "attention (B,N,H,D) view": lambda: ops.attention(q, k, v, layout="bnhd"),
     }
 
 

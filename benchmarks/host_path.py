@@ -4,12 +4,13 @@ GPU's host before the kernel runs.
     PYTHONPATH=$PWD python benchmarks/host_path.py            # µs per call, min over interleaved rounds
     PYTHONPATH=$PWD python benchmarks/host_path.py --quick    # few calls (checks the script)
 
-Every public fused op's Triton implementation is called on small CPU tensors at the patched seed UNet's
-channel count with Triton's compiled launcher replaced by a no-op stand-in (the device and stream getters
-too): what is timed is everything a CUDA call runs in Python (argument checks, the autograd decision,
-output allocation, launch planning, the launch layer's cache key and lookup) except the launcher's own C
-call and the GPU. The registry's dispatch is timed by ``test_bench_dispatch.py``. Absolute figures are this
-CPU's; the lent GPUs' hosts ran the same Python 4-7x slower (BENCHMARKS.md, host time per call on CUDA).
+Every public fused op's Triton implementation and the attention's are called on small CPU tensors at
+the patched seed UNet's channel count with Triton's compiled launcher replaced by a no-op stand-in (the
+device and stream getters too). What is timed is everything a CUDA call runs in Python (argument checks,
+the autograd decision, output allocation, launch planning, the launch layer's cache key and lookup)
+except the launcher's own C call and the GPU. The registry's dispatch is timed by
+``test_bench_dispatch.py``. Absolute figures are this CPU's; the lent GPUs' hosts ran the same Python
+4-7x slower (BENCHMARKS.md, host time per call on CUDA).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import os
 import timeit
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -45,27 +47,18 @@ def stub_launcher() -> None:
 
 
 def calls() -> dict[str, Callable[[], Any]]:
-    """One call of each Triton implementation at batch 2, 64 channels, 8x8 (small: allocation stays cheap)."""
-    from modelkernels.kernels.fused import feed_forward_triton as ff
-    from modelkernels.kernels.fused import group_norm_triton as gn
-    from modelkernels.kernels.fused import layer_norm_triton as ln
-    from modelkernels.kernels.fused import upsample_triton as up
+    """``gpu_call_path``'s op calls on the Triton implementations (not the dispatcher, which sends CPU
+    tensors to the references), at batch 2, 64 channels, 8x8 (small: allocation stays cheap)."""
+    from benchmarks.gpu_call_path import _op_calls
+    from modelkernels.kernels.attention.ops import attention_triton
+    from modelkernels.kernels.fused import feed_forward_triton, group_norm_triton, layer_norm_triton, upsample_triton
 
-    g = torch.Generator().manual_seed(0)
-    x, r = (torch.randn(2, 64, 8, 8, generator=g) for _ in range(2))
-    e, w, b = torch.randn(2, 64, generator=g), torch.randn(64, generator=g), torch.randn(64, generator=g)
-    tok = torch.randn(2, 64, 64, generator=g)
-    w1, w2 = torch.randn(64, 64, generator=g), torch.randn(64, 64, generator=g)
-    xu = torch.randn(2, 64, 4, 4, generator=g)
-    return {
-        "group_norm_act (GN+GELU)": lambda: gn.group_norm_act(x, 1, w, b, activation="gelu"),
-        "group_norm_act (GN+residual+GELU+emb)": lambda: gn.group_norm_act(x, 1, w, b, residual=r, emb=e,
-                                                                           activation="gelu"),
-        "tokens_layer_norm": lambda: ln.tokens_layer_norm(x, w, b),
-        "add_layer_norm": lambda: ln.add_layer_norm(tok, tok, w, b),
-        "upsample_concat": lambda: up.upsample_concat(xu, x),
-        "feed_forward": lambda: ff.feed_forward(tok, tok, w1, b, w2, b),
-    }
+    ops = SimpleNamespace(group_norm_act=group_norm_triton.group_norm_act,
+                          tokens_layer_norm=layer_norm_triton.tokens_layer_norm,
+                          add_layer_norm=layer_norm_triton.add_layer_norm,
+                          upsample_concat=upsample_triton.upsample_concat,
+                          feed_forward=feed_forward_triton.feed_forward, attention=attention_triton)
+    return _op_calls("cpu", False, ops, size=(2, 64, 8))
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

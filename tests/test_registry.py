@@ -233,6 +233,45 @@ def _as_on_a_gpu(monkeypatch: pytest.MonkeyPatch, triton_launch: object) -> None
     monkeypatch.setattr(triton_launch, "device_and_stream", lambda: (lambda: 0, lambda device: 7))
 
 
+def test_prepared_launch_keeps_compiled_kernels_per_specialisation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fast(kernel).prepare(**constexprs)`` with a stand-in kernel: the first call of a specialisation
+    compiles through ``kernel[grid]`` with the fixed constexprs, later ones run the compiled launcher with the
+    runtime arguments then the constexprs in signature order; a misaligned pointer, another integer or
+    another dtype compiles again; under a launch hook every call takes Triton's own path."""
+    pytest.importorskip("triton")
+    from modelkernels.kernels import triton_launch
+
+    compiles: list[tuple[tuple[int, ...], dict[str, object]]] = []
+    runs: list[tuple[object, ...]] = []
+
+    class Kernel:
+        arg_names = ("P", "N", "BLOCK", "FLAG")
+        params = ()
+
+        def __getitem__(self, grid: tuple[int, ...]):  # type: ignore[no-untyped-def]
+            def compile_and_run(*args: object, **kw: object) -> _Compiled:
+                compiles.append((grid, kw))
+                return _Compiled(runs)
+            return compile_and_run
+
+    _as_on_a_gpu(monkeypatch, triton_launch)
+    hooks = [False]
+    monkeypatch.setattr(triton_launch, "hooks_installed", lambda: hooks[0])
+    prepared = triton_launch.CachedKernel(Kernel()).prepare(BLOCK=32, FLAG=True, num_warps=4)
+    x = torch.zeros(64, dtype=torch.float16)
+    prepared((3,), x, 100)
+    prepared((5,), x, 100)
+    assert compiles == [((3,), {"BLOCK": 32, "FLAG": True, "num_warps": 4})]
+    assert runs == [(5, 1, 1, 7, "fn", "meta", None, None, None, x, 100, 32, True)]
+    prepared((3,), x[1:], 100)  # misaligned
+    prepared((3,), x, 101)  # another integer
+    prepared((3,), x.float(), 100)  # another dtype
+    assert len(compiles) == 4 and len(runs) == 1
+    hooks[0] = True
+    prepared((3,), x, 100)
+    assert len(compiles) == 5 and len(runs) == 1
+
+
 def test_cached_triton_launch_reuses_the_compiled_kernel_per_specialisation(monkeypatch) -> None:
     """``kernels.triton_launch.fast`` with a stand-in kernel: the first call of a specialisation goes
     through ``kernel[grid]``; later equal calls go straight to the compiled launcher with the runtime

@@ -7,10 +7,11 @@ it is passed in) and writes x_prev once: for a step with passed-in noise, 4 tens
 
 - Coefficients are gathered per sample on the device from the schedule tables (float32 math)
   and the int64 timestep tensors: no host synchronization, no per-timestep Python scalars, one
-  compiled kernel per option set. Timesteps outside [0, T) give NaN for that sample. Square roots
-  and divisions are IEEE round-to-nearest (``tl.sqrt_rn`` / ``tl.div_rn``, as torch computes them),
-  not Triton's approximate defaults: a 1000-step loop otherwise drifts from diffusers' by 3.6e-4
-  (0.08 on the sum of diffusers' loop test, whose tolerance is 0.01; H100).
+  compiled kernel per option set. Timesteps outside [0, T) give NaN for that sample. For fp32 / fp64
+  results, square roots and divisions are IEEE round-to-nearest (``tl.sqrt_rn`` / ``tl.div_rn``, as
+  torch computes them), not Triton's approximate defaults: a 1000-step loop otherwise drifts from
+  diffusers' by 3.6e-4 (0.08 on the sum of diffusers' loop test, whose tolerance is 0.01; H100).
+  Half-precision results keep the approximations (``PRECISE``), whose error their rounding hides.
 - Layout: the grid is (blocks per sample, min(n, 65535)); a program loops over samples and handles
   ``NOISE_BLOCK`` elements of one sample as a (NOISE_QUARTER, 4) tile. Tensors of any shape are seen
   as (n, d1, d2, d3) with their own strides (int64 offsets); contiguous inner dims take a flat path.
@@ -125,12 +126,30 @@ def _guide(mo, unc_ptr, uoffs, mask, w, HAS_UNCOND: tl.constexpr):
 
 
 @triton.jit
-def _clip(x0, s_ptr, b, clip_range, CLIP: tl.constexpr):
+def _sqrt(x, PRECISE: tl.constexpr):
+    """Correctly rounded (as torch) where PRECISE, else Triton's approximate square root."""
+    if PRECISE:
+        return tl.sqrt_rn(x)
+    else:
+        return tl.sqrt(x)
+
+
+@triton.jit
+def _div(a, b, PRECISE: tl.constexpr):
+    """Correctly rounded (as torch) where PRECISE, else Triton's approximate division."""
+    if PRECISE:
+        return tl.div_rn(a, b)
+    else:
+        return a / b
+
+
+@triton.jit
+def _clip(x0, s_ptr, b, clip_range, CLIP: tl.constexpr, PRECISE: tl.constexpr):
     if CLIP == 1:
         return tl.clamp(x0, -clip_range, clip_range, propagate_nan=tl.PropagateNan.ALL)
     elif CLIP == 2:
         s = tl.load(s_ptr + b).to(tl.float32)
-        return tl.div_rn(tl.clamp(x0, -s, s, propagate_nan=tl.PropagateNan.ALL), s)
+        return _div(tl.clamp(x0, -s, s, propagate_nan=tl.PropagateNan.ALL), s, PRECISE)
     else:
         return x0
 
@@ -165,7 +184,7 @@ def _q_sample_kernel(
     xs0, xs1, xs2, xs3, zs0, zs1, zs2, zs3,
     seed, offset,
     NOISE: tl.constexpr, WRITE_NOISE: tl.constexpr, FLAT: tl.constexpr, Q: tl.constexpr, ITERS: tl.constexpr,
-    RNG: tl.constexpr, ROUNDS: tl.constexpr,
+    RNG: tl.constexpr, ROUNDS: tl.constexpr, PRECISE: tl.constexpr,
 ):
     blk, nblk, i, c, j0, jj, in_row = _tile(M, Q)
     sd, off = _rng(rng_ptr, seed, offset, NOISE)
@@ -175,7 +194,7 @@ def _q_sample_kernel(
         x = _load(x_ptr, _offsets(b64, i, c, xs0, xs1, xs2, xs3, d2, d3, j0, FLAT), mask)
         z = _noise_tile(z_ptr, _offsets(b64, i, c, zs0, zs1, zs2, zs3, d2, d3, j0, FLAT), mask, sd,
                         off + (b64 * nblk + blk) * Q + i, NOISE, Q, RNG, ROUNDS)
-        out = tl.sqrt_rn(ah) * x + tl.sqrt_rn(1.0 - ah) * z
+        out = _sqrt(ah, PRECISE) * x + _sqrt(1.0 - ah, PRECISE) * z
         tl.store(out_ptr + b64 * M + jj, out.to(out_ptr.dtype.element_ty), mask=mask)
         if WRITE_NOISE:
             tl.store(zout_ptr + b64 * M + jj, z.to(zout_ptr.dtype.element_ty), mask=mask)
@@ -188,7 +207,7 @@ def _seed_step_kernel(
     xs0, xs1, xs2, xs3, ms0, ms1, ms2, ms3, us0, us1, us2, us3, zs0, zs1, zs2, zs3,
     w, seed, offset,
     NOISE: tl.constexpr, HAS_UNCOND: tl.constexpr, FLAT: tl.constexpr, Q: tl.constexpr, ITERS: tl.constexpr,
-    RNG: tl.constexpr, ROUNDS: tl.constexpr,
+    RNG: tl.constexpr, ROUNDS: tl.constexpr, PRECISE: tl.constexpr,
 ):
     blk, nblk, i, c, j0, jj, in_row = _tile(M, Q)
     sd, off = _rng(rng_ptr, seed, offset, NOISE)
@@ -197,9 +216,9 @@ def _seed_step_kernel(
         alpha = _gather(alpha_ptr, t, T)
         alpha_hat = _gather(ac_ptr, t, T)
         beta = _gather(beta_ptr, t, T)
-        c_x = tl.div_rn(1.0, tl.sqrt_rn(alpha))
-        c_eps = tl.div_rn(1.0 - alpha, tl.sqrt_rn(1.0 - alpha_hat))
-        sigma = tl.where(t > 1, tl.sqrt_rn(beta), 0.0)
+        c_x = _div(1.0, _sqrt(alpha, PRECISE), PRECISE)
+        c_eps = _div(1.0 - alpha, _sqrt(1.0 - alpha_hat, PRECISE), PRECISE)
+        sigma = tl.where(t > 1, _sqrt(beta, PRECISE), 0.0)
         x = _load(x_ptr, _offsets(b64, i, c, xs0, xs1, xs2, xs3, d2, d3, j0, FLAT), mask)
         eps = _load(mo_ptr, _offsets(b64, i, c, ms0, ms1, ms2, ms3, d2, d3, j0, FLAT), mask)
         eps = _guide(eps, unc_ptr, _offsets(b64, i, c, us0, us1, us2, us3, d2, d3, j0, FLAT), mask, w, HAS_UNCOND)
@@ -217,7 +236,7 @@ def _ddpm_kernel(
     w, clip_range, seed, offset,
     NOISE: tl.constexpr, HAS_UNCOND: tl.constexpr, PRED: tl.constexpr, VAR: tl.constexpr, CLIP: tl.constexpr,
     X0_ONLY: tl.constexpr, WRITE_X0: tl.constexpr, FLAT: tl.constexpr, Q: tl.constexpr, ITERS: tl.constexpr,
-    RNG: tl.constexpr, ROUNDS: tl.constexpr,
+    RNG: tl.constexpr, ROUNDS: tl.constexpr, PRECISE: tl.constexpr,
 ):
     blk, nblk, i, c, j0, jj, in_row = _tile(M, Q)
     sd, off = _rng(rng_ptr, seed, offset, NOISE)
@@ -228,39 +247,39 @@ def _ddpm_kernel(
         app = tl.where(pt < 0, 1.0, _gather(ac_ptr, pt, T))
         bp = 1.0 - ap
         bpp = 1.0 - app
-        cur_alpha = tl.div_rn(ap, app)
+        cur_alpha = _div(ap, app, PRECISE)
         cur_beta = 1.0 - cur_alpha
         x = _load(x_ptr, _offsets(b64, i, c, xs0, xs1, xs2, xs3, d2, d3, j0, FLAT), mask)
         mo = _load(mo_ptr, _offsets(b64, i, c, ms0, ms1, ms2, ms3, d2, d3, j0, FLAT), mask)
         mo = _guide(mo, unc_ptr, _offsets(b64, i, c, us0, us1, us2, us3, d2, d3, j0, FLAT), mask, w, HAS_UNCOND)
         if PRED == 0:
-            x0 = tl.div_rn(x - tl.sqrt_rn(bp) * mo, tl.sqrt_rn(ap))
+            x0 = _div(x - _sqrt(bp, PRECISE) * mo, _sqrt(ap, PRECISE), PRECISE)
         elif PRED == 1:
             x0 = mo
         else:
-            x0 = tl.sqrt_rn(ap) * x - tl.sqrt_rn(bp) * mo
+            x0 = _sqrt(ap, PRECISE) * x - _sqrt(bp, PRECISE) * mo
         if X0_ONLY:
             tl.store(x0_ptr + b64 * M + jj, x0, mask=mask)
         else:
-            x0 = _clip(x0, s_ptr, b64, clip_range, CLIP)
+            x0 = _clip(x0, s_ptr, b64, clip_range, CLIP, PRECISE)
             if WRITE_X0:
                 tl.store(x0_ptr + b64 * M + jj, x0.to(x0_ptr.dtype.element_ty), mask=mask)
-            c0 = tl.div_rn(tl.sqrt_rn(app) * cur_beta, bp)
-            ct = tl.div_rn(tl.sqrt_rn(cur_alpha) * bpp, bp)
+            c0 = _div(_sqrt(app, PRECISE) * cur_beta, bp, PRECISE)
+            ct = _div(_sqrt(cur_alpha, PRECISE) * bpp, bp, PRECISE)
             out = c0 * x0 + ct * x
-            var = tl.maximum(tl.div_rn(1.0 - app, 1.0 - ap) * cur_beta, 1e-20)
+            var = tl.maximum(_div(1.0 - app, 1.0 - ap, PRECISE) * cur_beta, 1e-20)
             if VAR == 0:
-                std = tl.sqrt_rn(var)
+                std = _sqrt(var, PRECISE)
             elif VAR == 1:
                 std = tl.exp(0.5 * tl.log(var))
             elif VAR == 2:
-                std = tl.sqrt_rn(cur_beta)
+                std = _sqrt(cur_beta, PRECISE)
             elif VAR == 3:
                 std = tl.exp(0.5 * tl.log(cur_beta))
             else:
                 v = _load(pv_ptr, _offsets(b64, i, c, vs0, vs1, vs2, vs3, d2, d3, j0, FLAT), mask)
                 if VAR == 4:
-                    std = tl.sqrt_rn(v)
+                    std = _sqrt(v, PRECISE)
                 else:
                     frac = (v + 1.0) * 0.5
                     std = tl.exp(0.5 * (frac * tl.log(cur_beta) + (1.0 - frac) * tl.log(var)))
@@ -279,7 +298,7 @@ def _ddim_kernel(
     NOISE: tl.constexpr, HAS_UNCOND: tl.constexpr, PRED: tl.constexpr, CLIP: tl.constexpr,
     USE_CLIPPED: tl.constexpr, X0_ONLY: tl.constexpr, WRITE_X0: tl.constexpr, FLAT: tl.constexpr,
     Q: tl.constexpr, ITERS: tl.constexpr,
-    RNG: tl.constexpr, ROUNDS: tl.constexpr,
+    RNG: tl.constexpr, ROUNDS: tl.constexpr, PRECISE: tl.constexpr,
 ):
     blk, nblk, i, c, j0, jj, in_row = _tile(M, Q)
     sd, off = _rng(rng_ptr, seed, offset, NOISE)
@@ -293,25 +312,25 @@ def _ddim_kernel(
         mo = _load(mo_ptr, _offsets(b64, i, c, ms0, ms1, ms2, ms3, d2, d3, j0, FLAT), mask)
         mo = _guide(mo, unc_ptr, _offsets(b64, i, c, us0, us1, us2, us3, d2, d3, j0, FLAT), mask, w, HAS_UNCOND)
         if PRED == 0:
-            x0 = tl.div_rn(x - tl.sqrt_rn(bp) * mo, tl.sqrt_rn(ap))
+            x0 = _div(x - _sqrt(bp, PRECISE) * mo, _sqrt(ap, PRECISE), PRECISE)
             eps = mo
         elif PRED == 1:
             x0 = mo
-            eps = tl.div_rn(x - tl.sqrt_rn(ap) * x0, tl.sqrt_rn(bp))
+            eps = _div(x - _sqrt(ap, PRECISE) * x0, _sqrt(bp, PRECISE), PRECISE)
         else:
-            x0 = tl.sqrt_rn(ap) * x - tl.sqrt_rn(bp) * mo
-            eps = tl.sqrt_rn(ap) * mo + tl.sqrt_rn(bp) * x
+            x0 = _sqrt(ap, PRECISE) * x - _sqrt(bp, PRECISE) * mo
+            eps = _sqrt(ap, PRECISE) * mo + _sqrt(bp, PRECISE) * x
         if X0_ONLY:
             tl.store(x0_ptr + b64 * M + jj, x0, mask=mask)
         else:
-            x0 = _clip(x0, s_ptr, b64, clip_range, CLIP)
+            x0 = _clip(x0, s_ptr, b64, clip_range, CLIP, PRECISE)
             if WRITE_X0:
                 tl.store(x0_ptr + b64 * M + jj, x0.to(x0_ptr.dtype.element_ty), mask=mask)
-            variance = tl.div_rn(1.0 - app, bp) * (1.0 - tl.div_rn(ap, app))
-            std = eta * tl.sqrt_rn(variance)
+            variance = _div(1.0 - app, bp, PRECISE) * (1.0 - _div(ap, app, PRECISE))
+            std = eta * _sqrt(variance, PRECISE)
             if USE_CLIPPED:
-                eps = tl.div_rn(x - tl.sqrt_rn(ap) * x0, tl.sqrt_rn(bp))
-            out = tl.sqrt_rn(app) * x0 + tl.sqrt_rn(1.0 - app - std * std) * eps
+                eps = _div(x - _sqrt(ap, PRECISE) * x0, _sqrt(bp, PRECISE), PRECISE)
+            out = _sqrt(app, PRECISE) * x0 + _sqrt(1.0 - app - std * std, PRECISE) * eps
             if NOISE != 0:
                 z = _noise_tile(z_ptr, _offsets(b64, i, c, zs0, zs1, zs2, zs3, d2, d3, j0, FLAT), mask, sd,
                                 off + (b64 * nblk + blk) * Q + i, NOISE, Q, RNG, ROUNDS)
@@ -361,6 +380,12 @@ def _layout(shape: torch.Size, tensors: list[torch.Tensor | None]) -> tuple[_Lay
         strides.append((x.stride(0), inner[0], inner[1], inner[2]))
     flat = all(s[1:] == contiguous for s, x in zip(strides, out) if x is not None)
     return _Layout(n, M, sizes[1], sizes[2], strides, flat), out
+
+
+def _precise(out: torch.Tensor) -> bool:
+    """Correctly rounded square roots and divisions for fp32 / fp64 results; half-precision results keep
+    Triton's faster approximations, whose error their own rounding hides."""
+    return out.dtype not in (torch.float16, torch.bfloat16)
 
 
 def _grid(lay: _Layout) -> tuple[int, int]:
@@ -436,7 +461,8 @@ def q_sample_triton(
             lay.n, lay.M, lay.d2, lay.d3, schedule.num_train_timesteps, _grid(lay)[1],
             *lay.strides[0], *lay.strides[1], nz.seed, nz.offset,
             NOISE=nz.mode, WRITE_NOISE=write_noise, FLAT=lay.flat, Q=NOISE_QUARTER,
-            ITERS=_iters(lay), RNG=_rng_mode(), ROUNDS=philox.PHILOX_ROUNDS, num_warps=NUM_WARPS)
+            ITERS=_iters(lay), RNG=_rng_mode(), ROUNDS=philox.PHILOX_ROUNDS, PRECISE=_precise(out),
+            num_warps=NUM_WARPS)
     if not return_noise:
         return out
     return out, (zout if write_noise else noise.to(x0.dtype) if noise is not None else zout)
@@ -471,7 +497,8 @@ def ddpm_seed_step_triton(
             *lay.strides[0], *lay.strides[1], *lay.strides[2], *lay.strides[3],
             float(guidance_scale), nz.seed, nz.offset,
             NOISE=nz.mode, HAS_UNCOND=unc is not None, FLAT=lay.flat, Q=NOISE_QUARTER,
-            ITERS=_iters(lay), RNG=_rng_mode(), ROUNDS=philox.PHILOX_ROUNDS, num_warps=NUM_WARPS)
+            ITERS=_iters(lay), RNG=_rng_mode(), ROUNDS=philox.PHILOX_ROUNDS, PRECISE=_precise(out),
+            num_warps=NUM_WARPS)
     return out
 
 
@@ -559,7 +586,8 @@ def ddpm_step_triton(
             NOISE=nz.mode, HAS_UNCOND=unc is not None, PRED=PREDICTION_TYPES.index(prediction_type),
             VAR=VARIANCE_TYPES.index(variance_type), CLIP=clip, X0_ONLY=x0_only,
             WRITE_X0=x0_buf is not None and not x0_only, FLAT=lay.flat, Q=NOISE_QUARTER,
-            ITERS=_iters(lay), RNG=_rng_mode(), ROUNDS=philox.PHILOX_ROUNDS, num_warps=NUM_WARPS)
+            ITERS=_iters(lay), RNG=_rng_mode(), ROUNDS=philox.PHILOX_ROUNDS, PRECISE=_precise(out),
+            num_warps=NUM_WARPS)
 
     s = _threshold_pass(launch, sample, dynamic_thresholding_ratio, sample_max_value) if thresholding else None
     _launch_with_x0(launch, pred_original_out, sample, s)
@@ -623,7 +651,8 @@ def ddim_step_triton(
             NOISE=nz.mode, HAS_UNCOND=unc is not None, PRED=PREDICTION_TYPES.index(prediction_type), CLIP=clip,
             USE_CLIPPED=bool(use_clipped_model_output), X0_ONLY=x0_only,
             WRITE_X0=x0_buf is not None and not x0_only, FLAT=lay.flat, Q=NOISE_QUARTER,
-            ITERS=_iters(lay), RNG=_rng_mode(), ROUNDS=philox.PHILOX_ROUNDS, num_warps=NUM_WARPS)
+            ITERS=_iters(lay), RNG=_rng_mode(), ROUNDS=philox.PHILOX_ROUNDS, PRECISE=_precise(out),
+            num_warps=NUM_WARPS)
 
     s = _threshold_pass(launch, sample, dynamic_thresholding_ratio, sample_max_value) if thresholding else None
     _launch_with_x0(launch, pred_original_out, sample, s)

@@ -53,7 +53,10 @@ def _ratio_axis(ax: Any, values: list[float]) -> None:
 
     ax.set_yscale("log")
     lo, hi = min([*values, 1.0]), max([*values, 1.0])
-    if math.log10(hi / lo) < 1.5:
+    span = math.log10(hi / lo)
+    if span < 0.75:  # within ~5x of 1x: 1-2-5 ticks would label one or two values
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)))
+    elif span < 1.5:
         ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_x(v)))
     ax.yaxis.set_minor_formatter(NullFormatter())

@@ -210,6 +210,41 @@ class Prepared:
             return
         _run(entry[0], grid, get_stream(device), args, entry[1])
 
+    def bind(self, grid: tuple[int, ...], ints: tuple[int, ...]) -> Bound:
+        """This launch with its grid and its integer arguments fixed: see ``Bound``."""
+        return Bound(self, grid, ints)
+
+
+class Bound:
+    """A prepared launch with its grid and integer arguments fixed, for a plan kept per problem (shape,
+    strides, sizes): ``bound(tensors, floats)`` is ``kernel[grid](*tensors, *ints, *floats, **constexprs)``
+    for a kernel whose runtime arguments are its pointers, then its integers, then its floats. The
+    integers' specialisation is settled at the first launch, so a later call keys the compiled kernel on
+    the tensors' dtypes and 16-byte alignment alone (floats are not specialised on)."""
+
+    __slots__ = ("grid", "handles", "ints", "prepared")
+
+    def __init__(self, prepared: Prepared, grid: tuple[int, ...], ints: tuple[int, ...]) -> None:
+        self.prepared, self.grid, self.ints = prepared, grid, ints
+        self.handles: dict[tuple[Any, ...], tuple[Any, tuple[Any, ...]]] = {}
+
+    def __call__(self, tensors: tuple[torch.Tensor, ...], floats: tuple[float, ...] = ()) -> None:
+        if triton_interpret() or hooks_installed():
+            self.prepared(self.grid, *tensors, *self.ints, *floats)
+            return
+        get_device, get_stream = device_and_stream()
+        device = get_device()
+        key = (tuple([(t.dtype, not t.data_ptr() & 15) for t in tensors]), device)
+        entry = self.handles.get(key)
+        args = (*tensors, *self.ints, *floats)
+        if entry is None:  # the prepared launch compiles (or finds) and keeps the kernel; keep it here too
+            self.prepared(self.grid, *args)
+            entry = self.prepared.handles.get((specialisation(args, self.prepared.cached.plain), device))
+            if entry is not None:
+                _keep(self.handles, key, entry)
+            return
+        _run(entry[0], self.grid, get_stream(device), args, entry[1])
+
 
 _CACHED: dict[int, CachedKernel] = {}
 

@@ -169,12 +169,12 @@ def test_two_pass_plan_is_kept_per_problem_and_config() -> None:
               problem(groups=1, channels_last=True)]
     for other in others:
         assert gnt.two_pass_plan(other, cfg) is not plan
-    assert gnt.two_pass_plan(problem(groups=1, channels_last=True), cfg).apply.constexprs["MODE"] != \
-        gnt.two_pass_plan(problem(groups=1), cfg).apply.constexprs["MODE"]
+    assert gnt.two_pass_plan(problem(groups=1, channels_last=True), cfg).apply.prepared.constexprs["MODE"] != \
+        gnt.two_pass_plan(problem(groups=1), cfg).apply.prepared.constexprs["MODE"]
     wider = dataclasses.replace(cfg, block=cfg.block // 2, stats_block=cfg.stats_block // 2)
     assert gnt.two_pass_plan(problem(shape=(2, 8, 64, 64)), wider) is not gnt.two_pass_plan(
         problem(shape=(2, 8, 64, 64)), cfg)
-    assert gnt.two_pass_plan(problem(shape=(2, 8, 64, 64)), wider).apply.constexprs["BLOCK"] == cfg.block // 2
+    assert gnt.two_pass_plan(problem(shape=(2, 8, 64, 64)), wider).apply.prepared.constexprs["BLOCK"] == cfg.block // 2
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.block = 8  # type: ignore[misc]  # a config is never changed in place (plans are kept per config)
 

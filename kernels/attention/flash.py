@@ -15,7 +15,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from modelkernels.kernels.attention import flash_triton as kt
 from modelkernels.kernels.registry import triton_interpret
-from modelkernels.kernels.triton_launch import fast
+from modelkernels.kernels.triton_launch import Bound, fast
 
 LOG2E = 1.4426950408889634
 FP32_PRECISION = "tf32"
@@ -86,12 +86,13 @@ def smaller(cfg: FlashConfig) -> FlashConfig | None:
 
 
 def launch(kernel: Any, key: tuple[Any, ...], cfg: FlashConfig, rows: int, programs: int, ptrs: tuple[Any, ...],
-           ints: tuple[int, ...], floats: tuple[float, ...] = (), by_n: bool = False, **constexprs: Any) -> None:
+           ints: tuple[int, ...], floats: tuple[float, ...] = (), by_n: bool = False, **constexprs: Any) -> Bound:
     """Launch ``kernel`` through the library's launch layer (``triton_launch.CachedKernel.fitted``) on a
     (cdiv(rows, BLOCK_M), programs) grid (BLOCK_N when ``by_n``) with the arguments ``(*ptrs, *ints,
     *floats)`` and ``constexprs``; on ``OutOfResources`` it steps down to ``smaller`` tiles. A callable
     constexpr is evaluated on the tile finally used (``EVEN_N`` depends on BLOCK_N). ``key`` names the
-    kernel's variant."""
+    kernel's variant. Returns the launch bound to the tile used, its grid and ``ints``: the same launch
+    for other tensors of the same shapes and strides."""
     names = kernel.arg_names
 
     def grid(c: FlashConfig) -> tuple[int, int]:
@@ -105,7 +106,10 @@ def launch(kernel: Any, key: tuple[Any, ...], cfg: FlashConfig, rows: int, progr
             out["BLOCK_N"] = c.block_n
         return out
 
-    fast(kernel).fitted(cfg, grid, (*ptrs, *ints, *floats), tile, smaller, key, **constexprs)
+    cached = fast(kernel)
+    used = cached.fitted(cfg, grid, (*ptrs, *ints, *floats), tile, smaller, key, **constexprs)
+    values = {name: v(used) if callable(v) else v for name, v in constexprs.items()}
+    return cached.prepare(**values, **tile(used)).bind(grid(used), ints)
 
 
 def interpreter_index_fix() -> None:
@@ -156,13 +160,40 @@ def _descriptor(x: torch.Tensor, rows: int) -> TensorDescriptor:
     return TensorDescriptor(x, list(x.shape), list(x.stride()), [1, 1, rows, x.shape[3]])
 
 
+class ForwardPlan(NamedTuple):
+    """The forward launch kept per call signature (see ``flash_forward``): the launch bound to its tile,
+    grid and integers (strides, sizes), and the shape O is allocated in."""
+
+    launch: Bound
+    out_shape: tuple[int, int, int, int]
+
+
+_FORWARD_PLANS: dict[tuple[Any, ...], ForwardPlan] = {}
+PLAN_LIMIT = 1024  # plans kept; the table starts over past this
+
+
 def flash_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None,
                   causal: bool, scale: float, out_bnhd: bool, config: FlashConfig | None = None,
                   need_lse: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """O (q's dtype; stored (B, N, H, D) when ``out_bnhd``, returned as a (B, H, N, D) view) and the
-    base-2 row log-sum-exp (B, H, Nq) fp32 that the backward pass needs (None unless ``need_lse``)."""
+    base-2 row log-sum-exp (B, H, Nq) fp32 that the backward pass needs (None unless ``need_lse``).
+
+    The pointer-load launch is kept per call signature (shapes, strides, dtype, device, the mask's
+    strides, the flags, the config): a repeated call allocates O and launches, with no tile choice,
+    stride lists or constexpr dictionaries (the TMA variant builds its descriptors per call, unkept)."""
     b, h, n_q, d = q.shape
     n_k = k.shape[2]
+    mask_strides = None if key_padding_mask is None else key_padding_mask.stride()
+    plan_key = (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, q.device, mask_strides, causal,
+                out_bnhd, need_lse, config)
+    plan = _FORWARD_PLANS.get(plan_key)
+    if plan is not None and not triton_interpret():
+        o = torch.empty(plan.out_shape, device=q.device, dtype=q.dtype)
+        o = o.transpose(1, 2) if out_bnhd else o
+        lse = torch.empty((b, h, n_q), device=q.device, dtype=torch.float32) if need_lse else None
+        kpm = q if key_padding_mask is None else key_padding_mask.view(torch.uint8)
+        plan.launch((q, k, v, o, o if lse is None else lse, kpm), (scale * LOG2E,))
+        return o, lse
     interpret = triton_interpret()
     if interpret:
         interpreter_index_fix()
@@ -175,17 +206,22 @@ def flash_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding
     kpm, smb, smn = _mask_args(key_padding_mask, q)
     has_mask = key_padding_mask is not None
     lse_ptr = o if lse is None else lse
-    if cfg.variant.startswith("tma") and tma_ready(q, k, v, o):
+    if cfg.variant.startswith("tma") and tma_ready(q, k, v, o):  # descriptors are made per call: no plan
         launch(kt.attention_fwd_tma_kernel, ("fwd-tma", d, q.dtype, causal, has_mask, need_lse), cfg, n_q, b * h,
                (_descriptor(q, cfg.block_m), _descriptor(k, cfg.block_n), _descriptor(v, cfg.block_n),
                 _descriptor(o, cfg.block_m), lse_ptr, kpm), (smb, smn, h, n_q, n_k), (scale * LOG2E,),
                HEAD_DIM=d, CAUSAL=causal, HAS_MASK=has_mask, PRECISION=_precision(q),
                WARP_SPEC=cfg.variant == "tma_ws", STORE_LSE=need_lse)
-    else:
-        launch(kt.attention_fwd_kernel, ("fwd", d, q.dtype, causal, has_mask, need_lse), cfg, n_q, b * h,
-               (q, k, v, o, lse_ptr, kpm), (*q.stride(), *k.stride(), *v.stride(), *o.stride(), smb, smn, h, n_q, n_k),
-               (scale * LOG2E,), HEAD_DIM=d, CAUSAL=causal, HAS_MASK=has_mask, PRECISION=_precision(q),
-               K_ROWS=cfg.variant == "krows", STORE_LSE=need_lse)
+        return o, lse
+    bound = launch(kt.attention_fwd_kernel, ("fwd", d, q.dtype, causal, has_mask, need_lse), cfg, n_q, b * h,
+                   (q, k, v, o, lse_ptr, kpm), (*q.stride(), *k.stride(), *v.stride(), *o.stride(), smb, smn, h, n_q,
+                                                n_k),
+                   (scale * LOG2E,), HEAD_DIM=d, CAUSAL=causal, HAS_MASK=has_mask, PRECISION=_precision(q),
+                   K_ROWS=cfg.variant == "krows", STORE_LSE=need_lse)
+    if not interpret:
+        if len(_FORWARD_PLANS) >= PLAN_LIMIT:
+            _FORWARD_PLANS.clear()
+        _FORWARD_PLANS[plan_key] = ForwardPlan(bound, (b, n_q, h, d) if out_bnhd else (b, h, n_q, d))
     return o, lse
 
 

@@ -63,7 +63,7 @@ import triton.language as tl
 
 from modelkernels.kernels.autograd import needs_autograd
 from modelkernels.kernels.registry import triton_interpret
-from modelkernels.kernels.triton_launch import Prepared, cdiv, fast, next_power_of_2, sm_count
+from modelkernels.kernels.triton_launch import Bound, cdiv, fast, next_power_of_2, sm_count
 from modelkernels.pyimpl.fused import check_group_norm_args
 
 Tensor = torch.Tensor
@@ -779,18 +779,15 @@ class _Problem:
 
 @dataclass(frozen=True)
 class TwoPassPlan:
-    """The two-pass forward's launch parameters for one problem shape (see ``two_pass_plan``): the grid
-    (rows, chunks), the chunking, the partial-statistics buffer's row length, how many leading chunks
-    are loaded without evict_last, and each kernel's constexprs and launch options."""
+    """The two-pass forward's launches for one problem shape (see ``two_pass_plan``): the partial-statistics
+    buffer's row length and each kernel bound to its grid (rows, chunks), its integers (the group length,
+    the chunk count, and how many leading chunks are loaded without evict_last or the group count), its
+    constexprs and launch options."""
 
     cfg: ForwardConfig
-    length: int
-    nchunk: int
-    keep: int
     partial_cols: int
-    grid: tuple[int, int]
-    stats: Prepared
-    apply: Prepared
+    stats: Bound
+    apply: Bound
 
 
 _PLANS: dict[tuple[Any, ...], TwoPassPlan] = {}
@@ -820,14 +817,15 @@ def two_pass_plan(p: _Problem, cfg: ForwardConfig) -> TwoPassPlan:
     asm = cfg.asm and x.device.type == "cuda" and not triton_interpret()
     # the last chunks of every row, up to cfg.l2_keep_mb in all, stay in L2 for the apply pass (evict_last)
     keep = nchunk - min(nchunk, int(cfg.l2_keep_mb * 2**20) // (rows * chunk * x.element_size()))
+    grid = (rows, nchunk)
     plan = TwoPassPlan(
-        cfg, length, nchunk, keep, -(-rows * nchunk // 4) * 4, (rows, nchunk),
+        cfg, -(-rows * nchunk // 4) * 4,
         fast(_stats_kernel).prepare(CHUNK=chunk, TILE=stats_block, EVEN=even, MERGE=cfg.merge,
-                                    NCHUNK_P2=nchunk_p2, num_warps=cfg.stats_warps),
+                                    NCHUNK_P2=nchunk_p2, num_warps=cfg.stats_warps).bind(grid, (length, nchunk, keep)),
         fast(_apply_kernel).prepare(CHUNK=chunk, HW=hw, CPG=c // p.num_groups, C=c,
                                     MODE=_mode(p.channels_last, c, hw, block), FAST_ERF=cfg.fast_erf, ASM=asm,
                                     MERGED=cfg.merge, EVEN=even, NCHUNK_P2=nchunk_p2, BLOCK=block,
-                                    num_warps=cfg.warps, **p.flags()))
+                                    num_warps=cfg.warps, **p.flags()).bind(grid, (length, nchunk, p.num_groups)))
     if len(_PLANS) >= PLAN_LIMIT:
         _PLANS.clear()
     _PLANS[key] = plan
@@ -845,12 +843,10 @@ def two_pass_launches(p: _Problem, cfg: ForwardConfig) -> tuple[Any, Any]:
     cnt = _counters(p.x.device, p.rows) if cfg.merge else p.mean  # (unused without merge)
 
     def stats() -> None:
-        plan.stats(plan.grid, p.x, part_mean, part_m2, cnt, p.mean, p.rstd, plan.length, plan.nchunk, plan.keep,
-                   p.eps)
+        plan.stats((p.x, part_mean, part_m2, cnt, p.mean, p.rstd), (p.eps,))
 
     def apply() -> None:
-        plan.apply(plan.grid, *p.pointers(), part_mean, part_m2, p.mean, p.rstd, plan.length, plan.nchunk,
-                   p.num_groups, p.eps)
+        plan.apply((*p.pointers(), part_mean, part_m2, p.mean, p.rstd), (p.eps,))
 
     return stats, apply
 

@@ -8,12 +8,30 @@ CPU tensors through the interpreter. Checked lazily: importing this never import
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
+from collections.abc import Callable
+from typing import Any
 
 from modelkernels.kernels.native import native_unavailable
 from modelkernels.kernels.registry import triton_interpret
 
-__all__ = ["extension_unavailable", "numba_unavailable", "triton_interpret", "triton_unavailable"]
+__all__ = ["extension_unavailable", "lazy", "numba_unavailable", "triton_interpret", "triton_unavailable"]
+
+
+def lazy(module: str, name: str) -> Callable[..., Any]:
+    """``module.name``, imported at the first call: a backend's entry point in a module that imports Triton
+    or Numba, registered where that may be missing."""
+    target: Callable[..., Any] | None = None
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        nonlocal target
+        if target is None:
+            target = getattr(importlib.import_module(module), name)
+        return target(*args, **kwargs)
+
+    call.__name__ = name
+    return call
 
 
 @functools.cache

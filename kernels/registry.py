@@ -110,6 +110,8 @@ class Op:
     env_key: str = ""  # KERNELS_BACKEND_<NAME>
     dispatch_key: Callable[..., Hashable | None] | None = None
     decisions: dict[Hashable, Backend] = field(default_factory=dict)  # (signature, overrides) -> backend
+    checked_by_key: bool = False  # the signature fixes the outcome of every backend's argument checks
+    runners: dict[Hashable, Callable[..., Any]] = field(default_factory=dict)  # (signature, overrides) -> run
     has_reasons: bool = False  # some backend has a reasons function (the signature then holds shapes)
     read_env: Callable[[], Any] = field(default=lambda: None, repr=False)  # reads KERNELS_BACKEND_<NAME>
 
@@ -122,6 +124,7 @@ class Op:
         self.ordered = sorted(self.backends.values(), key=lambda b: -b.priority)
         self.has_reasons = any(b.reasons_fn is not None for b in self.ordered)
         self.decisions.clear()
+        self.runners.clear()
 
     def output(self, args: tuple[Any, ...], kwargs: dict[str, Any], returned: Any) -> Any:
         return returned if self.result is None else self.result(args, kwargs, returned)
@@ -149,6 +152,7 @@ class Backend:
     interpret_devices: tuple[str, ...] = ()
     deterministic: bool = True
     doc: str = ""
+    run: Callable[..., Any] | None = None  # fn without the argument checks every backend shares
 
     def unavailable(self) -> str | None:
         return None if self.available is None else self.available()
@@ -218,6 +222,7 @@ def define_op(
     doc: str = "",
     dispatch_key: Callable[..., Hashable | None] | None = None,
     check: Callable[..., Any] | None = None,
+    checked_by_key: bool = False,
 ) -> Op:
     """Declare an op with its reference. The reference also becomes the ``reference`` backend.
 
@@ -229,7 +234,13 @@ def define_op(
     does), since invalid inputs are no longer rejected by the reasons first.
 
     ``check(*args, **kwargs)``, optional: the argument checks every backend runs, raising as the
-    call would; ``explain`` runs it first and reports the error the call would raise."""
+    call would; ``explain`` runs it first and reports the error the call would raise.
+
+    ``checked_by_key``: the dispatch key (or the default signature) holds everything the argument checks
+    look at (shapes, dtypes, devices, the scalars' types and values), so equal keys pass or fail them
+    alike. Once a call of the chosen backend has returned, later calls with an equal key and overrides go
+    to its ``run`` (the backend without those checks) where it registered one: validated once per
+    signature."""
     if name in _OPS:
         warnings.warn(f"op {name!r} is defined again; the new definition replaces it", stacklevel=2)
     op = Op(
@@ -243,6 +254,7 @@ def define_op(
         doc=doc or (reference.__doc__ or "").strip().split("\n")[0],
         dispatch_key=dispatch_key,
         check=check,
+        checked_by_key=checked_by_key,
     )
     _OPS[name] = op
     op.add_backend(Backend(
@@ -269,8 +281,10 @@ def register_kernel(
     tolerances: dict[str, Tolerance] | None = None,
     interpret_devices: Iterable[str] = (),
     deterministic: bool = True,
+    run: Callable[..., Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: register ``fn`` as backend ``backend`` of ``op`` (timm's ``register_model``)."""
+    """Decorator: register ``fn`` as backend ``backend`` of ``op`` (timm's ``register_model``). ``run``:
+    ``fn`` without the op's shared argument checks, for ops whose key fixes them (``checked_by_key``)."""
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         record = get_op(op)
@@ -290,6 +304,7 @@ def register_kernel(
             interpret_devices=tuple(interpret_devices),
             deterministic=deterministic,
             doc=(fn.__doc__ or "").strip().split("\n")[0],
+            run=run,
         ))
         return fn
 
@@ -430,41 +445,36 @@ def use_backend(name: str | None = None, **per_op: str) -> Iterator[None]:
         _FORCED.reset(token)
 
 
-_SCALARS = (int, float, bool, str, type(None))
+_SCALARS = frozenset((int, float, bool, str, type(None)))
 
 
 def signature(args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
     """The default call signature: per argument, an array's (device, dtype, shape) (NumPy: dtype and
     shape), a scalar's (type, value), kwargs with their names; None (decide afresh) when an argument is
-    anything else."""
+    anything else. Runs on every call of an op keyed by it: the kinds of known types are looked up inline."""
     parts: list[Any] = []
-    for a in args:
-        kind = _array_kind(a)
+    for a in (*args, *kwargs.values()):
+        t = type(a)
+        kind = _ARRAY_KIND.get(t, "?")
+        if kind == "?":
+            kind = _array_kind(a)
         if kind == "torch":
             parts.append((a.device, a.dtype, a.shape))
         elif kind == "numpy":
             parts.append((a.dtype, a.shape))
-        elif type(a) in _SCALARS:
-            parts.append((type(a), a))
+        elif t in _SCALARS:
+            parts.append((t, a))
         else:
             return None
-    for name, a in kwargs.items():
-        kind = _array_kind(a)
-        if kind == "torch":
-            parts.append((name, a.device, a.dtype, a.shape))
-        elif kind == "numpy":
-            parts.append((name, a.dtype, a.shape))
-        elif type(a) in _SCALARS:
-            parts.append((name, type(a), a))
-        else:
-            return None
+    if kwargs:
+        parts.append(tuple(kwargs))  # the names, in call order
     return tuple(parts)
 
 
 def _signature(record: Op, args: Sequence[Any], kwargs: dict[str, Any]) -> Hashable | None:
     if record.dispatch_key is not None:
         return record.dispatch_key(*args, **kwargs)
-    if not record.has_reasons:  # the choice depends on the device and the first dtype only
+    if not (record.has_reasons or record.checked_by_key):  # the choice depends on the device and first dtype only
         return inspect_arrays(args, kwargs)
     return signature(args, kwargs)
 
@@ -497,11 +507,8 @@ def decide(record: Op, args: Sequence[Any], kwargs: dict[str, Any], backend: str
     raise NotImplementedError(f"no backend of {op} can run these inputs:\n" + "\n".join(rejected))
 
 
-def _select(record: Op, args: Sequence[Any], kwargs: dict[str, Any], backend: str | None) -> Backend:
-    sig = _signature(record, args, kwargs)
-    if sig is None:
-        return decide(record, args, kwargs, backend)
-    key = (sig, _overrides(record, backend))
+def _decided(record: Op, key: Hashable, args: Sequence[Any], kwargs: dict[str, Any], backend: str | None) -> Backend:
+    """The remembered choice for ``key`` (signature, overrides), decided afresh on a miss."""
     hit = record.decisions.get(key)
     if hit is not None:
         return hit
@@ -512,17 +519,39 @@ def _select(record: Op, args: Sequence[Any], kwargs: dict[str, Any], backend: st
     return chosen
 
 
+def _select(record: Op, args: Sequence[Any], kwargs: dict[str, Any], backend: str | None) -> Backend:
+    sig = _signature(record, args, kwargs)
+    if sig is None:
+        return decide(record, args, kwargs, backend)
+    return _decided(record, (sig, _overrides(record, backend)), args, kwargs, backend)
+
+
 def select(op: str, args: Sequence[Any], kwargs: dict[str, Any], backend: str | None = None) -> Backend:
     """The backend that ``call`` would run for these inputs (remembered per call signature)."""
     return _select(get_op(op), args, kwargs, backend)
 
 
 def call(op: str, *args: Any, backend: str | None = None, **kwargs: Any) -> Any:
-    """Run ``op`` on the backend dispatch selects (or the one forced)."""
+    """Run ``op`` on the backend dispatch selects (or the one forced). For a ``checked_by_key`` op, a call
+    whose signature and overrides have passed the checks before goes straight to the backend's ``run``."""
     record = _OPS.get(op)
     if record is None:
         record = get_op(op)
-    return _select(record, args, kwargs, backend).fn(*args, **kwargs)
+    if not record.checked_by_key:
+        return _select(record, args, kwargs, backend).fn(*args, **kwargs)
+    sig = _signature(record, args, kwargs)
+    if sig is None:
+        return decide(record, args, kwargs, backend).fn(*args, **kwargs)
+    key = (sig, _overrides(record, backend))
+    run = record.runners.get(key)
+    if run is not None:
+        return run(*args, **kwargs)
+    chosen = _decided(record, key, args, kwargs, backend)
+    out = chosen.fn(*args, **kwargs)  # raises for arguments the checks refuse: nothing is remembered then
+    if len(record.runners) >= DECISION_LIMIT:
+        record.runners.clear()
+    record.runners[key] = chosen.run if chosen.run is not None else chosen.fn
+    return out
 
 
 def explain(op: str, *args: Any, backend: str | None = None, **kwargs: Any) -> str:

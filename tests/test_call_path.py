@@ -190,8 +190,8 @@ def test_patched_unet_compiles_for_inference_under_autocast() -> None:
 
 def test_host_path_script_times_every_fused_op() -> None:
     """benchmarks/host_path.py in its quick mode: a positive host time for each fused op and the attention,
-    launches stubbed
-    (run in a subprocess: the stand-in launcher must not leak into other tests)."""
+    public call and implementation, launches stubbed (run in a subprocess: the stand-in launcher must not
+    leak into other tests)."""
     import json
     import os
     import subprocess
@@ -203,4 +203,5 @@ def test_host_path_script_times_every_fused_op() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True,
                          env=env)
     times = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(times) == 7 and all(0 < t < 1e5 for t in times.values())
+    assert set(times) == {"public call", "implementation"}
+    assert all(len(t) == 7 and all(0 < us < 1e5 for us in t.values()) for t in times.values())

@@ -45,6 +45,7 @@ def replayed(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
 
     from modelkernels.kernels import triton_launch
     from modelkernels.kernels.attention import flash
+    from modelkernels.kernels.fused import group_norm_triton
 
     interpret = InterpretedFunction.run
     replays: Counter[str] = Counter()
@@ -75,10 +76,13 @@ def replayed(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
     for module in (triton_launch, flash):  # flash: its kept forward plans and the GPU's tiles
         monkeypatch.setattr(module, "triton_interpret", lambda: False)
     monkeypatch.setattr(flash, "_FORWARD_PLANS", {})
+    monkeypatch.setattr(group_norm_triton, "_PLANS", {})
     monkeypatch.setattr(triton_launch, "hooks_installed", lambda: False)
     monkeypatch.setattr(triton_launch, "device_and_stream", lambda: (lambda: 0, lambda device: STREAM))
     monkeypatch.setattr(InterpretedFunction, "params", property(_params), raising=False)
     for cached in list(triton_launch._CACHED.values()):  # made before the stand-in: what CUDA would have read
+        if not isinstance(cached.kernel, InterpretedFunction):  # another test's stand-in kernel
+            continue
         monkeypatch.setattr(cached, "defaults", {p.name: p.default for p in _params(cached.kernel) if p.has_default})
         monkeypatch.setattr(cached, "plain", triton_launch._plain_positions(cached.kernel))
         for table in ("handles", "fitted_handles", "fits"):

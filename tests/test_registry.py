@@ -393,7 +393,8 @@ def test_unhashable_or_unknown_arguments_decide_afresh(toy) -> None:
         assert registry.select("toy_scale", (x,), {"factor": np.float64(3.0)}).name == "fast"
     assert len(asked) == 2
     assert registry.signature((x, 1, "a", None), {"k": 2.0}) == (
-        (x.device, x.dtype, x.shape), (int, 1), (str, "a"), (type(None), None), ("k", float, 2.0))
+        (x.device, x.dtype, x.shape), (int, 1), (str, "a"), (type(None), None), (float, 2.0), ("k",))
+    assert registry.signature((x, 2.0), {}) != registry.signature((x,), {"k": 2.0})  # the names count
 
 
 def test_launch_layer_steps_down_a_tile_and_keeps_plain_integers_unspecialised(monkeypatch) -> None:
@@ -443,3 +444,59 @@ def test_launch_layer_steps_down_a_tile_and_keeps_plain_integers_unspecialised(m
     assert len(tried) == 5  # another integer N: compiled again, on the remembered tile
     spec = triton_launch.specialisation((x, 16, 3), frozenset({2}))
     assert spec == ((torch.float32, True), 16, ("int", True, False))
+
+
+def test_checked_by_key_validates_once_per_signature_and_overrides() -> None:
+    """A ``checked_by_key`` op runs a backend's checked entry until one call with a signature has
+    returned, then its ``run``; a refused call remembers nothing; other overrides, other signatures and a
+    newly registered backend start over."""
+    calls: list[str] = []
+
+    def check(x, factor=2.0):
+        if not factor > 0:
+            raise ValueError(f"factor={factor}: must be > 0")
+
+    def ref(x, factor=2.0):
+        check(x, factor)
+        calls.append("reference")
+        return x * factor
+
+    registry.define_op("toy_checked", reference=ref, dtypes=("float32",), checked_by_key=True,
+                       samples=[Sample("n=3", lambda d, t: ((torch.ones(3, device=d),), {}))])
+
+    def fast_run(x, factor=2.0):
+        calls.append("run")
+        return x * factor
+
+    @registry.register_kernel("toy_checked", "fast", devices=("cpu",), dtypes=("float32",), priority=5,
+                              run=fast_run)
+    def fast(x, factor=2.0):
+        check(x, factor)
+        calls.append("fn")
+        return x * factor
+
+    try:
+        x = torch.ones(3)
+        for _ in range(2):
+            with pytest.raises(ValueError, match=r"factor=-1\.0"):
+                registry.call("toy_checked", x, -1.0)
+        assert calls == []  # refused twice: nothing was remembered
+        for _ in range(3):
+            assert torch.equal(registry.call("toy_checked", x, 3.0), x * 3)
+        assert calls == ["fn", "run", "run"]
+        calls.clear()
+        registry.call("toy_checked", torch.ones(4), 3.0)  # another shape: checked again
+        registry.call("toy_checked", x, 3.0, backend="reference")  # other overrides: the reference, checked
+        registry.call("toy_checked", x, 3.0, backend="reference")  # the reference registered no run
+        with registry.use_backend(toy_checked="reference"):
+            registry.call("toy_checked", x, 3.0)
+        assert calls == ["fn", "reference", "reference", "reference"]
+        calls.clear()
+        with pytest.warns(UserWarning, match="registered again"):
+            registry.register_kernel("toy_checked", "fast", devices=("cpu",), dtypes=("float32",), priority=5,
+                                     run=fast_run)(fast)
+        registry.call("toy_checked", x, 3.0)  # a registration forgets what was checked
+        registry.call("toy_checked", x, 3.0)
+        assert calls == ["fn", "run"]
+    finally:
+        del registry._OPS["toy_checked"]

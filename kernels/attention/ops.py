@@ -149,13 +149,15 @@ def _check_call(q: Any, k: Any, v: Any, *, causal: Any = False, scale: Any = Non
     ref.check_causal(causal)
 
 
-def _dispatch_key(q: Any, k: Any, v: Any, *, causal: bool = False, scale: float | None = None,
-                  key_padding_mask: Any = None, layout: str = "bhnd", deterministic: bool = False) -> Any:
-    """What the backends' checks and reasons look at: devices and dtypes, the head dim, the sign of
-    the scale. None (decide afresh) for anything unusual: non-tensors, other ranks, huge slices."""
-    if not (type(q) is torch.Tensor and type(k) is torch.Tensor and type(v) is torch.Tensor) or q.dim() != 4:
+def _dispatch_key(q: Any, k: Any, v: Any, *, causal: Any = False, scale: Any = None, key_padding_mask: Any = None,
+                  layout: Any = "bhnd", deterministic: Any = False) -> Any:
+    """Everything the argument checks and the backends' reasons look at: the shapes, devices and dtypes
+    of q, k, v and the mask, and the other arguments' values (the op is ``checked_by_key``). None (decide
+    and check afresh) for anything unusual: non-tensors, a non-bool flag, huge slices."""
+    if not (type(q) is torch.Tensor and type(k) is torch.Tensor and type(v) is torch.Tensor):
         return None
-    if scale is not None and type(scale) is not float and type(scale) is not int:
+    if type(causal) is not bool or type(deterministic) is not bool or type(layout) is not str \
+            or (scale is not None and type(scale) is not float and type(scale) is not int):
         return None
     if q.numel() >= OFFSET_LIMIT or k.numel() >= OFFSET_LIMIT or v.numel() >= OFFSET_LIMIT:
         return None
@@ -163,9 +165,9 @@ def _dispatch_key(q: Any, k: Any, v: Any, *, causal: bool = False, scale: float 
     if key_padding_mask is not None:
         if type(key_padding_mask) is not torch.Tensor:
             return None
-        mask = (key_padding_mask.device, key_padding_mask.dtype)
-    return (q.device, k.device, v.device, q.dtype, k.dtype, v.dtype, q.shape[-1], mask,
-            scale is None or scale > 0)
+        mask = (key_padding_mask.shape, key_padding_mask.device, key_padding_mask.dtype)
+    return (q.shape, k.shape, v.shape, q.device, k.device, v.device, q.dtype, k.dtype, v.dtype, mask, causal,
+            type(scale), scale, layout, deterministic)
 
 
 OP = define_op(
@@ -178,6 +180,7 @@ OP = define_op(
     doc="softmax(q k^T * scale) v over (B, H, N, D) or (B, N, H, D) tensors, optional causal / key padding mask",
     dispatch_key=_dispatch_key,
     check=_check_call,
+    checked_by_key=True,
 )
 
 
@@ -225,6 +228,24 @@ def _triton_reasons(q: Any, k: Any, v: Any, *, causal: bool = False, scale: floa
     return out
 
 
+def _attention_triton_run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+                          scale: float | None = None, key_padding_mask: torch.Tensor | None = None,
+                          layout: str = "bhnd", deterministic: bool = False) -> torch.Tensor:
+    """``attention_triton`` on arguments that passed its checks."""
+    from modelkernels.kernels.attention.flash import FlashAttention, flash_forward
+
+    if q.numel() == 0 or k.shape[2 if layout == "bhnd" else 1] == 0:  # nothing to stream: empty or zero rows
+        return ref.attention(q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask, layout=layout)
+    qh, kh, vh = _as_bhnd(layout, q, k, v)
+    sm_scale = ref.default_scale(q.shape[3], scale)
+    if needs_autograd(q, k, v):
+        out = FlashAttention.apply(qh, kh, vh, key_padding_mask, bool(causal), sm_scale, bool(deterministic),
+                                   layout == "bnhd")
+    else:  # inference: skip autograd's bookkeeping (~10 us a call)
+        out = flash_forward(qh, kh, vh, key_padding_mask, bool(causal), sm_scale, layout == "bnhd", need_lse=False)[0]
+    return out.transpose(1, 2) if layout == "bnhd" else out
+
+
 @register_kernel(
     "attention",
     "triton",
@@ -242,50 +263,23 @@ def _triton_reasons(q: Any, k: Any, v: Any, *, causal: bool = False, scale: floa
         "bfloat16": Tolerance(3e-2, 3e-2),
         "grad:bfloat16": Tolerance(8e-2, 5e-2),
     },
+    run=_attention_triton_run,
 )
 def attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                      scale: float | None = None, key_padding_mask: torch.Tensor | None = None, layout: str = "bhnd",
                      deterministic: bool = False) -> torch.Tensor:
     """Triton flash attention (kernels/attention/flash_triton.py): O(N) memory, backward through autograd."""
-    from modelkernels.kernels.attention.flash import FlashAttention, flash_forward
-
-    _, _, _, nk, d = ref.check_attention_args(q, k, v, key_padding_mask, layout, scale)
-    ref.check_causal(causal)
-    if q.numel() == 0 or nk == 0:  # nothing to stream: the formula gives empty or zero rows
-        return ref.attention(q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask, layout=layout)
-    qh, kh, vh = _as_bhnd(layout, q, k, v)
-    sm_scale = ref.default_scale(d, scale)
-    if needs_autograd(q, k, v):
-        out = FlashAttention.apply(qh, kh, vh, key_padding_mask, bool(causal), sm_scale, bool(deterministic),
-                                   layout == "bnhd")
-    else:  # inference: skip autograd's bookkeeping (~10 us a call)
-        out = flash_forward(qh, kh, vh, key_padding_mask, bool(causal), sm_scale, layout == "bnhd", need_lse=False)[0]
-    return out.transpose(1, 2) if layout == "bnhd" else out
+    _check_call(q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask, layout=layout)
+    return _attention_triton_run(q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask,
+                                 layout=layout, deterministic=deterministic)
 
 
-@register_kernel(
-    "attention",
-    "sdpa",
-    devices=("cuda", "cpu"),
-    dtypes=ref.ATTENTION_DTYPES,
-    priority=10,
-    deterministic=False,
-    tolerances={
-        "float64": Tolerance(1e-10, 1e-10),
-        "float32": Tolerance(1e-4, 1e-4),
-        "grad:float32": Tolerance(2e-4, 2e-4),
-        "float16": Tolerance(5e-3, 5e-3),
-        "grad:float16": Tolerance(2e-2, 2e-2),
-        "bfloat16": Tolerance(3e-2, 3e-2),
-        "grad:bfloat16": Tolerance(8e-2, 5e-2),
-    },
-)
-def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
-                   scale: float | None = None, key_padding_mask: torch.Tensor | None = None, layout: str = "bhnd",
-                   deterministic: bool = False) -> torch.Tensor:
-    """torch.nn.functional.scaled_dot_product_attention, with this op's mask and dead-row conventions."""
-    _, _, nq, nk, _ = ref.check_attention_args(q, k, v, key_padding_mask, layout, scale)
-    ref.check_causal(causal)
+def _attention_sdpa_run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+                        scale: float | None = None, key_padding_mask: torch.Tensor | None = None,
+                        layout: str = "bhnd", deterministic: bool = False) -> torch.Tensor:
+    """``attention_sdpa`` on arguments that passed its checks."""
+    n_axis = 2 if layout == "bhnd" else 1
+    nq, nk = q.shape[n_axis], k.shape[n_axis]
     # On the CPU, SDPA's kernels do not propagate NaN/Inf as the formula does (a NaN query row gives 0;
     # a masked NaN key spoils rows that cannot see it): non-finite inputs take the written-out formula.
     nonfinite = not q.is_cuda and _has_nonfinite(q, k, v)
@@ -311,6 +305,33 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
     if dead is not None:
         out = out.masked_fill(dead[:, None, :, None], 0.0)
     return out.transpose(1, 2) if layout == "bnhd" else out
+
+
+@register_kernel(
+    "attention",
+    "sdpa",
+    devices=("cuda", "cpu"),
+    dtypes=ref.ATTENTION_DTYPES,
+    priority=10,
+    deterministic=False,
+    tolerances={
+        "float64": Tolerance(1e-10, 1e-10),
+        "float32": Tolerance(1e-4, 1e-4),
+        "grad:float32": Tolerance(2e-4, 2e-4),
+        "float16": Tolerance(5e-3, 5e-3),
+        "grad:float16": Tolerance(2e-2, 2e-2),
+        "bfloat16": Tolerance(3e-2, 3e-2),
+        "grad:bfloat16": Tolerance(8e-2, 5e-2),
+    },
+    run=_attention_sdpa_run,
+)
+def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+                   scale: float | None = None, key_padding_mask: torch.Tensor | None = None, layout: str = "bhnd",
+                   deterministic: bool = False) -> torch.Tensor:
+    """torch.nn.functional.scaled_dot_product_attention, with this op's mask and dead-row conventions."""
+    _check_call(q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask, layout=layout)
+    return _attention_sdpa_run(q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask,
+                               layout=layout, deterministic=deterministic)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, scale: float | None = None,

@@ -216,6 +216,12 @@ def feed_forward(h: torch.Tensor, s: torch.Tensor, w1: torch.Tensor, b1: torch.T
                  b2: torch.Tensor | None) -> torch.Tensor:
     """Triton ``feed_forward``: ``s + (gelu(h @ w1.T + b1) @ w2.T + b2)`` in one pass over the rows."""
     check_feed_forward_args(h, s, w1, b1, w2, b2)
+    return feed_forward_unchecked(h, s, w1, b1, w2, b2)
+
+
+def feed_forward_unchecked(h: torch.Tensor, s: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None,
+                           w2: torch.Tensor, b2: torch.Tensor | None) -> torch.Tensor:
+    """``feed_forward`` on arguments that passed ``check_feed_forward_args``."""
     if not needs_autograd(h, s, w1, b1, w2, b2):
         return forward(h, s, w1, b1, w2, b2)
     out: torch.Tensor = FeedForwardFunction.apply(h, s, w1, b1, w2, b2)

@@ -998,6 +998,15 @@ def group_norm_act(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None
                    emb: torch.Tensor | None = None, activation: str = "none") -> torch.Tensor:
     """Triton ``group_norm_act`` (see the module docstring); differentiable in every tensor argument."""
     check_group_norm_args(x, num_groups, weight, bias, eps, residual, emb, activation)
+    return group_norm_act_unchecked(x, num_groups, weight, bias, eps, residual=residual, emb=emb,
+                                    activation=activation)
+
+
+def group_norm_act_unchecked(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
+                             bias: torch.Tensor | None = None, eps: float = 1e-5, *,
+                             residual: torch.Tensor | None = None, emb: torch.Tensor | None = None,
+                             activation: str = "none") -> torch.Tensor:
+    """``group_norm_act`` on arguments that passed ``check_group_norm_args``."""
     if not needs_autograd(x, weight, bias, residual, emb):
         return group_norm_act_forward(x, num_groups, weight, bias, eps, residual, emb, ACT_CODES[activation])[0]
     out: torch.Tensor = GroupNormActFunction.apply(x, weight, bias, residual, emb, num_groups, eps,

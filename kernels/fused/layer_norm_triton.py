@@ -221,6 +221,13 @@ def tokens_layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias:
                       eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton ``tokens_layer_norm``: (tokens, LayerNorm(tokens)) from an image batch (B, C, H, W)."""
     check_tokens_layer_norm_args(x, weight, bias, eps)
+    return tokens_layer_norm_unchecked(x, weight, bias, eps)
+
+
+def tokens_layer_norm_unchecked(x: torch.Tensor, weight: torch.Tensor | None = None,
+                                bias: torch.Tensor | None = None, eps: float = 1e-5
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``tokens_layer_norm`` on arguments that passed ``check_tokens_layer_norm_args``."""
     if not needs_autograd(x, weight, bias):
         s, y = _tokens_forward(x, weight, bias, eps)[:2]
         return s, y
@@ -232,6 +239,13 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor
                    bias: torch.Tensor | None = None, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton ``add_layer_norm``: (x + residual, LayerNorm(x + residual)) over the last dimension."""
     check_add_layer_norm_args(x, residual, weight, bias, eps)
+    return add_layer_norm_unchecked(x, residual, weight, bias, eps)
+
+
+def add_layer_norm_unchecked(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None = None,
+                             bias: torch.Tensor | None = None, eps: float = 1e-5
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``add_layer_norm`` on arguments that passed ``check_add_layer_norm_args``."""
     if not needs_autograd(x, residual, weight, bias):
         s, y = _add_forward(x, residual, weight, bias, eps)[:2]
         return s.view(x.shape), y.view(x.shape)

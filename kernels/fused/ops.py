@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from modelkernels.kernels.availability import triton_unavailable
+from modelkernels.kernels.availability import lazy, triton_unavailable
 from modelkernels.kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
 from modelkernels.pyimpl import fused as ref
 
@@ -132,6 +132,7 @@ define_op(
     error_samples=GN_ERRORS,
     reference_dtype=_f64,
     doc="GroupNorm fused with GELU, the residual add and the time-embedding add (the seed's DoubleConv)",
+    checked_by_key=True,
 )
 
 
@@ -144,7 +145,8 @@ def _gn_reasons(x: Any, num_groups: Any, *args: Any, **kwargs: Any) -> list[str]
 
 
 @register_kernel("group_norm_act", "triton", devices=("cuda",), interpret_devices=("cpu",), dtypes=TRITON_DTYPES,
-                 priority=10, reasons=_gn_reasons, available=triton_unavailable, tolerances=TOLERANCES)
+                 priority=10, reasons=_gn_reasons, available=triton_unavailable, tolerances=TOLERANCES,
+                 run=lazy("modelkernels.kernels.fused.group_norm_triton", "group_norm_act_unchecked"))
 def group_norm_act_triton(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
                           bias: torch.Tensor | None = None, eps: float = 1e-5, *,
                           residual: torch.Tensor | None = None, emb: torch.Tensor | None = None,
@@ -222,6 +224,7 @@ define_op(
     error_samples=TLN_ERRORS,
     reference_dtype=_f64,
     doc="image (B,C,H,W) to tokens (B,HW,C) and their LayerNorm over C, in one pass (the seed's SelfAttention)",
+    checked_by_key=True,
 )
 
 
@@ -235,7 +238,8 @@ def _tln_reasons(x: Any, *args: Any, **kwargs: Any) -> list[str]:
 
 @register_kernel("tokens_layer_norm", "triton", devices=("cuda",), interpret_devices=("cpu",),
                  dtypes=TRITON_DTYPES, priority=10, reasons=_tln_reasons, available=triton_unavailable,
-                 tolerances=TOLERANCES)
+                 tolerances=TOLERANCES,
+                 run=lazy("modelkernels.kernels.fused.layer_norm_triton", "tokens_layer_norm_unchecked"))
 def tokens_layer_norm_triton(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
                              eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton: the transposed tile read once through the image's strides, tokens and LayerNorm written."""
@@ -298,6 +302,7 @@ define_op(
     error_samples=ALN_ERRORS,
     reference_dtype=_f64,
     doc="s = x + residual and LayerNorm over the last dimension of s, in one pass",
+    checked_by_key=True,
 )
 
 
@@ -306,7 +311,8 @@ def _aln_reasons(x: Any, *args: Any, **kwargs: Any) -> list[str]:
 
 
 @register_kernel("add_layer_norm", "triton", devices=("cuda",), interpret_devices=("cpu",), dtypes=TRITON_DTYPES,
-                 priority=10, reasons=_aln_reasons, available=triton_unavailable, tolerances=TOLERANCES)
+                 priority=10, reasons=_aln_reasons, available=triton_unavailable, tolerances=TOLERANCES,
+                 run=lazy("modelkernels.kernels.fused.layer_norm_triton", "add_layer_norm_unchecked"))
 def add_layer_norm_triton(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None = None,
                           bias: torch.Tensor | None = None, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton: the sum and its LayerNorm from one read of both inputs."""
@@ -375,11 +381,13 @@ define_op(
     error_samples=UP_ERRORS,
     reference_dtype=_f64,
     doc="cat([skip, bilinear 2x upsample (align_corners=True) of x], dim=1) in one pass (the seed's Up)",
+    checked_by_key=True,
 )
 
 
 @register_kernel("upsample_concat", "triton", devices=("cuda",), interpret_devices=("cpu",), dtypes=TRITON_DTYPES,
-                 priority=10, available=triton_unavailable, tolerances=TOLERANCES)
+                 priority=10, available=triton_unavailable, tolerances=TOLERANCES,
+                 run=lazy("modelkernels.kernels.fused.upsample_triton", "upsample_concat_unchecked"))
 def upsample_concat_triton(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
     """Triton: one launch writes the concatenated tensor (skip copied, x interpolated)."""
     from modelkernels.kernels.fused import upsample_triton
@@ -487,6 +495,7 @@ define_op(
     error_samples=FF_ERRORS,
     reference_dtype=_f64,
     doc="s + Linear2(GELU(Linear1(h))) in one pass, the hidden activation kept on chip (the seed's ff_self)",
+    checked_by_key=True,
 )
 
 
@@ -498,7 +507,8 @@ def _ff_reasons(h: Any, *args: Any, **kwargs: Any) -> list[str]:
 
 
 @register_kernel("feed_forward", "triton", devices=("cuda",), interpret_devices=("cpu",), dtypes=TRITON_DTYPES,
-                 priority=10, reasons=_ff_reasons, available=triton_unavailable, tolerances=FF_TOLERANCES)
+                 priority=10, reasons=_ff_reasons, available=triton_unavailable, tolerances=FF_TOLERANCES,
+                 run=lazy("modelkernels.kernels.fused.feed_forward_triton", "feed_forward_unchecked"))
 def feed_forward_triton(h: torch.Tensor, s: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None,
                         w2: torch.Tensor, b2: torch.Tensor | None) -> torch.Tensor:
     """Triton: per block of rows, both products and the GELU on chip, bias and residual in the epilogue."""

@@ -185,6 +185,11 @@ class UpsampleConcatFunction(torch.autograd.Function):
 def upsample_concat(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
     """Triton ``upsample_concat``: ``cat([skip, bilinear_2x(x)], dim=1)`` (align_corners=True)."""
     check_upsample_concat_args(x, skip)
+    return upsample_concat_unchecked(x, skip)
+
+
+def upsample_concat_unchecked(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """``upsample_concat`` on arguments that passed ``check_upsample_concat_args``."""
     if not needs_autograd(x, skip):
         return upsample_concat_forward(x, skip)
     out: torch.Tensor = UpsampleConcatFunction.apply(x, skip)

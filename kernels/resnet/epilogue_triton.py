@@ -59,6 +59,12 @@ def conv_epilogue(x: torch.Tensor, bias: torch.Tensor | None = None, residual: t
                   residual_bias: torch.Tensor | None = None, relu: bool = True) -> torch.Tensor:
     """Launch the epilogue; inputs of other layouts are copied to x's (contiguous when x is neither)."""
     check_conv_epilogue_args(x, bias, residual, residual_bias, relu)
+    return conv_epilogue_unchecked(x, bias, residual, residual_bias, relu)
+
+
+def conv_epilogue_unchecked(x: torch.Tensor, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
+                            residual_bias: torch.Tensor | None = None, relu: bool = True) -> torch.Tensor:
+    """``conv_epilogue`` on arguments that passed ``check_conv_epilogue_args``."""
     channels_last = _channels_last(x)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = x.contiguous(memory_format=fmt)

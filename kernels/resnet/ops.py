@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from modelkernels.kernels.availability import triton_unavailable
+from modelkernels.kernels.availability import lazy, triton_unavailable
 from modelkernels.kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
 from modelkernels.pyimpl import resnet as ref
 
@@ -110,11 +110,12 @@ def _needs_grad(*tensors: Any) -> bool:
 
 def _dispatch_key(x: Any, bias: Any = None, residual: Any = None, residual_bias: Any = None,
                   relu: Any = True) -> Any:
-    """Devices and dtypes of every tensor and whether a gradient is needed: all the reasons look at."""
+    """Shapes, devices and dtypes of every tensor, ``relu`` and whether a gradient is needed: all the checks
+    and the reasons look at (the op is ``checked_by_key``)."""
     tensors = (x, bias, residual, residual_bias)
-    if not all(t is None or type(t) is torch.Tensor for t in tensors) or x is None:
+    if not all(t is None or type(t) is torch.Tensor for t in tensors) or x is None or type(relu) is not bool:
         return None
-    return (tuple(None if t is None else (t.device, t.dtype) for t in tensors), _needs_grad(*tensors))
+    return (tuple(None if t is None else (t.shape, t.device, t.dtype) for t in tensors), relu, _needs_grad(*tensors))
 
 
 define_op(
@@ -126,6 +127,7 @@ define_op(
     reference_dtype=_f64,
     doc="relu(x + bias[c] + residual + residual_bias[c]) after a BatchNorm-folded convolution (ResNet blocks)",
     dispatch_key=_dispatch_key,
+    checked_by_key=True,
 )
 
 
@@ -137,7 +139,8 @@ def _triton_reasons(x: Any, bias: Any = None, residual: Any = None, residual_bia
 
 
 @register_kernel("conv_epilogue", "triton", devices=("cuda",), interpret_devices=("cpu",), dtypes=TRITON_DTYPES,
-                 priority=10, reasons=_triton_reasons, available=triton_unavailable, tolerances=TOLERANCES)
+                 priority=10, reasons=_triton_reasons, available=triton_unavailable, tolerances=TOLERANCES,
+                 run=lazy("modelkernels.kernels.resnet.epilogue_triton", "conv_epilogue_unchecked"))
 def conv_epilogue_triton(x: torch.Tensor, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
                          residual_bias: torch.Tensor | None = None, relu: bool = True) -> torch.Tensor:
     """Triton: one read of x and the residual, one write, float32 biases and arithmetic."""

@@ -63,7 +63,7 @@ import triton.language as tl
 
 from modelkernels.kernels.autograd import needs_autograd
 from modelkernels.kernels.registry import triton_interpret
-from modelkernels.kernels.triton_launch import Bound, cdiv, fast, next_power_of_2, sm_count
+from modelkernels.kernels.triton_launch import Bound, cdiv, device_and_stream, fast, next_power_of_2, sm_count
 from modelkernels.pyimpl.fused import check_group_norm_args
 
 Tensor = torch.Tensor
@@ -708,7 +708,8 @@ def _counters(device: torch.device, rows: int) -> torch.Tensor:
     order or on other streams never share counters."""
     if device.type != "cuda" or torch.cuda.is_current_stream_capturing():
         return torch.zeros(rows, dtype=torch.int32, device=device)
-    key = (device.index or 0, torch.cuda.current_stream(device).cuda_stream)
+    index = device.index or 0
+    key = (index, device_and_stream()[1](index))  # the raw stream handle, as the launch reads it (no Stream object)
     buf = _COUNTERS.get(key)
     if buf is None or buf.numel() < rows:
         buf = torch.zeros(max(rows, 1024), dtype=torch.int32, device=device)

@@ -35,6 +35,7 @@ from triton.runtime.errors import OutOfResources
 from modelkernels.kernels.registry import triton_interpret
 
 HANDLE_LIMIT = 4096  # specialisations kept per kernel; the cache starts over past this
+PLAN_LIMIT = 1024  # launch plans kept per table (``keep_plan``); the table starts over past this
 
 
 @functools.cache
@@ -99,6 +100,15 @@ def _keep(table: dict[Any, Any], key: Any, entry: Any) -> None:
     if len(table) >= HANDLE_LIMIT:
         table.clear()
     table[key] = entry
+
+
+def keep_plan(table: dict[Any, Any], key: Any, plan: Any) -> Any:
+    """Keep a launch plan (a ``Bound`` or a record holding some) under its call signature; a table past
+    ``PLAN_LIMIT`` starts over. Returns the plan."""
+    if len(table) >= PLAN_LIMIT:
+        table.clear()
+    table[key] = plan
+    return plan
 
 
 class CachedKernel:

@@ -45,7 +45,7 @@ def replayed(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
 
     from modelkernels.kernels import triton_launch
     from modelkernels.kernels.attention import flash
-    from modelkernels.kernels.fused import group_norm_triton
+    from modelkernels.kernels.fused import feed_forward_triton, group_norm_triton, layer_norm_triton, upsample_triton
 
     interpret = InterpretedFunction.run
     replays: Counter[str] = Counter()
@@ -76,7 +76,9 @@ def replayed(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
     for module in (triton_launch, flash):  # flash: its kept forward plans and the GPU's tiles
         monkeypatch.setattr(module, "triton_interpret", lambda: False)
     monkeypatch.setattr(flash, "_FORWARD_PLANS", {})
-    monkeypatch.setattr(group_norm_triton, "_PLANS", {})
+    for module, table in ((group_norm_triton, "_PLANS"), (feed_forward_triton, "_PLANS"),
+                          (layer_norm_triton, "_FORWARD_PLANS"), (upsample_triton, "_FORWARD_PLANS")):
+        monkeypatch.setattr(module, table, {})  # plans made outside the stand-in hold launches it never kept
     monkeypatch.setattr(triton_launch, "hooks_installed", lambda: False)
     monkeypatch.setattr(triton_launch, "device_and_stream", lambda: (lambda: 0, lambda device: STREAM))
     monkeypatch.setattr(InterpretedFunction, "params", property(_params), raising=False)

@@ -15,7 +15,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from modelkernels.kernels.attention import flash_triton as kt
 from modelkernels.kernels.registry import triton_interpret
-from modelkernels.kernels.triton_launch import Bound, fast
+from modelkernels.kernels.triton_launch import Bound, fast, keep_plan
 
 LOG2E = 1.4426950408889634
 FP32_PRECISION = "tf32"
@@ -169,7 +169,6 @@ class ForwardPlan(NamedTuple):
 
 
 _FORWARD_PLANS: dict[tuple[Any, ...], ForwardPlan] = {}
-PLAN_LIMIT = 1024  # plans kept; the table starts over past this
 
 
 def flash_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None,
@@ -219,9 +218,7 @@ def flash_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding
                    (scale * LOG2E,), HEAD_DIM=d, CAUSAL=causal, HAS_MASK=has_mask, PRECISION=_precision(q),
                    K_ROWS=cfg.variant == "krows", STORE_LSE=need_lse)
     if not interpret:
-        if len(_FORWARD_PLANS) >= PLAN_LIMIT:
-            _FORWARD_PLANS.clear()
-        _FORWARD_PLANS[plan_key] = ForwardPlan(bound, (b, n_q, h, d) if out_bnhd else (b, h, n_q, d))
+        keep_plan(_FORWARD_PLANS, plan_key, ForwardPlan(bound, (b, n_q, h, d) if out_bnhd else (b, h, n_q, d)))
     return o, lse
 
 

@@ -63,7 +63,15 @@ import triton.language as tl
 
 from modelkernels.kernels.autograd import needs_autograd
 from modelkernels.kernels.registry import triton_interpret
-from modelkernels.kernels.triton_launch import Bound, cdiv, device_and_stream, fast, next_power_of_2, sm_count
+from modelkernels.kernels.triton_launch import (
+    Bound,
+    cdiv,
+    device_and_stream,
+    fast,
+    keep_plan,
+    next_power_of_2,
+    sm_count,
+)
 from modelkernels.pyimpl.fused import check_group_norm_args
 
 Tensor = torch.Tensor
@@ -792,7 +800,6 @@ class TwoPassPlan:
 
 
 _PLANS: dict[tuple[Any, ...], TwoPassPlan] = {}
-PLAN_LIMIT = 1024  # plans kept; the cache starts over past this
 
 
 def two_pass_plan(p: _Problem, cfg: ForwardConfig) -> TwoPassPlan:
@@ -827,10 +834,7 @@ def two_pass_plan(p: _Problem, cfg: ForwardConfig) -> TwoPassPlan:
                                     MODE=_mode(p.channels_last, c, hw, block), FAST_ERF=cfg.fast_erf, ASM=asm,
                                     MERGED=cfg.merge, EVEN=even, NCHUNK_P2=nchunk_p2, BLOCK=block,
                                     num_warps=cfg.warps, **p.flags()).bind(grid, (length, nchunk, p.num_groups)))
-    if len(_PLANS) >= PLAN_LIMIT:
-        _PLANS.clear()
-    _PLANS[key] = plan
-    return plan
+    return keep_plan(_PLANS, key, plan)
 
 
 def two_pass_launches(p: _Problem, cfg: ForwardConfig) -> tuple[Any, Any]:

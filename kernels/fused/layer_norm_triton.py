@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from modelkernels.kernels.autograd import needs_autograd
-from modelkernels.kernels.triton_launch import Prepared, cdiv, fast, next_power_of_2
+from modelkernels.kernels.triton_launch import Bound, cdiv, fast, keep_plan, next_power_of_2
 from modelkernels.pyimpl.fused import check_add_layer_norm_args, check_tokens_layer_norm_args
 
 
@@ -116,19 +116,22 @@ def _forward(x3: torch.Tensor, r3: torch.Tensor | None, weight: torch.Tensor | N
     rstd = torch.empty_like(mean)
     if s.numel() == 0:
         return s, y, mean, rstd
-    bn, bc, warps = _tiles(ntok, c, x3.device)
     rr = r3 if r3 is not None else x3
-    _forward_launch(r3 is not None, weight is not None, bias is not None, bn, bc, warps)(
-        (cdiv(ntok, bn), nb), x3, rr, s, y, weight if weight is not None else x3,
-        bias if bias is not None else x3, mean, rstd, ntok, c, *x3.stride(), *rr.stride(), float(eps))
+    key = (x3.shape, x3.stride(), None if r3 is None else r3.stride(), weight is not None, bias is not None,
+           x3.device)
+    launch = _FORWARD_PLANS.get(key)
+    if launch is None:
+        bn, bc, warps = _tiles(ntok, c, x3.device)
+        launch = keep_plan(_FORWARD_PLANS, key, fast(_ln_fwd_kernel).prepare(
+            HAS_R=r3 is not None, HAS_W=weight is not None, HAS_B=bias is not None, BLOCK_N=bn, BLOCK_C=bc,
+            num_warps=warps).bind((cdiv(ntok, bn), nb), (ntok, c, *x3.stride(), *rr.stride())))
+    launch((x3, rr, s, y, weight if weight is not None else x3, bias if bias is not None else x3, mean, rstd),
+           (float(eps),))
     return s, y, mean, rstd
 
 
-@functools.lru_cache(maxsize=256)
-def _forward_launch(has_r: bool, has_w: bool, has_b: bool, bn: int, bc: int, warps: int) -> Prepared:
-    """The forward kernel with its constexprs fixed, once per variant and tile."""
-    return fast(_ln_fwd_kernel).prepare(HAS_R=has_r, HAS_W=has_w, HAS_B=has_b, BLOCK_N=bn, BLOCK_C=bc,
-                                        num_warps=warps)
+# the forward launch bound per call signature (shapes, strides, which optional inputs, device)
+_FORWARD_PLANS: dict[tuple[Any, ...], Bound] = {}
 
 
 def _backward(s: torch.Tensor, dy: torch.Tensor | None, ds: torch.Tensor | None, weight: torch.Tensor | None,

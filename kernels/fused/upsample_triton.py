@@ -26,14 +26,14 @@ import triton
 import triton.language as tl
 
 from modelkernels.kernels.autograd import needs_autograd
-from modelkernels.kernels.triton_launch import cdiv, fast, next_power_of_2
+from modelkernels.kernels.triton_launch import Bound, cdiv, fast, keep_plan, next_power_of_2
 from modelkernels.pyimpl.fused import check_upsample_concat_args
 
 
 @triton.jit
 def _upsample_concat_kernel(X, S, OUT, CS, CX, H, W,
-                            sxb, sxc, sxh, sxw, ssb, ssc, ssh, ssw, sob, soc, soh, sow,
-                            scale_h, scale_w, NCB_S,
+                            sxb, sxc, sxh, sxw, ssb, ssc, ssh, ssw, sob, soc, soh, sow, NCB_S,
+                            scale_h, scale_w,
                             BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
     row = tl.program_id(0)
     cb = tl.program_id(2)
@@ -128,18 +128,27 @@ def upsample_concat_forward(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor
     out = torch.empty((b, cs + cx, 2 * h, 2 * w), device=x.device, dtype=x.dtype, memory_format=fmt)
     if out.numel() == 0:
         return out
-    channels_last = fmt == torch.channels_last
-    if x.device.type == "cuda":
-        bc = min(next_power_of_2(max(cs, cx)), 64 if channels_last else 16)
-        bw = max(1, min(next_power_of_2(2 * w), 2048 // bc))
-    else:
-        bc = next_power_of_2(max(cs, cx))
-        bw = next_power_of_2(2 * w)
-    ncb_s = cdiv(cs, bc)
-    grid = (b * 2 * h, cdiv(2 * w, bw), ncb_s + cdiv(cx, bc))
-    fast(_upsample_concat_kernel)[grid](x, skip, out, cs, cx, h, w, *x.stride(), *skip.stride(), *out.stride(),
-                                  _scale(h), _scale(w), ncb_s, BLOCK_W=bw, BLOCK_C=bc, num_warps=4)
+    key = (x.shape, x.stride(), skip.shape, skip.stride(), fmt, x.device)
+    launch = _FORWARD_PLANS.get(key)
+    if launch is None:
+        channels_last = fmt == torch.channels_last
+        if x.device.type == "cuda":
+            bc = min(next_power_of_2(max(cs, cx)), 64 if channels_last else 16)
+            bw = max(1, min(next_power_of_2(2 * w), 2048 // bc))
+        else:
+            bc = next_power_of_2(max(cs, cx))
+            bw = next_power_of_2(2 * w)
+        ncb_s = cdiv(cs, bc)
+        grid = (b * 2 * h, cdiv(2 * w, bw), ncb_s + cdiv(cx, bc))
+        launch = keep_plan(_FORWARD_PLANS, key, fast(_upsample_concat_kernel).prepare(
+            BLOCK_W=bw, BLOCK_C=bc, num_warps=4).bind(grid, (cs, cx, h, w, *x.stride(), *skip.stride(),
+                                                             *out.stride(), ncb_s)))
+    launch((x, skip, out), (_scale(h), _scale(w)))
     return out
+
+
+# the forward launch bound per call signature (shapes, strides, output layout, device)
+_FORWARD_PLANS: dict[tuple[Any, ...], Bound] = {}
 
 
 def _candidates(n_in: int) -> int:

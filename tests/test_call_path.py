@@ -205,3 +205,22 @@ def test_host_path_script_times_every_fused_op() -> None:
     times = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(times) == {"public call", "implementation"}
     assert all(len(t) == 7 and all(0 < us < 1e5 for us in t.values()) for t in times.values())
+
+
+def test_step_kernel_report_compiles_for_the_gpu_on_the_cpu() -> None:
+    """benchmarks/step_kernel_report.py compiles a step kernel for sm_90 without a GPU: the float32 q_sample of
+    a contiguous batch loads and stores 16 bytes at a time and spills nothing (run without the interpreter,
+    in a subprocess)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json; from benchmarks import step_kernel_report as r; "
+            "print(json.dumps(r.main(['--kernels', 'q_sample', '--dtypes', 'float32'])))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True,
+                         env=env)
+    (row,) = json.loads(out.stdout.strip().splitlines()[-1])
+    assert row["local_bytes"] == 0 and row["registers"] > 0 and row["instructions"] > 100
+    assert row["global_accesses"].get("LDG.E.128", 0) >= 2 and row["global_accesses"].get("STG.E.128", 0) >= 1

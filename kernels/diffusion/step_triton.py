@@ -67,6 +67,24 @@ def _load(ptr, offs, mask):
 
 
 @triton.jit
+def _read(ptr, b, i, c, s0, s1, s2, s3, d2, d3, j0, FLAT: tl.constexpr, mask, jw, wmask, Q: tl.constexpr):
+    """An operand's (Q, 4) tile in float32. Contiguous samples (FLAT) are read through the (Q/2, 8) view
+    (``_tile``): eight consecutive elements a thread, 16-byte loads in half precision where the (Q, 4) tile
+    gives 8-byte ones; the offsets are built in that shape, since a reshaped offset tensor loses the
+    contiguity the vectorizer needs."""
+    if FLAT:
+        return tl.reshape(tl.load(ptr + b * s0 + jw, mask=wmask, other=0.0), (Q, 4)).to(tl.float32)
+    else:
+        return _load(ptr, _offsets(b, i, c, s0, s1, s2, s3, d2, d3, j0, False), mask)
+
+
+@triton.jit
+def _write(ptr, offs, val, wmask, Q: tl.constexpr):
+    """Store a (Q, 4) tile of a contiguous output through the (Q/2, 8) view (see ``_read``)."""
+    tl.store(ptr + offs, tl.reshape(val, (Q // 2, 8)).to(ptr.dtype.element_ty), mask=wmask)
+
+
+@triton.jit
 def _box_muller_fast(u1, u2, FAST_LOG: tl.constexpr):
     """Triton's pair_uniform_to_normal with the hardware approximations of sin / cos (and log):
     the angle is taken in [-pi, pi), where sin.approx / cos.approx are accurate to 2**-20.9, and
@@ -81,14 +99,14 @@ def _box_muller_fast(u1, u2, FAST_LOG: tl.constexpr):
 
 
 @triton.jit
-def _noise_tile(z_ptr, zoffs, mask, seed, counter, NOISE: tl.constexpr, Q: tl.constexpr, RNG: tl.constexpr,
-                ROUNDS: tl.constexpr):
+def _noise_tile(z_ptr, b, i, c, s0, s1, s2, s3, d2, d3, j0, FLAT: tl.constexpr, mask, jw, wmask, seed, counter,
+                NOISE: tl.constexpr, Q: tl.constexpr, RNG: tl.constexpr, ROUNDS: tl.constexpr):
     """The (Q, 4) noise tile: loaded, or four Philox normals per counter (columns n1, n2, n3, n4).
 
     RNG 0: ``tl.randn4x`` (precise libdevice log / sin / cos; what the interpreter runs);
     1: hardware sin / cos approximations; 2: also the hardware log. Same Philox stream in all three."""
     if NOISE == 1:
-        return _load(z_ptr, zoffs, mask)
+        return _read(z_ptr, b, i, c, s0, s1, s2, s3, d2, d3, j0, FLAT, mask, jw, wmask, Q)
     else:
         if RNG == 0:
             n1, n2, n3, n4 = tl.randn4x(seed, counter, ROUNDS)
@@ -115,10 +133,11 @@ def _gather(table_ptr, t, T):
 
 
 @triton.jit
-def _guide(mo, unc_ptr, uoffs, mask, w, HAS_UNCOND: tl.constexpr):
+def _guide(mo, unc_ptr, b, i, c, s0, s1, s2, s3, d2, d3, j0, FLAT: tl.constexpr, mask, jw, wmask, w,
+           HAS_UNCOND: tl.constexpr, Q: tl.constexpr):
     """torch.lerp(uncond, cond, w): w < 0.5: u + w (c - u); else c - (c - u)(1 - w)."""
     if HAS_UNCOND:
-        u = _load(unc_ptr, uoffs, mask)
+        u = _read(unc_ptr, b, i, c, s0, s1, s2, s3, d2, d3, j0, FLAT, mask, jw, wmask, Q)
         diff = mo - u
         return tl.where(w < 0.5, u + w * diff, mo - diff * (1.0 - w))
     else:
@@ -156,25 +175,28 @@ def _clip(x0, s_ptr, b, clip_range, CLIP: tl.constexpr, PRECISE: tl.constexpr):
 
 @triton.jit
 def _tile(M, Q: tl.constexpr):
-    """This program's tile of a sample: Q x 4 consecutive elements from ``j0 = program_id(0) * 4Q``,
-    as (blk, nblk, i, c, j0, jj, in_row) with ``jj`` the [Q, 4] element indices and ``in_row`` = jj < M."""
+    """This program's tile of a sample: Q x 4 consecutive elements from ``j0 = program_id(0) * 4Q``
+    (element ``j0 + 4 i + c``: row i draws its four normals from one Philox counter), as (blk, nblk, i, c,
+    j0, in_row, jw, in_wide): ``in_row`` masks the [Q, 4] tile past M; ``jw`` indexes the same elements as a
+    [Q/2, 8] tile (row-major, so ``reshape`` maps one onto the other), ``in_wide`` masks it."""
     blk = tl.program_id(0).to(tl.int64)
     nblk = tl.cdiv(M, 4 * Q)
     i = tl.arange(0, Q).to(tl.int64)
     c = tl.arange(0, 4).to(tl.int64)
     j0 = blk * 4 * Q
     jj = j0 + i[:, None] * 4 + c[None, :]
-    return blk, nblk, i, c, j0, jj, jj < M
+    jw = j0 + tl.arange(0, Q // 2).to(tl.int64)[:, None] * 8 + tl.arange(0, 8).to(tl.int64)[None, :]
+    return blk, nblk, i, c, j0, jj < M, jw, jw < M
 
 
 @triton.jit
-def _sample(k, grid_y, n, in_row, t_ptr):
-    """Iteration k's sample ``program_id(1) + k * grid_y``: its index clamped to n - 1, the tile mask
-    (off past n) and its timestep, as (b64, mask, t)."""
+def _sample(k, grid_y, n, in_row, in_wide, t_ptr):
+    """Iteration k's sample ``program_id(1) + k * grid_y``: its index clamped to n - 1, the masks of the
+    [Q, 4] and [Q/2, 8] tiles (off past n) and its timestep, as (b64, mask, wmask, t)."""
     b = tl.program_id(1).to(tl.int64) + k * grid_y
     b64 = tl.minimum(b, n - 1)
     # a select, not `in_row & (b < n)`: Triton 3.9's interpreter splats the scalar compare as int32
-    return b64, tl.where(b < n, in_row, False), tl.load(t_ptr + b64)
+    return b64, tl.where(b < n, in_row, False), tl.where(b < n, in_wide, False), tl.load(t_ptr + b64)
 
 
 @triton.jit(do_not_specialize=["seed", "offset"])  # a new offset each step: no recompiles
@@ -186,18 +208,18 @@ def _q_sample_kernel(
     NOISE: tl.constexpr, WRITE_NOISE: tl.constexpr, FLAT: tl.constexpr, Q: tl.constexpr, ITERS: tl.constexpr,
     RNG: tl.constexpr, ROUNDS: tl.constexpr, PRECISE: tl.constexpr,
 ):
-    blk, nblk, i, c, j0, jj, in_row = _tile(M, Q)
+    blk, nblk, i, c, j0, in_row, jw, in_wide = _tile(M, Q)
     sd, off = _rng(rng_ptr, seed, offset, NOISE)
     for k in tl.static_range(ITERS):
-        b64, mask, t = _sample(k, grid_y, n, in_row, t_ptr)
+        b64, mask, wmask, t = _sample(k, grid_y, n, in_row, in_wide, t_ptr)
         ah = _gather(ac_ptr, t, T)
-        x = _load(x_ptr, _offsets(b64, i, c, xs0, xs1, xs2, xs3, d2, d3, j0, FLAT), mask)
-        z = _noise_tile(z_ptr, _offsets(b64, i, c, zs0, zs1, zs2, zs3, d2, d3, j0, FLAT), mask, sd,
+        x = _read(x_ptr, b64, i, c, xs0, xs1, xs2, xs3, d2, d3, j0, FLAT, mask, jw, wmask, Q)
+        z = _noise_tile(z_ptr, b64, i, c, zs0, zs1, zs2, zs3, d2, d3, j0, FLAT, mask, jw, wmask, sd,
                         off + (b64 * nblk + blk) * Q + i, NOISE, Q, RNG, ROUNDS)
         out = _sqrt(ah, PRECISE) * x + _sqrt(1.0 - ah, PRECISE) * z
-        tl.store(out_ptr + b64 * M + jj, out.to(out_ptr.dtype.element_ty), mask=mask)
+        _write(out_ptr, b64 * M + jw, out.to(out_ptr.dtype.element_ty), wmask, Q)
         if WRITE_NOISE:
-            tl.store(zout_ptr + b64 * M + jj, z.to(zout_ptr.dtype.element_ty), mask=mask)
+            _write(zout_ptr, b64 * M + jw, z.to(zout_ptr.dtype.element_ty), wmask, Q)
 
 
 @triton.jit(do_not_specialize=["seed", "offset"])  # a new offset each step: no recompiles
@@ -209,23 +231,23 @@ def _seed_step_kernel(
     NOISE: tl.constexpr, HAS_UNCOND: tl.constexpr, FLAT: tl.constexpr, Q: tl.constexpr, ITERS: tl.constexpr,
     RNG: tl.constexpr, ROUNDS: tl.constexpr, PRECISE: tl.constexpr,
 ):
-    blk, nblk, i, c, j0, jj, in_row = _tile(M, Q)
+    blk, nblk, i, c, j0, in_row, jw, in_wide = _tile(M, Q)
     sd, off = _rng(rng_ptr, seed, offset, NOISE)
     for k in tl.static_range(ITERS):
-        b64, mask, t = _sample(k, grid_y, n, in_row, t_ptr)
+        b64, mask, wmask, t = _sample(k, grid_y, n, in_row, in_wide, t_ptr)
         alpha = _gather(alpha_ptr, t, T)
         alpha_hat = _gather(ac_ptr, t, T)
         beta = _gather(beta_ptr, t, T)
         c_x = _div(1.0, _sqrt(alpha, PRECISE), PRECISE)
         c_eps = _div(1.0 - alpha, _sqrt(1.0 - alpha_hat, PRECISE), PRECISE)
         sigma = tl.where(t > 1, _sqrt(beta, PRECISE), 0.0)
-        x = _load(x_ptr, _offsets(b64, i, c, xs0, xs1, xs2, xs3, d2, d3, j0, FLAT), mask)
-        eps = _load(mo_ptr, _offsets(b64, i, c, ms0, ms1, ms2, ms3, d2, d3, j0, FLAT), mask)
-        eps = _guide(eps, unc_ptr, _offsets(b64, i, c, us0, us1, us2, us3, d2, d3, j0, FLAT), mask, w, HAS_UNCOND)
-        z = _noise_tile(z_ptr, _offsets(b64, i, c, zs0, zs1, zs2, zs3, d2, d3, j0, FLAT), mask, sd,
+        x = _read(x_ptr, b64, i, c, xs0, xs1, xs2, xs3, d2, d3, j0, FLAT, mask, jw, wmask, Q)
+        eps = _read(mo_ptr, b64, i, c, ms0, ms1, ms2, ms3, d2, d3, j0, FLAT, mask, jw, wmask, Q)
+        eps = _guide(eps, unc_ptr, b64, i, c, us0, us1, us2, us3, d2, d3, j0, FLAT, mask, jw, wmask, w, HAS_UNCOND, Q)
+        z = _noise_tile(z_ptr, b64, i, c, zs0, zs1, zs2, zs3, d2, d3, j0, FLAT, mask, jw, wmask, sd,
                         off + (b64 * nblk + blk) * Q + i, NOISE, Q, RNG, ROUNDS)
         out = c_x * (x - c_eps * eps) + tl.where(t > 1, sigma * z, 0.0)
-        tl.store(out_ptr + b64 * M + jj, out.to(out_ptr.dtype.element_ty), mask=mask)
+        _write(out_ptr, b64 * M + jw, out.to(out_ptr.dtype.element_ty), wmask, Q)
 
 
 @triton.jit(do_not_specialize=["seed", "offset"])  # a new offset each step: no recompiles
@@ -238,10 +260,10 @@ def _ddpm_kernel(
     X0_ONLY: tl.constexpr, WRITE_X0: tl.constexpr, FLAT: tl.constexpr, Q: tl.constexpr, ITERS: tl.constexpr,
     RNG: tl.constexpr, ROUNDS: tl.constexpr, PRECISE: tl.constexpr,
 ):
-    blk, nblk, i, c, j0, jj, in_row = _tile(M, Q)
+    blk, nblk, i, c, j0, in_row, jw, in_wide = _tile(M, Q)
     sd, off = _rng(rng_ptr, seed, offset, NOISE)
     for k in tl.static_range(ITERS):
-        b64, mask, t = _sample(k, grid_y, n, in_row, t_ptr)
+        b64, mask, wmask, t = _sample(k, grid_y, n, in_row, in_wide, t_ptr)
         pt = tl.load(pt_ptr + b64)
         ap = _gather(ac_ptr, t, T)
         app = tl.where(pt < 0, 1.0, _gather(ac_ptr, pt, T))
@@ -249,9 +271,9 @@ def _ddpm_kernel(
         bpp = 1.0 - app
         cur_alpha = _div(ap, app, PRECISE)
         cur_beta = 1.0 - cur_alpha
-        x = _load(x_ptr, _offsets(b64, i, c, xs0, xs1, xs2, xs3, d2, d3, j0, FLAT), mask)
-        mo = _load(mo_ptr, _offsets(b64, i, c, ms0, ms1, ms2, ms3, d2, d3, j0, FLAT), mask)
-        mo = _guide(mo, unc_ptr, _offsets(b64, i, c, us0, us1, us2, us3, d2, d3, j0, FLAT), mask, w, HAS_UNCOND)
+        x = _read(x_ptr, b64, i, c, xs0, xs1, xs2, xs3, d2, d3, j0, FLAT, mask, jw, wmask, Q)
+        mo = _read(mo_ptr, b64, i, c, ms0, ms1, ms2, ms3, d2, d3, j0, FLAT, mask, jw, wmask, Q)
+        mo = _guide(mo, unc_ptr, b64, i, c, us0, us1, us2, us3, d2, d3, j0, FLAT, mask, jw, wmask, w, HAS_UNCOND, Q)
         if PRED == 0:
             x0 = _div(x - _sqrt(bp, PRECISE) * mo, _sqrt(ap, PRECISE), PRECISE)
         elif PRED == 1:
@@ -259,11 +281,11 @@ def _ddpm_kernel(
         else:
             x0 = _sqrt(ap, PRECISE) * x - _sqrt(bp, PRECISE) * mo
         if X0_ONLY:
-            tl.store(x0_ptr + b64 * M + jj, x0, mask=mask)
+            _write(x0_ptr, b64 * M + jw, x0, wmask, Q)
         else:
             x0 = _clip(x0, s_ptr, b64, clip_range, CLIP, PRECISE)
             if WRITE_X0:
-                tl.store(x0_ptr + b64 * M + jj, x0.to(x0_ptr.dtype.element_ty), mask=mask)
+                _write(x0_ptr, b64 * M + jw, x0.to(x0_ptr.dtype.element_ty), wmask, Q)
             c0 = _div(_sqrt(app, PRECISE) * cur_beta, bp, PRECISE)
             ct = _div(_sqrt(cur_alpha, PRECISE) * bpp, bp, PRECISE)
             out = c0 * x0 + ct * x
@@ -277,16 +299,16 @@ def _ddpm_kernel(
             elif VAR == 3:
                 std = tl.exp(0.5 * tl.log(cur_beta))
             else:
-                v = _load(pv_ptr, _offsets(b64, i, c, vs0, vs1, vs2, vs3, d2, d3, j0, FLAT), mask)
+                v = _read(pv_ptr, b64, i, c, vs0, vs1, vs2, vs3, d2, d3, j0, FLAT, mask, jw, wmask, Q)
                 if VAR == 4:
                     std = _sqrt(v, PRECISE)
                 else:
                     frac = (v + 1.0) * 0.5
                     std = tl.exp(0.5 * (frac * tl.log(cur_beta) + (1.0 - frac) * tl.log(var)))
-            z = _noise_tile(z_ptr, _offsets(b64, i, c, zs0, zs1, zs2, zs3, d2, d3, j0, FLAT), mask, sd,
+            z = _noise_tile(z_ptr, b64, i, c, zs0, zs1, zs2, zs3, d2, d3, j0, FLAT, mask, jw, wmask, sd,
                             off + (b64 * nblk + blk) * Q + i, NOISE, Q, RNG, ROUNDS)
             out = out + tl.where(t > 0, std * z, 0.0)
-            tl.store(out_ptr + b64 * M + jj, out.to(out_ptr.dtype.element_ty), mask=mask)
+            _write(out_ptr, b64 * M + jw, out.to(out_ptr.dtype.element_ty), wmask, Q)
 
 
 @triton.jit(do_not_specialize=["seed", "offset"])  # a new offset each step: no recompiles
@@ -300,17 +322,17 @@ def _ddim_kernel(
     Q: tl.constexpr, ITERS: tl.constexpr,
     RNG: tl.constexpr, ROUNDS: tl.constexpr, PRECISE: tl.constexpr,
 ):
-    blk, nblk, i, c, j0, jj, in_row = _tile(M, Q)
+    blk, nblk, i, c, j0, in_row, jw, in_wide = _tile(M, Q)
     sd, off = _rng(rng_ptr, seed, offset, NOISE)
     for k in tl.static_range(ITERS):
-        b64, mask, t = _sample(k, grid_y, n, in_row, t_ptr)
+        b64, mask, wmask, t = _sample(k, grid_y, n, in_row, in_wide, t_ptr)
         pt = tl.load(pt_ptr + b64)
         ap = _gather(ac_ptr, t, T)
         app = tl.where(pt < 0, final_alpha, _gather(ac_ptr, pt, T))
         bp = 1.0 - ap
-        x = _load(x_ptr, _offsets(b64, i, c, xs0, xs1, xs2, xs3, d2, d3, j0, FLAT), mask)
-        mo = _load(mo_ptr, _offsets(b64, i, c, ms0, ms1, ms2, ms3, d2, d3, j0, FLAT), mask)
-        mo = _guide(mo, unc_ptr, _offsets(b64, i, c, us0, us1, us2, us3, d2, d3, j0, FLAT), mask, w, HAS_UNCOND)
+        x = _read(x_ptr, b64, i, c, xs0, xs1, xs2, xs3, d2, d3, j0, FLAT, mask, jw, wmask, Q)
+        mo = _read(mo_ptr, b64, i, c, ms0, ms1, ms2, ms3, d2, d3, j0, FLAT, mask, jw, wmask, Q)
+        mo = _guide(mo, unc_ptr, b64, i, c, us0, us1, us2, us3, d2, d3, j0, FLAT, mask, jw, wmask, w, HAS_UNCOND, Q)
         if PRED == 0:
             x0 = _div(x - _sqrt(bp, PRECISE) * mo, _sqrt(ap, PRECISE), PRECISE)
             eps = mo
@@ -321,21 +343,21 @@ def _ddim_kernel(
             x0 = _sqrt(ap, PRECISE) * x - _sqrt(bp, PRECISE) * mo
             eps = _sqrt(ap, PRECISE) * mo + _sqrt(bp, PRECISE) * x
         if X0_ONLY:
-            tl.store(x0_ptr + b64 * M + jj, x0, mask=mask)
+            _write(x0_ptr, b64 * M + jw, x0, wmask, Q)
         else:
             x0 = _clip(x0, s_ptr, b64, clip_range, CLIP, PRECISE)
             if WRITE_X0:
-                tl.store(x0_ptr + b64 * M + jj, x0.to(x0_ptr.dtype.element_ty), mask=mask)
+                _write(x0_ptr, b64 * M + jw, x0.to(x0_ptr.dtype.element_ty), wmask, Q)
             variance = _div(1.0 - app, bp, PRECISE) * (1.0 - _div(ap, app, PRECISE))
             std = eta * _sqrt(variance, PRECISE)
             if USE_CLIPPED:
                 eps = _div(x - _sqrt(ap, PRECISE) * x0, _sqrt(bp, PRECISE), PRECISE)
             out = _sqrt(app, PRECISE) * x0 + _sqrt(1.0 - app - std * std, PRECISE) * eps
             if NOISE != 0:
-                z = _noise_tile(z_ptr, _offsets(b64, i, c, zs0, zs1, zs2, zs3, d2, d3, j0, FLAT), mask, sd,
+                z = _noise_tile(z_ptr, b64, i, c, zs0, zs1, zs2, zs3, d2, d3, j0, FLAT, mask, jw, wmask, sd,
                                 off + (b64 * nblk + blk) * Q + i, NOISE, Q, RNG, ROUNDS)
                 out = out + std * z
-            tl.store(out_ptr + b64 * M + jj, out.to(out_ptr.dtype.element_ty), mask=mask)
+            _write(out_ptr, b64 * M + jw, out.to(out_ptr.dtype.element_ty), wmask, Q)
 
 
 @dataclass

@@ -125,3 +125,46 @@ def test_patched_unet_compiles_as_one_graph(compile_backend: str) -> None:
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     for g_got, g_want in zip(got_grads, want_grads):
         torch.testing.assert_close(g_got, g_want, rtol=1e-3, atol=1e-4)
+
+
+def _no_grad(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+
+
+NOGRAD_CASES = [(name, getattr(OPS, op._qualified_op_name.split("::")[1] + "_nograd"), _no_grad(args))
+                for name, op, args in CASES]
+
+
+@pytest.mark.parametrize("name,op,args", NOGRAD_CASES, ids=[c[0] for c in NOGRAD_CASES])
+def test_opcheck_nograd_twins(name: str, op: Any, args: tuple[Any, ...]) -> None:
+    """Each differentiable op's twin without an autograd kernel: schema, fake vs real, AOT dispatch, and the
+    same result as the op."""
+    torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+    differentiable = getattr(OPS, op._qualified_op_name.split("::")[1].removesuffix("_nograd"))
+    torch.testing.assert_close(op(*args), differentiable(*args), rtol=0, atol=0)
+
+
+def test_compiled_graph_records_the_nograd_twin_only_when_nothing_needs_a_gradient() -> None:
+    """Under torch.compile the public call records ``<op>_nograd`` in ``torch.no_grad`` and for inputs that
+    do not require grad, the differentiable op where a gradient is needed (and the backward then runs)."""
+    seen: list[str] = []
+
+    def record(gm: torch.fx.GraphModule, example_inputs: Any) -> Any:
+        seen.extend(str(n.target) for n in gm.graph.nodes if "modelkernels" in str(n.target))
+        return gm.forward
+
+    def fn(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return kernels.group_norm_act(x, 2, w, w, activation="silu")
+
+    x, w = _randn(2, 4, 3, 3, seed=20), _randn(4, seed=21)
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend=record, fullgraph=True)
+    with torch.no_grad():
+        compiled(x, w)
+    compiled(x.detach(), w.detach())
+    assert seen and all(s.endswith("group_norm_act_nograd") for s in seen)
+    seen.clear()
+    out = compiled(x, w)
+    assert seen and all(s.endswith("group_norm_act") for s in seen)
+    out.sum().backward()
+    assert x.grad is not None and w.grad is not None

@@ -18,6 +18,7 @@ import torch
 from modelkernels.kernels.autograd import needs_autograd
 from modelkernels.kernels.availability import triton_unavailable
 from modelkernels.kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
+from modelkernels.kernels.torch_ops import entry
 from modelkernels.pyimpl import attention as ref
 
 TRITON_DTYPES = ("float16", "bfloat16", "float32")
@@ -349,7 +350,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     (kernels/torch_ops.py), which dispatches at run time.
     """
     if torch.compiler.is_compiling():
-        return torch.ops.modelkernels.attention(q, k, v, key_padding_mask, causal, scale, layout, deterministic,
-                                                backend)
+        return entry("attention", q, k, v)(q, k, v, key_padding_mask, causal, scale, layout, deterministic, backend)
     return call("attention", q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask, layout=layout,
                 deterministic=deterministic, backend=backend)

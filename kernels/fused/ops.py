@@ -16,6 +16,7 @@ import torch
 
 from modelkernels.kernels.availability import lazy, triton_unavailable
 from modelkernels.kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
+from modelkernels.kernels.torch_ops import entry
 from modelkernels.pyimpl import fused as ref
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -169,8 +170,8 @@ def group_norm_act(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None
     layout. ``backend``: 'triton' or 'reference'.
     """
     if torch.compiler.is_compiling():  # one opaque node in the graph (kernels/torch_ops.py)
-        return torch.ops.modelkernels.group_norm_act(x, num_groups, weight, bias, eps, residual, emb, activation,
-                                                     backend)
+        op = entry("group_norm_act", x, weight, bias, residual, emb)
+        return op(x, num_groups, weight, bias, eps, residual, emb, activation, backend)
     out: torch.Tensor = call("group_norm_act", x, num_groups, weight, bias, eps, residual=residual, emb=emb,
                              activation=activation, backend=backend)
     return out
@@ -255,7 +256,7 @@ def tokens_layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias:
     x: (B, C, H, W); weight, bias: (C,) or None. ``backend``: 'triton' or 'reference'.
     """
     if torch.compiler.is_compiling():
-        return torch.ops.modelkernels.tokens_layer_norm(x, weight, bias, eps, backend)
+        return entry("tokens_layer_norm", x, weight, bias)(x, weight, bias, eps, backend)
     out: tuple[torch.Tensor, torch.Tensor] = call("tokens_layer_norm", x, weight, bias, eps, backend=backend)
     return out
 
@@ -326,7 +327,7 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor
                    backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(s, LayerNorm(s))`` with ``s = x + residual`` over the last dimension (C)."""
     if torch.compiler.is_compiling():
-        return torch.ops.modelkernels.add_layer_norm(x, residual, weight, bias, eps, backend)
+        return entry("add_layer_norm", x, residual, weight, bias)(x, residual, weight, bias, eps, backend)
     out: tuple[torch.Tensor, torch.Tensor] = call("add_layer_norm", x, residual, weight, bias, eps, backend=backend)
     return out
 
@@ -401,7 +402,7 @@ def upsample_concat(x: torch.Tensor, skip: torch.Tensor, *, backend: str | None 
     x: (B, C, H, W); skip: (B, C_skip, 2H, 2W) of x's dtype. ``backend``: 'triton' or 'reference'.
     """
     if torch.compiler.is_compiling():
-        return torch.ops.modelkernels.upsample_concat(x, skip, backend)
+        return entry("upsample_concat", x, skip)(x, skip, backend)
     out: torch.Tensor = call("upsample_concat", x, skip, backend=backend)
     return out
 
@@ -525,6 +526,6 @@ def feed_forward(h: torch.Tensor, s: torch.Tensor, w1: torch.Tensor, b1: torch.T
     ``promote_types(h.dtype, s.dtype)``. ``backend``: 'triton' or 'reference'.
     """
     if torch.compiler.is_compiling():
-        return torch.ops.modelkernels.feed_forward(h, s, w1, b1, w2, b2, backend)
+        return entry("feed_forward", h, s, w1, b1, w2, b2)(h, s, w1, b1, w2, b2, backend)
     out: torch.Tensor = call("feed_forward", h, s, w1, b1, w2, b2, backend=backend)
     return out

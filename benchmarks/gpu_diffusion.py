@@ -123,8 +123,11 @@ def copy_bw() -> dict[str, Any]:
     return {"copy_GBps": 2 * (1 << 30) / ms / 1e6}
 
 
-def big_step(copy_gbps: float) -> dict[str, Any]:
-    rows = [_big_row(dt, copy_gbps) for dt in (torch.float32, torch.float16, torch.bfloat16)]
+def big_step(copy_gbps: float, rounds: int = 1) -> dict[str, Any]:
+    """The (256, 3, 256, 256) step against its peers, per dtype; ``rounds`` repeats the three dtypes in turn
+    (a figure that moves between rounds is noise, not the kernel)."""
+    rows = [dict(_big_row(dt, copy_gbps), round=r) for r in range(rounds)
+            for dt in (torch.float32, torch.float16, torch.bfloat16)]
     return {"rows": rows}
 
 
@@ -291,13 +294,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget", type=float, default=420.0, help="seconds this script may run")
     ap.add_argument("--skip", default="", help="comma-separated sections to skip")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds of the big step's rows (two: a noise check)")
     args = ap.parse_args()
     skip = set(args.skip.split(","))
     RES.update(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                commit=os.environ.get("GIT_COMMIT", ""))
     section("copy", args.budget, copy_bw)
     bw = RES["copy"].get("copy_GBps", 4000.0)
-    order = [("big", lambda: big_step(bw)), ("sampling", sampling_loop), ("small", small_step),
+    order = [("big", lambda: big_step(bw, args.rounds)), ("sampling", sampling_loop), ("small", small_step),
              ("noise", noise_accuracy), ("parity32", lambda: parity(("float32",))),
              ("parity16", lambda: parity(("float16", "bfloat16")))]
     for name, fn in order:
@@ -308,7 +312,7 @@ def main() -> None:
     print("\n== summary (ms) ==")
     for row in RES.get("big", {}).get("rows", []):
         print({k: round(v, 4) for k, v in row.items() if k.startswith("ours_philox_rng")})
-        print(f"{row['dtype']:>8} {row['MiB_per_tensor']:.0f}MiB eager {row['eager_ms']:.3f} "
+        print(f"{row['dtype']:>8} r{row['round']} {row['MiB_per_tensor']:.0f}MiB eager {row['eager_ms']:.3f} "
               f"compiled {row['compiled_ms']:.3f} anchor {row['anchor_triton_ms']:.3f} "
               f"ours {row['ours_philox_ms']:.3f} "
               f"({row['ours_philox_pct_copy_bw']:.0f}% of copy bw; 7 rounds {row['ours_philox_rng2_r7_ms']:.3f} = "

@@ -1,6 +1,6 @@
-"""Fused norm / activation / upsample: ours (the dispatcher's choice: Triton on CUDA, the reference
-on the CPU) against eager PyTorch and torch.compile of the same pattern, on the seed UNet's
-activations (C=64 at 64x64, bf16 on CUDA; fp32 at 32x32 on the CPU, where the reference runs)."""
+"""Fused norm / activation / upsample: ours (the dispatcher's choice: Triton on CUDA; on the CPU the
+GroupNorm's ``torch`` backend and the other ops' references) against eager PyTorch and torch.compile of the
+same pattern, on the seed UNet's activations (C=64 at 64x64, bf16 on CUDA; fp32 at 32x32 on the CPU)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Every ```python block of README.md and docs/*.md runs as written.
+"""Every ```python block of README.md and docs/*.md runs as written, importing the package by its installed
+name (``modelkernels``; a bare ``import kernels`` fails here as it would for a user).
 
 The blocks of one page run in order in one namespace (a later block may use an earlier one's
 names), in a scratch folder that sees the repository's ``tests/data``. On a CPU the pages pick
@@ -9,6 +10,7 @@ blocks run their GPU lines. A block that cannot run here is preceded by ``<!-- n
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,6 +42,11 @@ def test_python_blocks_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "data").symlink_to(ROOT / "tests" / "data")
     monkeypatch.chdir(tmp_path)
+    # as installed, the package is ``modelkernels.kernels`` only: the checkout's top-level ``kernels`` / ``pyimpl``
+    # folders (importable here through pytest's pythonpath) must not make a bare ``import kernels`` work
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p or ".").resolve() != ROOT])
+    for name in [m for m in sys.modules if m.split(".")[0] in ("kernels", "pyimpl")]:
+        monkeypatch.delitem(sys.modules, name)
     namespace: dict[str, object] = {"__name__": "__docs__"}
     for line, why, code in blocks:
         if why is not None:

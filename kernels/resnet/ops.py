@@ -2,8 +2,8 @@
 Triton backend (CUDA; CPU tensors under ``TRITON_INTERPRET=1`` when forced). ``library.py`` defines it
 as ``torch.ops.modelkernels.conv_epilogue`` so a patched ResNet compiles as one graph.
 
-Inference only: the Triton backend has no backward, so inputs that need a gradient go to the
-reference (plain PyTorch, differentiable) and the reason says so.
+The Triton backend is inference only (no backward): inputs that need a gradient go to the "torch" backend
+(PyTorch's kernels, differentiable; also the CPU's default) and the Triton reason says so.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 
 from modelkernels.kernels.availability import lazy, triton_unavailable
 from modelkernels.kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
+from modelkernels.kernels.resnet import epilogue_torch
 from modelkernels.pyimpl import resnet as ref
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -134,7 +135,7 @@ define_op(
 def _triton_reasons(x: Any, bias: Any = None, residual: Any = None, residual_bias: Any = None,
                     relu: Any = True) -> list[str]:
     if _needs_grad(x, bias, residual, residual_bias):
-        return ["an input requires grad: the Triton epilogue is inference only (the reference is differentiable)"]
+        return ["an input requires grad: the Triton epilogue is inference only (the torch backend is differentiable)"]
     return []
 
 
@@ -147,6 +148,15 @@ def conv_epilogue_triton(x: torch.Tensor, bias: torch.Tensor | None = None, resi
     from modelkernels.kernels.resnet import epilogue_triton
 
     return epilogue_triton.conv_epilogue(x, bias, residual, residual_bias, relu)
+
+
+@register_kernel("conv_epilogue", "torch", devices=("cpu", "cuda"), dtypes=DTYPES, priority=5,
+                 tolerances={**TOLERANCES, "float64": Tolerance(1e-12, 1e-12)},
+                 run=epilogue_torch.conv_epilogue_unchecked)
+def conv_epilogue_torch(x: torch.Tensor, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
+                        residual_bias: torch.Tensor | None = None, relu: bool = True) -> torch.Tensor:
+    """PyTorch's kernels: one allocation, the other terms and the ReLU in place; differentiable."""
+    return epilogue_torch.conv_epilogue(x, bias, residual, residual_bias, relu)
 
 
 def conv_epilogue(x: torch.Tensor, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,

@@ -1,0 +1,39 @@
+"""``conv_epilogue`` from PyTorch's own kernels: the fast path where Triton does not run (CPU tensors, and
+inputs that need a gradient, which the Triton epilogue does not take).
+
+``out = relu(x + bias[c] + residual + residual_bias[c])`` (He et al. 2016, the residual block's output
+after BatchNorm is folded into the convolutions' biases), each term optional, ReLU too: the first add
+allocates the output (float32 for half-precision inputs, float64 for float64), the other terms and the ReLU
+are applied in place on it, and it is rounded once to x's dtype in x's memory format. The written-out
+reference allocates a tensor per term. In-place adds are differentiable here: an add keeps nothing for its
+backward, and the in-place ReLU keeps its own result.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from modelkernels.pyimpl.resnet import check_conv_epilogue_args
+
+
+def conv_epilogue(x: torch.Tensor, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
+                  residual_bias: torch.Tensor | None = None, relu: bool = True) -> torch.Tensor:
+    """``conv_epilogue`` on torch's kernels (see the module docstring)."""
+    check_conv_epilogue_args(x, bias, residual, residual_bias, relu)
+    return conv_epilogue_unchecked(x, bias, residual, residual_bias, relu)
+
+
+def conv_epilogue_unchecked(x: torch.Tensor, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
+                            residual_bias: torch.Tensor | None = None, relu: bool = True) -> torch.Tensor:
+    """``conv_epilogue`` on arguments that passed ``check_conv_epilogue_args``."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    fmt = torch.channels_last if (not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)) \
+        else torch.contiguous_format
+    y = x.to(acc) + bias.to(acc).view(1, -1, 1, 1) if bias is not None else x.to(acc, copy=True)
+    if residual is not None:
+        y.add_(residual)
+        if residual_bias is not None:
+            y.add_(residual_bias.to(acc).view(1, -1, 1, 1))
+    if relu:
+        y.relu_()
+    return y.to(x.dtype).contiguous(memory_format=fmt)

@@ -155,3 +155,29 @@ def test_stable_diffusion_unet_patch_report() -> None:
     heads = {m.heads for m in unet.modules() if isinstance(m, dp.KernelsAttention)}
     dims = {m.inner_dim // m.heads for m in unet.modules() if isinstance(m, dp.KernelsAttention)}
     assert heads == {8} and dims == {40, 80, 160}
+
+
+def test_kernels_attention_forward_filters_kwargs_as_diffusers_and_inspects_once(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The drop-in's forward is diffusers': unexpected cross_attention_kwargs are dropped with diffusers'
+    warning, the rest reach the processor, the output equals the original module's; the processor's
+    signature is looked up once per processor class, not per call."""
+    import inspect
+
+    torch.manual_seed(0)
+    original = Attention(query_dim=16, heads=2, dim_head=8).eval()
+    drop_in = dp.KernelsAttention.from_attention(original)
+    x = _rand(2, 5, 16, seed=3)
+    asked: list[object] = []
+    signature = inspect.signature
+    monkeypatch.setattr(inspect, "signature", lambda obj, *a, **k: asked.append(obj) or signature(obj, *a, **k))
+    dp._PARAMETERS.clear()
+    with torch.no_grad(), caplog.at_level("WARNING", logger="diffusers.models.attention_processor"):
+        got = [drop_in(x) for _ in range(3)]
+        warned = drop_in(x, unknown_option=1.0)
+    assert len(asked) == 1  # the first call's lookup, kept for the class
+    assert "['unknown_option'] are not expected by KernelsAttnProcessor" in caplog.text
+    with torch.no_grad():
+        want = original(x)
+    for out in (*got, warned):
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)

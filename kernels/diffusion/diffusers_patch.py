@@ -32,6 +32,8 @@ a module whose configuration the fused forward does not reproduce is kept, with 
 
 from __future__ import annotations
 
+import inspect
+import logging
 from typing import Any, cast
 
 import torch
@@ -47,6 +49,8 @@ try:
     from diffusers.models.resnet import ResnetBlock2D
 except ImportError as e:  # pragma: no cover - the module is only imported by diffusers users
     raise ImportError("kernels.diffusion.diffusers_patch needs diffusers (pip install modelkernels[peers])") from e
+
+_DIFFUSERS_LOG = logging.getLogger("diffusers.models.attention_processor")  # where diffusers says it
 
 __all__ = [
     "FusedResnetBlock2D",
@@ -172,8 +176,38 @@ def attention_reasons(m: nn.Module) -> list[str]:
     return []
 
 
+# diffusers' Attention.forward takes these from cross_attention_kwargs without a warning when the processor does not
+_QUIET_KWARGS = frozenset({"ip_adapter_masks", "ip_hidden_states"})
+_PARAMETERS: dict[type, frozenset[str]] = {}  # processor class -> its __call__'s parameter names
+
+
+def _parameters(processor: Any) -> frozenset[str]:
+    """The parameter names of ``processor.__call__``, looked up once per processor class."""
+    names = _PARAMETERS.get(type(processor))
+    if names is None:
+        names = _PARAMETERS[type(processor)] = frozenset(inspect.signature(processor.__call__).parameters)
+    return names
+
+
 class KernelsAttention(Attention):
-    """A diffusers ``Attention`` sharing a live one's parameters and submodules, with ``KernelsAttnProcessor``."""
+    """A diffusers ``Attention`` sharing a live one's parameters and submodules, with ``KernelsAttnProcessor``.
+
+    Its forward is diffusers' ``Attention.forward`` (cross_attention_kwargs filtered to what the processor
+    takes, a warning naming the rest) with the processor's parameter names looked up once per processor
+    class: diffusers asks ``inspect.signature`` on every call, 18 µs on the CI CPU, 32 calls a Stable
+    Diffusion 1.5 UNet step."""
+
+    def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, **cross_attention_kwargs: Any) -> torch.Tensor:
+        names = _parameters(self.processor)
+        unused = [k for k in cross_attention_kwargs if k not in names and k not in _QUIET_KWARGS]
+        if unused:
+            _DIFFUSERS_LOG.warning(f"cross_attention_kwargs {unused} are not expected by "
+                                   f"{self.processor.__class__.__name__} and will be ignored.")
+        kwargs = {k: w for k, w in cross_attention_kwargs.items() if k in names}
+        out: torch.Tensor = self.processor(self, hidden_states, encoder_hidden_states=encoder_hidden_states,
+                                           attention_mask=attention_mask, **kwargs)
+        return out
 
     @classmethod
     def from_attention(cls, module: nn.Module) -> KernelsAttention:

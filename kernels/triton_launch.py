@@ -95,17 +95,10 @@ def _run(compiled: Any, grid: tuple[int, ...], stream: int, args: tuple[Any, ...
                  *tail)
 
 
-def _keep(table: dict[Any, Any], key: Any, entry: Any) -> None:
-    """Keep a compiled kernel's entry; a table past ``HANDLE_LIMIT`` starts over."""
-    if len(table) >= HANDLE_LIMIT:
-        table.clear()
-    table[key] = entry
-
-
-def keep_plan(table: dict[Any, Any], key: Any, plan: Any) -> Any:
-    """Keep a launch plan (a ``Bound`` or a record holding some) under its call signature; a table past
-    ``PLAN_LIMIT`` starts over. Returns the plan."""
-    if len(table) >= PLAN_LIMIT:
+def keep_plan(table: dict[Any, Any], key: Any, plan: Any, limit: int = PLAN_LIMIT) -> Any:
+    """Keep a launch plan (a ``Bound``, a record holding some, a compiled kernel's entry) under its key; a
+    table past ``limit`` starts over. Returns the plan."""
+    if len(table) >= limit:
         table.clear()
     table[key] = plan
     return plan
@@ -149,7 +142,7 @@ class CachedKernel:
                 return
         compiled = self.kernel[grid](*args, **constexprs)
         if fast and compiled is not None:
-            _keep(self.handles, key, (compiled, self._tail(args, constexprs)))
+            keep_plan(self.handles, key, (compiled, self._tail(args, constexprs)), HANDLE_LIMIT)
 
     def fitted(self, tile: Any, grid: Callable[[Any], tuple[int, ...]], args: tuple[Any, ...],
                tile_constexprs: Callable[[Any], dict[str, Any]], smaller: Callable[[Any], Any | None],
@@ -188,7 +181,7 @@ class CachedKernel:
             break
         self.fits[fit_key] = used
         if fast and compiled is not None:
-            _keep(self.fitted_handles, hkey, (compiled, used, self._tail(args, values)))
+            keep_plan(self.fitted_handles, hkey, (compiled, used, self._tail(args, values)), HANDLE_LIMIT)
         return used
 
 
@@ -216,7 +209,7 @@ class Prepared:
         if entry is None:
             compiled = self.cached.kernel[grid](*args, **self.constexprs)
             if compiled is not None:
-                _keep(self.handles, key, (compiled, self.cached._tail(args, self.constexprs)))
+                keep_plan(self.handles, key, (compiled, self.cached._tail(args, self.constexprs)), HANDLE_LIMIT)
             return
         _run(entry[0], grid, get_stream(device), args, entry[1])
 
@@ -251,7 +244,7 @@ class Bound:
             self.prepared(self.grid, *args)
             entry = self.prepared.handles.get((specialisation(args, self.prepared.cached.plain), device))
             if entry is not None:
-                _keep(self.handles, key, entry)
+                keep_plan(self.handles, key, entry, HANDLE_LIMIT)
             return
         _run(entry[0], self.grid, get_stream(device), args, entry[1])
 

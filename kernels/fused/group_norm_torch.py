@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from modelkernels.kernels.autograd import needs_autograd
-from modelkernels.pyimpl.fused import check_group_norm_args
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -23,17 +22,8 @@ _HALF = (torch.float16, torch.bfloat16)
 def group_norm_act(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
                    bias: torch.Tensor | None = None, eps: float = 1e-5, *, residual: torch.Tensor | None = None,
                    emb: torch.Tensor | None = None, activation: str = "none") -> torch.Tensor:
-    """``group_norm_act`` on torch's kernels (see the module docstring); differentiable in every tensor."""
-    check_group_norm_args(x, num_groups, weight, bias, eps, residual, emb, activation)
-    return group_norm_act_unchecked(x, num_groups, weight, bias, eps, residual=residual, emb=emb,
-                                    activation=activation)
-
-
-def group_norm_act_unchecked(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
-                             bias: torch.Tensor | None = None, eps: float = 1e-5, *,
-                             residual: torch.Tensor | None = None, emb: torch.Tensor | None = None,
-                             activation: str = "none") -> torch.Tensor:
-    """``group_norm_act`` on arguments that passed ``check_group_norm_args``."""
+    """``group_norm_act`` on torch's kernels (see the module docstring), on arguments that passed
+    ``pyimpl.fused.check_group_norm_args`` (the op's ``torch`` backend runs them first); differentiable."""
     cd = torch.float32 if x.dtype in _HALF else x.dtype
     y = F.group_norm(x.to(cd), num_groups, None if weight is None else weight.to(cd),
                      None if bias is None else bias.to(cd), eps)

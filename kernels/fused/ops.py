@@ -168,12 +168,13 @@ TORCH_TOLERANCES = {**TOLERANCES, "float32": Tolerance(1e-4, 1e-4), "grad:float3
 
 
 @register_kernel("group_norm_act", "torch", devices=("cpu", "cuda"), dtypes=DTYPES, priority=5,
-                 tolerances=TORCH_TOLERANCES, run=group_norm_torch.group_norm_act_unchecked)
+                 tolerances=TORCH_TOLERANCES, run=group_norm_torch.group_norm_act)
 def group_norm_act_torch(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
                          bias: torch.Tensor | None = None, eps: float = 1e-5, *,
                          residual: torch.Tensor | None = None, emb: torch.Tensor | None = None,
                          activation: str = "none") -> torch.Tensor:
     """PyTorch's kernels: F.group_norm, then the residual add, the activation and the embedding add in place."""
+    ref.check_group_norm_args(x, num_groups, weight, bias, eps, residual, emb, activation)
     return group_norm_torch.group_norm_act(x, num_groups, weight, bias, eps, residual=residual, emb=emb,
                                            activation=activation)
 

@@ -13,19 +13,11 @@ from __future__ import annotations
 
 import torch
 
-from modelkernels.pyimpl.resnet import check_conv_epilogue_args
-
 
 def conv_epilogue(x: torch.Tensor, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
                   residual_bias: torch.Tensor | None = None, relu: bool = True) -> torch.Tensor:
-    """``conv_epilogue`` on torch's kernels (see the module docstring)."""
-    check_conv_epilogue_args(x, bias, residual, residual_bias, relu)
-    return conv_epilogue_unchecked(x, bias, residual, residual_bias, relu)
-
-
-def conv_epilogue_unchecked(x: torch.Tensor, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
-                            residual_bias: torch.Tensor | None = None, relu: bool = True) -> torch.Tensor:
-    """``conv_epilogue`` on arguments that passed ``check_conv_epilogue_args``."""
+    """``conv_epilogue`` on torch's kernels (see the module docstring), on arguments that passed
+    ``pyimpl.resnet.check_conv_epilogue_args`` (the op's ``torch`` backend runs them first)."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     fmt = torch.channels_last if (not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)) \
         else torch.contiguous_format

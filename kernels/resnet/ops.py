@@ -152,10 +152,11 @@ def conv_epilogue_triton(x: torch.Tensor, bias: torch.Tensor | None = None, resi
 
 @register_kernel("conv_epilogue", "torch", devices=("cpu", "cuda"), dtypes=DTYPES, priority=5,
                  tolerances={**TOLERANCES, "float64": Tolerance(1e-12, 1e-12)},
-                 run=epilogue_torch.conv_epilogue_unchecked)
+                 run=epilogue_torch.conv_epilogue)
 def conv_epilogue_torch(x: torch.Tensor, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
                         residual_bias: torch.Tensor | None = None, relu: bool = True) -> torch.Tensor:
     """PyTorch's kernels: one allocation, the other terms and the ReLU in place; differentiable."""
+    ref.check_conv_epilogue_args(x, bias, residual, residual_bias, relu)
     return epilogue_torch.conv_epilogue(x, bias, residual, residual_bias, relu)
 
 

@@ -16,22 +16,28 @@ from typing import Any
 from modelkernels.kernels.native import native_unavailable
 from modelkernels.kernels.registry import triton_interpret
 
-__all__ = ["extension_unavailable", "lazy", "numba_unavailable", "triton_interpret", "triton_unavailable"]
+__all__ = ["LazyEntry", "extension_unavailable", "lazy", "numba_unavailable", "triton_interpret", "triton_unavailable"]
 
 
-def lazy(module: str, name: str) -> Callable[..., Any]:
+class LazyEntry:
     """``module.name``, imported at the first call: a backend's entry point in a module that imports Triton
-    or Numba, registered where that may be missing."""
-    target: Callable[..., Any] | None = None
+    or Numba, registered where that may be missing (``lazy``). ``resolve()`` imports it and returns the
+    function itself: the registry keeps that, saving this wrapper's call on every later call."""
 
-    def call(*args: Any, **kwargs: Any) -> Any:
-        nonlocal target
-        if target is None:
-            target = getattr(importlib.import_module(module), name)
-        return target(*args, **kwargs)
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.__name__ = module, name
 
-    call.__name__ = name
-    return call
+    def resolve(self) -> Callable[..., Any]:
+        target: Callable[..., Any] = getattr(importlib.import_module(self.module), self.__name__)
+        return target
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve()(*args, **kwargs)
+
+
+def lazy(module: str, name: str) -> LazyEntry:
+    """The entry point ``module.name`` without importing ``module`` yet (see ``LazyEntry``)."""
+    return LazyEntry(module, name)
 
 
 @functools.cache

@@ -550,7 +550,9 @@ def call(op: str, *args: Any, backend: str | None = None, **kwargs: Any) -> Any:
     out = chosen.fn(*args, **kwargs)  # raises for arguments the checks refuse: nothing is remembered then
     if len(record.runners) >= DECISION_LIMIT:
         record.runners.clear()
-    record.runners[key] = chosen.run if chosen.run is not None else chosen.fn
+    run = chosen.run if chosen.run is not None else chosen.fn
+    resolve = getattr(run, "resolve", None)  # a lazily imported entry point (availability.lazy): the function
+    record.runners[key] = resolve() if resolve is not None else run
     return out
 
 

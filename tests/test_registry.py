@@ -500,3 +500,29 @@ def test_checked_by_key_validates_once_per_signature_and_overrides() -> None:
         assert calls == ["fn", "run"]
     finally:
         del registry._OPS["toy_checked"]
+
+
+def test_a_lazy_entry_point_is_kept_resolved() -> None:
+    """A backend registered with ``run=lazy(module, name)`` imports nothing until called, and the registry
+    keeps the imported function itself as the runner (no wrapper call on later calls)."""
+    from modelkernels.kernels.availability import LazyEntry, lazy
+
+    entry = lazy("modelkernels.pyimpl.fused", "feed_forward_dtype")
+    assert isinstance(entry, LazyEntry) and entry.__name__ == "feed_forward_dtype"
+    x = torch.ones(2, dtype=torch.float16)
+    assert entry(x, x.float()) == torch.float32
+
+    def ref(x):
+        return x * 2
+
+    registry.define_op("toy_lazy", reference=ref, dtypes=("float32",), checked_by_key=True,
+                       samples=[Sample("n=3", lambda d, t: ((torch.ones(3, device=d),), {}))])
+    registry.register_kernel("toy_lazy", "fast", devices=("cpu",), dtypes=("float32",), priority=5,
+                             run=lazy("modelkernels.pyimpl.attention", "default_scale"))(ref)
+    try:
+        registry.call("toy_lazy", torch.ones(3))
+        (runner,) = registry.get_op("toy_lazy").runners.values()
+        from modelkernels.pyimpl.attention import default_scale
+        assert runner is default_scale
+    finally:
+        del registry._OPS["toy_lazy"]

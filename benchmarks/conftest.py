@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +63,11 @@ class Recorder:
     def flush(self) -> None:
         """Time the pending implementations together and record one row each."""
         pending, self.pending = self.pending, []
-        by_mode: dict[tuple[str, bool], list[Contender]] = {}
+        by_mode: dict[tuple[str, bool, int | None], list[Contender]] = {}
         for c in pending:
-            by_mode.setdefault((c.meta["device"], c.grad_enabled), []).append(c)
-        for (device, grad_enabled), group in by_mode.items():
-            with _grad_mode(grad_enabled):
+            by_mode.setdefault((c.meta["device"], c.grad_enabled, c.threads), []).append(c)
+        for (device, grad_enabled, threads), group in by_mode.items():
+            with _grad_mode(grad_enabled), _torch_threads(threads):
                 samples, iterations = time_interleaved(group, device=device, quick=self.quick)
             self.group += 1
             for c, s, it in zip(group, samples, iterations):
@@ -113,6 +113,21 @@ def _grad_mode(enabled: bool) -> contextlib.AbstractContextManager[Any]:
     return torch.set_grad_enabled(enabled) if torch is not None else contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """Torch's intra-op threads set to ``threads`` while a row is timed (None: left as they are)."""
+    torch = sys.modules.get("torch")
+    if threads is None or torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _grad_enabled() -> bool:
     torch = sys.modules.get("torch")
     return bool(torch.is_grad_enabled()) if torch is not None else True
@@ -136,7 +151,9 @@ def bench(request: pytest.FixtureRequest) -> Callable[..., None]:
     rounds=, extra=)`` hands one implementation of a row over for timing after the row's last test.
 
     ``setup() -> (args, kwargs)`` builds fresh arguments per call, untimed. ``rounds``: the rounds
-    asked for (the row runs the fewest any of its implementations asks, see ``harness``).
+    asked for (the row runs the fewest any of its implementations asks, see ``harness``). ``threads``:
+    torch's intra-op threads while timing (e.g. 1 for calls on tiny tensors, where waking a thread pool on
+    every call would be the measurement; None: as set).
     ``work``: units of work per call (elements, FLOPs, bytes); ``extra``: other figures to record
     (accuracy, model size); ``size_label``: the quantity and unit of ``size`` for the plots.
     """
@@ -146,13 +163,15 @@ def bench(request: pytest.FixtureRequest) -> Callable[..., None]:
             size: float | None = None, size_label: str | None = None, device: str = "cpu",
             setup: Callable[[], tuple[tuple[Any, ...], dict[str, Any]]] | None = None,
             work: dict[str, float] | None = None, rounds: int | None = None,
-            extra: dict[str, Any] | None = None) -> None:
+            extra: dict[str, Any] | None = None, threads: int | None = None) -> None:
         if role not in ("ours", "reference", "peer"):
             raise ValueError(f"role={role!r}: expected ours, reference or peer")
         if rounds is not None and rounds < 1:
             raise ValueError(f"rounds={rounds}: expected at least 1 (or None for about a second)")
         meta = dict(suite=suite, case=case, impl=impl, role=role, series=series, size=size, size_label=size_label,
                     device=device, work=work or {}, extra=extra or {}, test=request.node.nodeid)
-        rec.pending.append(Contender(fn, setup, rounds, meta, grad_enabled=_grad_enabled()))
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads={threads}: expected at least 1 (or None for as set)")
+        rec.pending.append(Contender(fn, setup, rounds, meta, grad_enabled=_grad_enabled(), threads=threads))
 
     return add

@@ -68,13 +68,15 @@ def cuda_time(fn: Callable[[], Any], warmup: int = 10, rep: int = 50, flush_l2: 
 class Contender:
     """One implementation of a benchmark row: ``fn(*args, **kwargs)`` with ``setup() -> (args, kwargs)``
     building fresh arguments before each call (untimed), or ``fn()`` when ``setup`` is None.
-    ``rounds``: how many rounds it asks for (None: as many as fit in about a second)."""
+    ``rounds``: how many rounds it asks for (None: as many as fit in about a second). ``threads``: torch's
+    intra-op threads while it is timed (None: as they are)."""
 
     fn: Callable[..., Any]
     setup: Callable[[], tuple[tuple[Any, ...], dict[str, Any]]] | None = None
     rounds: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     grad_enabled: bool = True
+    threads: int | None = None
 
 
 SAMPLE_MS = 0.2  # a CPU sample lasts at least this long: shorter calls are repeated within it

@@ -62,4 +62,4 @@ def test_dispatch_cost(bench, op: str, impl: str, role: str) -> None:  # type: i
     with torch.no_grad():
         verify(fn(), yardstick(), Tolerance(1e-6, 1e-6), what=f"{impl} (dispatch cost)")
         bench(fn, suite="dispatch cost (CPU, tiny tensors)", case=f"{op} {SHAPES[op]}", impl=impl, role=role,
-              device="cpu")
+              device="cpu", threads=1)  # more threads: the pool's wake-up per call (ms, unstable) is the figure

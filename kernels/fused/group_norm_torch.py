@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from modelkernels.kernels.autograd import needs_autograd
+from modelkernels.kernels.fused.feed_forward_torch import cast
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -25,16 +26,16 @@ def group_norm_act(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None
     """``group_norm_act`` on torch's kernels (see the module docstring), on arguments that passed
     ``pyimpl.fused.check_group_norm_args`` (the op's ``torch`` backend runs them first); differentiable."""
     cd = torch.float32 if x.dtype in _HALF else x.dtype
-    y = F.group_norm(x.to(cd), num_groups, None if weight is None else weight.to(cd),
-                     None if bias is None else bias.to(cd), eps)
+    y = F.group_norm(cast(x, cd), num_groups, None if weight is None else cast(weight, cd),
+                     None if bias is None else cast(bias, cd), eps)
     inplace = not needs_autograd(x, weight, bias, residual, emb)  # y is this call's own tensor
     if residual is not None:
-        y = y.add_(residual) if inplace else y + residual.to(cd)
+        y = y.add_(residual) if inplace else y + cast(residual, cd)
     if activation == "gelu":
         y = F.gelu(y)
     elif activation == "silu":
         y = F.silu(y, inplace=inplace)
     if emb is not None:
         e = emb.reshape(*emb.shape, *(1,) * (x.dim() - 2))
-        y = y.add_(e) if inplace else y + e.to(cd)
-    return y.to(x.dtype)
+        y = y.add_(e) if inplace else y + cast(e, cd)
+    return cast(y, x.dtype)

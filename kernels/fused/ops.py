@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from modelkernels.kernels.availability import lazy, triton_unavailable
-from modelkernels.kernels.fused import group_norm_torch
+from modelkernels.kernels.fused import feed_forward_torch, group_norm_torch
 from modelkernels.kernels.registry import ErrorSample, Sample, Tolerance, call, define_op, register_kernel
 from modelkernels.kernels.torch_ops import entry
 from modelkernels.pyimpl import fused as ref
@@ -538,12 +538,28 @@ def feed_forward_triton(h: torch.Tensor, s: torch.Tensor, w1: torch.Tensor, b1: 
     return fft.feed_forward(h, s, w1, b1, w2, b2)
 
 
+# torch's kernels in h's dtype: float32 as the reference to rounding of the GEMMs' summation order; float64
+# gradients: float32 weights get float32 gradients
+FF_TORCH_TOLERANCES = {**FF_TOLERANCES, "float32": Tolerance(1e-4, 1e-4), "float64": Tolerance(1e-12, 1e-12),
+                       "grad:float64": Tolerance(1e-6, 1e-6)}
+
+
+@register_kernel("feed_forward", "torch", devices=("cpu", "cuda"), dtypes=DTYPES, priority=5,
+                 tolerances=FF_TORCH_TOLERANCES, run=feed_forward_torch.feed_forward)
+def feed_forward_torch_backend(h: torch.Tensor, s: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None,
+                               w2: torch.Tensor, b2: torch.Tensor | None) -> torch.Tensor:
+    """PyTorch's kernels: F.linear, the exact F.gelu, F.linear, the residual added in place."""
+    ref.check_feed_forward_args(h, s, w1, b1, w2, b2)
+    return feed_forward_torch.feed_forward(h, s, w1, b1, w2, b2)
+
+
 def feed_forward(h: torch.Tensor, s: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
                  b2: torch.Tensor | None, *, backend: str | None = None) -> torch.Tensor:
     """``s + (gelu(h @ w1.T + b1) @ w2.T + b2)`` (exact GELU; b1, b2 may be None).
 
     h, s: (..., C) of one shape; w1: (F, C), w2: (C, F) (``nn.Linear`` weights); output contiguous in
-    ``promote_types(h.dtype, s.dtype)``. ``backend``: 'triton' or 'reference'.
+    ``promote_types(h.dtype, s.dtype)``. ``backend``: 'triton' (CUDA), 'torch' (PyTorch's kernels: the CPU's
+    default) or 'reference'.
     """
     if torch.compiler.is_compiling():
         return entry("feed_forward", h, s, w1, b1, w2, b2)(h, s, w1, b1, w2, b2, backend)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from modelkernels.kernels.fused.feed_forward_torch import cast
+
 
 def conv_epilogue(x: torch.Tensor, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
                   residual_bias: torch.Tensor | None = None, relu: bool = True) -> torch.Tensor:
@@ -21,11 +23,11 @@ def conv_epilogue(x: torch.Tensor, bias: torch.Tensor | None = None, residual: t
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     fmt = torch.channels_last if (not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)) \
         else torch.contiguous_format
-    y = x.to(acc) + bias.to(acc).view(1, -1, 1, 1) if bias is not None else x.to(acc, copy=True)
+    y = cast(x, acc) + cast(bias, acc).view(1, -1, 1, 1) if bias is not None else x.to(acc, copy=True)
     if residual is not None:
         y.add_(residual)
         if residual_bias is not None:
-            y.add_(residual_bias.to(acc).view(1, -1, 1, 1))
+            y.add_(cast(residual_bias, acc).view(1, -1, 1, 1))
     if relu:
         y.relu_()
-    return y.to(x.dtype).contiguous(memory_format=fmt)
+    return cast(y, x.dtype).contiguous(memory_format=fmt)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from modelkernels.kernels.autograd import needs_autograd
-from modelkernels.kernels.fused.feed_forward_torch import cast
+from modelkernels.kernels.dtypes import cast
 
 _HALF = (torch.float16, torch.bfloat16)
 

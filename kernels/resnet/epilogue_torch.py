@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from modelkernels.kernels.fused.feed_forward_torch import cast
+from modelkernels.kernels.dtypes import cast
 
 
 def conv_epilogue(x: torch.Tensor, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
